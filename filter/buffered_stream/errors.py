@@ -1,0 +1,59 @@
+"""Errors of the conversion, as values with an HTTP status hint.
+
+Every failure the core can detect is a ``ConversionError``: the adapter turns it into one
+OpenAI-style error answer and a metrics outcome (``kind``), and never needs to know which part of
+the core raised it. Keeping the upstream's own error object lets the client see exactly what the
+backend said.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+# Outcome kinds, also used as metric labels.
+UPSTREAM_ERROR = "upstream_error"  # the backend reported an error inside the stream
+TRUNCATED = "truncated"  # the stream ended before the answer was complete
+MALFORMED = "malformed"  # bytes that are not valid SSE / JSON / UTF-8
+LIMIT = "limit"  # a configured size limit was exceeded
+
+
+class ConversionError(Exception):
+    """The stream cannot become a correct answer; carries what the client should get."""
+
+    __slots__ = ("kind", "status", "message", "code", "upstream_error")
+
+    def __init__(
+        self,
+        kind: str,
+        status: int,
+        message: str,
+        *,
+        code: str | int | None = None,
+        upstream_error: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.status = status
+        self.message = message
+        self.code = code
+        self.upstream_error = upstream_error
+
+    def body(self) -> bytes:
+        """The OpenAI-style error body; the upstream's own error object wins when there is one."""
+        if self.upstream_error is not None:
+            return orjson.dumps({"error": self.upstream_error})
+        return orjson.dumps(
+            {
+                "error": {
+                    "message": self.message,
+                    "type": self.kind,
+                    "param": None,
+                    "code": self.code if self.code is not None else self.kind,
+                }
+            }
+        )
+
+    def __repr__(self) -> str:
+        return f"ConversionError({self.kind!r}, {self.status}, {self.message!r})"
