@@ -1,0 +1,149 @@
+"""Incremental, bounded Server-Sent Events decoder working on bytes.
+
+Rules (WHATWG "event stream" parsing, plus what LLM servers actually send):
+
+- Lines end with CR, LF or CRLF, including a CR at the end of one chunk and the LF at the start of
+  the next. After normalising line ends to LF, an event ends at a blank line, i.e. at ``b"\\n\\n"``.
+- ``:`` starts a comment (keep-alives). Otherwise a line splits at its first ``:`` into field and
+  value, and ONE leading space of the value is dropped (TGI sends ``data:{...}``).
+- ``data`` lines of one event are joined with ``\\n``; ``event`` names the event; ``id``, ``retry``
+  and unknown fields carry nothing an answer needs and are dropped.
+- Two non-standard lines become pseudo-events so that the pipeline can fail on them: llama.cpp's old
+  ``error: {json}`` field (named ``ERROR_EVENT``, like ``event: error``) and a bare JSON line
+  starting with ``{`` (``BARE_JSON_EVENT``; Ollama writes its error object that way).
+- ``close()`` dispatches an event that has no trailing blank line (llama.cpp's final
+  ``data: [DONE]``).
+
+Data stays bytes: orjson parses bytes directly and validates UTF-8 itself, so a multibyte
+character split across chunks needs no special care. Input is scanned with ``bytes`` methods only
+(no per-byte Python loop), and bytes are held back only until an event boundary arrives, so the
+total work stays linear however the body is chunked.
+"""
+
+from __future__ import annotations
+
+from .errors import LIMIT, ConversionError
+
+Event = tuple[str, bytes]
+
+ERROR_EVENT = "error"
+BARE_JSON_EVENT = "bare-json"
+
+_LF = 0x0A
+_COLON = 0x3A
+_OPEN_BRACE = 0x7B
+
+
+class SseDecoder:
+    """Turns body chunks into ``(event_name, data)`` pairs; ``event_name`` is ``""`` by default.
+
+    ``max_event_bytes`` bounds one event's data; ``max_buffer_bytes`` bounds the bytes held while no
+    event boundary has arrived yet (comments and field names count here, not in the event size).
+    """
+
+    __slots__ = ("_max_event", "_max_buffer", "_held", "_held_size", "_cr_pending")
+
+    def __init__(self, max_event_bytes: int, max_buffer_bytes: int) -> None:
+        self._max_event = max_event_bytes
+        self._max_buffer = max_buffer_bytes
+        self._held: list[bytes] = []  # LF-normalised input after the last boundary; no b"\n\n" inside
+        self._held_size = 0
+        self._cr_pending = False  # the last chunk ended with CR: an LF starting the next one is its pair
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes received that are not yet part of a dispatched event (bounded by the limit)."""
+        return self._held_size
+
+    def feed(self, data: bytes) -> list[Event]:
+        """Take the next chunk of the body; return the events it completed, in order."""
+        if self._cr_pending and data:
+            self._cr_pending = False
+            if data[0] == _LF:
+                data = data[1:]
+        if b"\r" in data:
+            self._cr_pending = data[-1] == 0x0D
+            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        held = self._held
+        if b"\n\n" not in data and not (data[:1] == b"\n" and held and held[-1][-1] == _LF):
+            if data:
+                self._hold(data)
+            return []
+        if held:
+            held.append(data)
+            data = b"".join(held)
+            held.clear()
+        blocks = data.split(b"\n\n")
+        tail = blocks.pop()
+        self._held_size = 0
+        if tail:
+            self._hold(tail)
+        events: list[Event] = []
+        for block in blocks:
+            if block[:5] == b"data:" and b"\n" not in block:  # the common one-line event
+                payload = block[6:] if block[5:6] == b" " else block[5:]
+                if len(payload) > self._max_event:
+                    raise self._event_too_large(len(payload))
+                events.append(("", payload))
+            elif block:
+                self._decode_block(block, events)
+        return events
+
+    def close(self) -> list[Event]:
+        """End of body: dispatch what is held as if a blank line followed it."""
+        events: list[Event] = []
+        if self._held:
+            block = b"".join(self._held)
+            self._held.clear()
+            self._held_size = 0
+            self._decode_block(block, events)
+        self._cr_pending = False
+        return events
+
+    def _hold(self, data: bytes) -> None:
+        self._held.append(data)
+        self._held_size += len(data)
+        if self._held_size > self._max_buffer:
+            raise ConversionError(
+                LIMIT,
+                502,
+                f"upstream sent {self._held_size} bytes without completing an SSE event "
+                f"(max_buffer_bytes={self._max_buffer})",
+            )
+
+    def _decode_block(self, block: bytes, events: list[Event]) -> None:
+        """The general path: any mix of fields and comments forming one event."""
+        name = ""
+        data: list[bytes] = []
+        for line in block.split(b"\n"):
+            if not line or line[0] == _COLON:
+                continue
+            if line[0] == _OPEN_BRACE:
+                self._check_size(len(line))
+                events.append((BARE_JSON_EVENT, line))
+                continue
+            field, _, value = line.partition(b":")
+            if value[:1] == b" ":
+                value = value[1:]
+            if field == b"data":
+                data.append(value)
+            elif field == b"event":
+                name = value.decode("utf-8", "replace")
+            elif field == b"error":
+                self._check_size(len(value))
+                events.append((ERROR_EVENT, value))
+        if data:
+            payload = data[0] if len(data) == 1 else b"\n".join(data)
+            self._check_size(len(payload))
+            events.append((name, payload))
+
+    def _check_size(self, size: int) -> None:
+        if size > self._max_event:
+            raise self._event_too_large(size)
+
+    def _event_too_large(self, size: int) -> ConversionError:
+        return ConversionError(
+            LIMIT,
+            502,
+            f"upstream SSE event of {size} bytes exceeds max_event_bytes={self._max_event}",
+        )
