@@ -1,0 +1,27 @@
+"""The one small interface every API schema's assembler implements.
+
+A schema (chat completions, legacy completions; later Anthropic Messages, Responses) turns the
+decoded JSON payloads of a stream into the single answer that schema's non-stream call returns.
+The pipeline (``convert.StreamConverter``) owns SSE decoding, upstream error detection, ``[DONE]``
+and limits, so an assembler only ever sees well-formed, non-error chunks.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+
+class Assembler(Protocol):
+    def add(self, chunk: dict[str, Any]) -> None:
+        """Fold one stream chunk in; raise ``ConversionError(MALFORMED)`` on an impossible shape."""
+
+    @property
+    def finished(self) -> bool:
+        """True once at least one choice was seen and every seen choice has a finish reason."""
+
+    @property
+    def usage(self) -> dict[str, Any] | None:
+        """The usage the server reported (never summed or invented), or None."""
+
+    def result(self) -> dict[str, Any]:
+        """The native non-stream answer, ready for ``orjson.dumps``."""

@@ -1,0 +1,197 @@
+"""Settings: per-route (from Envoy route metadata) and per-service, as frozen dataclasses.
+
+A typo in route metadata must never silently turn conversion off or change its mode, so unknown
+keys and wrong types are errors with a message that names the key, the value and what is allowed.
+Route metadata arrives as a plain dict (the JSON form of Envoy's ``Metadata.filter_metadata``): the
+plain-Envoy shape is ``{"buffered_stream": {...}}``; Envoy Gateway surfaces HTTPRoute annotations
+``gateway.envoyproxy.io/buffered-stream.<key>: "<value>"`` (strings) under
+``{"envoy-gateway": {"resources": [{"annotations": {...}}]}}``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import orjson
+
+from .profiles import PROFILE_NAMES
+
+NAMESPACE = "buffered_stream"
+GATEWAY_NAMESPACE = "envoy-gateway"
+ANNOTATION_PREFIXES = ("buffered-stream.", "gateway.envoyproxy.io/buffered-stream.")
+MODES = ("buffered", "streamed")
+
+MiB = 1 << 20
+
+
+class SettingsError(ValueError):
+    """Settings that cannot be used; the message is meant for the operator."""
+
+
+@dataclass(frozen=True, slots=True)
+class RouteSettings:
+    """What buffered-stream does on one route."""
+
+    enabled: bool = False
+    mode: str = "buffered"
+    profile: str = "auto"
+    models: tuple[str, ...] = ()
+    max_body_bytes: int = 16 * MiB
+    max_event_bytes: int = 1 * MiB
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise SettingsError(f"mode {self.mode!r} is not one of {', '.join(MODES)}")
+        if self.profile not in PROFILE_NAMES:
+            raise SettingsError(f"profile {self.profile!r} is not one of {', '.join(PROFILE_NAMES)}")
+        for name in ("max_body_bytes", "max_event_bytes"):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{name} must be a positive number of bytes")
+        if self.max_event_bytes > self.max_body_bytes:
+            raise SettingsError("max_event_bytes cannot exceed max_body_bytes")
+
+    def merged(self, values: Mapping[str, Any], *, where: str, strings: bool = False) -> RouteSettings:
+        """These settings with ``values`` applied; ``strings`` accepts annotation-style text values."""
+        changes: dict[str, Any] = {}
+        for key, value in values.items():
+            if key not in _ROUTE_FIELDS:
+                raise SettingsError(
+                    f"{where}: unknown key {key!r}; known keys: {', '.join(sorted(_ROUTE_FIELDS))}"
+                )
+            changes[key] = _coerce(key, value, _ROUTE_FIELDS[key], where=where, strings=strings)
+        try:
+            return dataclasses.replace(self, **changes)
+        except SettingsError as exc:
+            raise SettingsError(f"{where}: {exc}") from None
+
+
+_ROUTE_FIELDS = {f.name: f.type for f in dataclasses.fields(RouteSettings)}
+
+
+def _coerce(key: str, value: Any, kind: str, *, where: str, strings: bool) -> Any:
+    def bad(expected: str) -> SettingsError:
+        return SettingsError(f"{where}: {key} must be {expected}, got {value!r}")
+
+    if kind == "bool":
+        if strings and isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    if kind == "str":
+        if not isinstance(value, str):
+            raise bad("a string")
+        return value
+    if kind == "int":
+        if strings and isinstance(value, str) and re.fullmatch(r"[0-9]+", value):
+            return int(value)
+        # Struct numbers arrive as floats: accept whole numbers only.
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+            raise bad("a whole number")
+        return int(value)
+    if kind == "tuple[str, ...]":
+        if strings and isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise bad("a list of glob patterns")
+        return tuple(value)
+    raise AssertionError(f"no coercion for {kind}")  # pragma: no cover - a new field without one
+
+
+def route_settings_from_metadata(
+    metadata: Mapping[str, Any], defaults: RouteSettings = RouteSettings()
+) -> RouteSettings:
+    """Route settings from Envoy route metadata (plain Envoy or Envoy Gateway shape)."""
+    settings = defaults
+    plain = metadata.get(NAMESPACE)
+    if plain is not None:
+        if not isinstance(plain, Mapping):
+            raise SettingsError(f"route metadata {NAMESPACE!r} must be a struct")
+        settings = settings.merged(plain, where=f"route metadata {NAMESPACE}")
+    annotations = _gateway_annotations(metadata.get(GATEWAY_NAMESPACE))
+    if annotations:
+        settings = settings.merged(annotations, where="HTTPRoute annotations", strings=True)
+    return settings
+
+
+def _gateway_annotations(gateway: Any) -> dict[str, Any]:
+    """Our keys from Envoy Gateway's resource annotations, prefix removed."""
+    if not isinstance(gateway, Mapping):
+        return {}
+    found: dict[str, Any] = {}
+    for resource in gateway.get("resources") or ():
+        annotations = resource.get("annotations") if isinstance(resource, Mapping) else None
+        if not isinstance(annotations, Mapping):
+            continue
+        for key, value in annotations.items():
+            for prefix in ANNOTATION_PREFIXES:
+                if key.startswith(prefix):
+                    found[key[len(prefix):]] = value
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceSettings:
+    """How the service process runs; ``defaults`` apply to every route before its metadata."""
+
+    listen: str = "127.0.0.1:50051"
+    metrics_listen: str | None = "127.0.0.1:9464"
+    log_level: str = "info"
+    drain_seconds: float = 30.0
+    log_content: bool = False
+    defaults: RouteSettings = field(default_factory=RouteSettings)
+
+    @property
+    def max_message_bytes(self) -> int:
+        """gRPC message limit: a whole buffered body plus protobuf framing must fit."""
+        return max(64 * MiB, self.defaults.max_body_bytes + MiB)
+
+
+_SERVICE_KEYS = {"listen", "metrics_listen", "log_level", "drain_seconds", "log_content", "defaults"}
+
+
+def load_service_settings(path: str | None, **overrides: Any) -> ServiceSettings:
+    """Settings from a YAML/JSON file (optional), then non-None command-line ``overrides``."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        values = _read_settings_file(path)
+    unknown = set(values) - _SERVICE_KEYS
+    if unknown:
+        raise SettingsError(
+            f"{path}: unknown key(s) {', '.join(sorted(unknown))}; known keys: {', '.join(sorted(_SERVICE_KEYS))}"
+        )
+    defaults = RouteSettings()
+    if "defaults" in values:
+        if not isinstance(values["defaults"], Mapping):
+            raise SettingsError(f"{path}: defaults must be a mapping of route settings")
+        defaults = defaults.merged(values.pop("defaults"), where=f"{path}: defaults")
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return ServiceSettings(defaults=defaults, **values)
+    except TypeError as exc:  # pragma: no cover - guarded by _SERVICE_KEYS
+        raise SettingsError(str(exc)) from None
+
+
+def _read_settings_file(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as exc:
+        raise SettingsError(f"cannot read settings file {path}: {exc.strerror}") from None
+    try:
+        if path.endswith(".json"):
+            data = orjson.loads(raw)
+        else:
+            import yaml
+
+            data = yaml.safe_load(raw)
+    except Exception as exc:  # the parsers' own errors carry the line/column
+        raise SettingsError(f"settings file {path} does not parse: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SettingsError(f"settings file {path} must hold a mapping")
+    return data
