@@ -1,0 +1,107 @@
+"""Running the gRPC service: ext_proc + health + reflection, metrics, and a graceful drain.
+
+Drain order on SIGTERM: health turns NOT_SERVING at once (load balancers and probes stop sending
+new requests), requests in flight keep being served until they end or ``drain_seconds`` pass, and
+only then does the server close. Requests are never cut because the process was asked to stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+
+import grpc
+from envoy.service.ext_proc.v3 import external_processor_pb2, external_processor_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from . import metrics
+from .service import ExternalProcessor
+from .settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+EXT_PROC_SERVICE = external_processor_pb2.DESCRIPTOR.services_by_name["ExternalProcessor"].full_name
+
+
+def split_host_port(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"address {address!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+class Service:
+    """The service's lifetime: ``start()``, then ``drain()`` when asked to stop."""
+
+    def __init__(self, settings: ServiceSettings) -> None:
+        self.settings = settings
+        self.processor = ExternalProcessor(settings)
+        self.health = health_aio.HealthServicer()
+        self.serving = False
+        self.bound_port = 0
+        self._server: grpc.aio.Server | None = None
+        self._http: asyncio.AbstractServer | None = None
+
+    async def start(self) -> None:
+        size = self.settings.max_message_bytes
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", size),
+                ("grpc.max_send_message_length", size),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(self.processor, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (EXT_PROC_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            server,
+        )
+        listen = self.settings.listen
+        self.bound_port = server.add_insecure_port(listen)
+        if self.bound_port == 0 and not listen.startswith("unix:"):
+            raise OSError(f"cannot listen on {listen}")
+        await server.start()
+        self._server = server
+        if self.settings.metrics_listen:
+            host, port = split_host_port(self.settings.metrics_listen)
+            self._http = await metrics.serve_http(host, port, lambda: self.serving)
+        await self._set_serving(True)
+        log.info("ext_proc service listening on %s", listen)
+
+    async def _set_serving(self, serving: bool) -> None:
+        self.serving = serving
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", EXT_PROC_SERVICE):
+            await self.health.set(name, status)
+
+    async def drain(self) -> None:
+        """Stop taking new work, let requests in flight end, then close."""
+        await self._set_serving(False)
+        deadline = time.monotonic() + self.settings.drain_seconds
+        log.info("draining: %d request(s) in flight", self.processor.in_flight)
+        while self.processor.in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if self._server is not None:
+            await self._server.stop(grace=max(0.0, deadline - time.monotonic()))
+        if self._http is not None:
+            self._http.close()
+        log.info("stopped")
+
+
+async def serve_until_signalled(settings: ServiceSettings, started: asyncio.Event | None = None) -> None:
+    """Run the service until SIGTERM or SIGINT, then drain."""
+    service = Service(settings)
+    await service.start()
+    if started is not None:
+        started.set()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await service.drain()

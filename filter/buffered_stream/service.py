@@ -1,0 +1,351 @@
+"""The ext_proc adapter: the only module that speaks Envoy's protocol and builds protobuf.
+
+Envoy opens one gRPC stream per HTTP request and sends, in order, the phases its processing mode
+asks for. ``Exchange`` holds one request's state with an explicit phase; it decides, per message,
+the cheapest reply: skip everything after the request headers (one round trip) when the request
+cannot be ours, pass the response through when the upstream did not stream, and otherwise feed the
+SSE to the core's ``StreamConverter`` and answer with one JSON body. All assembly logic lives in
+the core; nothing here looks inside a completion.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from typing import Any, AsyncIterator
+
+import grpc
+from envoy.config.core.v3 import base_pb2
+from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+from envoy.type.v3 import http_status_pb2
+from google.protobuf import json_format, struct_pb2, text_format
+
+from . import metrics
+from .convert import StreamConverter
+from .errors import ConversionError
+from .request import Rewrite, plan_request, schema_for_path
+from .settings import NAMESPACE, RouteSettings, ServiceSettings, SettingsError, route_settings_from_metadata
+
+log = logging.getLogger(__name__)
+
+ATTRIBUTES_KEY = "envoy.filters.http.ext_proc"
+ROUTE_METADATA_ATTRIBUTE = "xds.route_metadata"
+ROUTE_NAME_ATTRIBUTE = "xds.route_name"
+
+
+class Phase(enum.Enum):
+    """Where one HTTP request is in its life, as seen by the processor."""
+
+    REQUEST_HEADERS = "request_headers"  # waiting for the request headers
+    REQUEST_BODY = "request_body"  # an LLM request on an enabled route: waiting for its body
+    RESPONSE_HEADERS = "response_headers"  # request forwarded (rewritten or not)
+    RESPONSE_BODY = "response_body"  # converting the upstream stream
+    DONE = "done"  # final reply sent: nothing more is expected
+
+
+# Replies that never change, built once.
+_Mode = ProcessingMode
+SKIP_REST = pb.ProcessingResponse(
+    request_headers=pb.HeadersResponse(),
+    mode_override=_Mode(request_body_mode=_Mode.NONE, response_header_mode=_Mode.SKIP, response_body_mode=_Mode.NONE),
+)
+CONTINUE_REQUEST_HEADERS = pb.ProcessingResponse(request_headers=pb.HeadersResponse())
+CONTINUE_REQUEST_BODY = pb.ProcessingResponse(request_body=pb.BodyResponse())
+CONTINUE_RESPONSE_HEADERS = pb.ProcessingResponse(response_headers=pb.HeadersResponse())
+DROP_RESPONSE_CHUNK = pb.ProcessingResponse(
+    response_body=pb.BodyResponse(response=pb.CommonResponse(body_mutation=pb.BodyMutation(clear_body=True)))
+)
+_BODY_MODES = {"buffered": _Mode.BUFFERED, "streamed": _Mode.STREAMED}
+_JSON_HEADERS = [base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key="content-type", raw_value=b"application/json"))]
+_NO_ENCODING = ("accept-encoding",)
+
+
+def _header(key: str, value: str) -> base_pb2.HeaderValueOption:
+    return base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=key, raw_value=value.encode()))
+
+
+def _headers(message: pb.HttpHeaders, *wanted: str) -> dict[str, str]:
+    """The wanted headers of a message (Envoy sends values in ``raw_value``; older ones in ``value``)."""
+    found: dict[str, str] = {}
+    for h in message.headers.headers:
+        if h.key in wanted:
+            found[h.key] = h.raw_value.decode("latin-1") if h.raw_value else h.value
+    return found
+
+
+def _usage_metadata(outcome: str, usage: dict[str, Any] | None) -> struct_pb2.Struct:
+    values: dict[str, Any] = {"outcome": outcome}
+    if usage:
+        for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
+            if isinstance(usage.get(key), int):
+                values[key] = usage[key]
+    struct = struct_pb2.Struct()
+    struct.update({NAMESPACE: values})
+    return struct
+
+
+class RouteSettingsCache:
+    """Route metadata text → RouteSettings (or the SettingsError), parsed once per distinct route."""
+
+    def __init__(self, defaults: RouteSettings, max_entries: int = 1024) -> None:
+        self._defaults = defaults
+        self._max_entries = max_entries
+        self._cache: dict[str, RouteSettings | SettingsError] = {}
+
+    def get(self, metadata_text: str) -> RouteSettings:
+        hit = self._cache.get(metadata_text)
+        if hit is None:
+            hit = self._parse(metadata_text)
+            if len(self._cache) >= self._max_entries:
+                self._cache.clear()
+            self._cache[metadata_text] = hit
+            if isinstance(hit, SettingsError):
+                log.error("invalid buffered-stream route settings: %s", hit)
+        if isinstance(hit, SettingsError):
+            raise hit
+        return hit
+
+    def _parse(self, metadata_text: str) -> RouteSettings | SettingsError:
+        if not metadata_text:
+            return self._defaults
+        try:
+            metadata = text_format.Parse(metadata_text, base_pb2.Metadata())
+        except text_format.ParseError as exc:
+            return SettingsError(f"route metadata does not parse: {exc}")
+        plain = {ns: json_format.MessageToDict(s) for ns, s in metadata.filter_metadata.items()}
+        try:
+            return route_settings_from_metadata(plain, self._defaults)
+        except SettingsError as exc:
+            return exc
+
+
+class Exchange:
+    """One HTTP request's ext_proc conversation: explicit phase, exactly-once finish."""
+
+    __slots__ = (
+        "_routes", "phase", "route", "route_name", "schema", "rewrite", "skip_reason", "converter", "outcome",
+        "_assembly_seconds",
+    )
+
+    def __init__(self, routes: RouteSettingsCache) -> None:
+        self._routes = routes
+        self.phase = Phase.REQUEST_HEADERS
+        self.route: RouteSettings | None = None
+        self.route_name = ""
+        self.schema = ""
+        self.rewrite: Rewrite | None = None
+        self.skip_reason = ""
+        self.converter: StreamConverter | None = None
+        self.outcome: str | None = None
+        self._assembly_seconds = 0.0
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def finish(self, outcome: str) -> None:
+        """Record how the request ended; only the first call counts."""
+        if self.outcome is not None:
+            return
+        self.outcome = outcome
+        metrics.count_outcome(outcome)
+        if self.converter is not None:
+            metrics.CONVERTING.dec()
+            metrics.ASSEMBLY_SECONDS.observe(self._assembly_seconds)
+            metrics.SSE_EVENTS.inc(self.converter.events)
+        if outcome != metrics.CONVERTED and not outcome.startswith(metrics.PASSTHROUGH_PREFIX):
+            log.info("request finished: outcome=%s route=%s model=%s", outcome, self.route_name,
+                     self.rewrite.model if self.rewrite else None)
+
+    def _pass(self, reason: str) -> None:
+        self.phase = Phase.DONE
+        self.finish(metrics.PASSTHROUGH_PREFIX + reason)
+
+    # -- messages --------------------------------------------------------------------------------
+
+    def handle(self, request: pb.ProcessingRequest) -> pb.ProcessingResponse:
+        kind = request.WhichOneof("request")
+        metrics.MESSAGES_BY_PHASE[kind].inc()
+        if kind == "request_headers":
+            return self._on_request_headers(request)
+        if kind == "request_body":
+            return self._on_request_body(request.request_body)
+        if kind == "response_headers":
+            return self._on_response_headers(request.response_headers)
+        if kind == "response_body":
+            return self._on_response_body(request.response_body)
+        # Trailers are never asked for; answer them so Envoy is not left waiting.
+        field = "request_trailers" if kind == "request_trailers" else "response_trailers"
+        return pb.ProcessingResponse(**{field: pb.TrailersResponse()})
+
+    def _on_request_headers(self, request: pb.ProcessingRequest) -> pb.ProcessingResponse:
+        attributes = request.attributes.get(ATTRIBUTES_KEY)
+        metadata_text = ""
+        if attributes is not None:
+            fields = attributes.fields
+            if ROUTE_NAME_ATTRIBUTE in fields:
+                self.route_name = fields[ROUTE_NAME_ATTRIBUTE].string_value
+            if ROUTE_METADATA_ATTRIBUTE in fields:
+                metadata_text = fields[ROUTE_METADATA_ATTRIBUTE].string_value
+        try:
+            self.route = self._routes.get(metadata_text)
+        except SettingsError as exc:
+            self.phase = Phase.DONE
+            self.finish(metrics.SETTINGS_ERROR)
+            return _immediate(500, ConversionError("settings_error", 500, f"buffered-stream route settings: {exc}"))
+        if not self.route.enabled:
+            self._pass("disabled")
+            return SKIP_REST
+        headers = request.request_headers
+        found = _headers(headers, ":method", ":path", "content-type")
+        schema = schema_for_path(found.get(":path", ""))
+        content_type = found.get("content-type", "application/json")
+        if found.get(":method") != "POST" or schema is None or "json" not in content_type or headers.end_of_stream:
+            self._pass("path")
+            return SKIP_REST
+        self.phase = Phase.REQUEST_BODY
+        self.schema = schema
+        return CONTINUE_REQUEST_HEADERS
+
+    def _on_request_body(self, body: pb.HttpBody) -> pb.ProcessingResponse:
+        assert self.route is not None
+        self.phase = Phase.RESPONSE_HEADERS
+        plan = plan_request(self.schema, body.body, self.route.models)
+        if not isinstance(plan, Rewrite):
+            self.skip_reason = plan.reason
+            return CONTINUE_REQUEST_BODY
+        self.rewrite = plan
+        mutation = pb.HeaderMutation(
+            set_headers=[_header("content-length", str(len(plan.body)))], remove_headers=_NO_ENCODING
+        )
+        return pb.ProcessingResponse(
+            request_body=pb.BodyResponse(
+                response=pb.CommonResponse(header_mutation=mutation, body_mutation=pb.BodyMutation(body=plan.body))
+            )
+        )
+
+    def _on_response_headers(self, headers: pb.HttpHeaders) -> pb.ProcessingResponse:
+        assert self.route is not None
+        if self.rewrite is None:
+            self._pass(self.skip_reason)
+            return CONTINUE_RESPONSE_HEADERS
+        found = _headers(headers, ":status", "content-type", "content-encoding")
+        if found.get(":status") != "200" or not found.get("content-type", "").startswith("text/event-stream"):
+            self._pass("status" if found.get(":status") != "200" else "content_type")
+            return CONTINUE_RESPONSE_HEADERS
+        self.converter = StreamConverter(
+            self.rewrite.schema,
+            self.route.profile,
+            max_event_bytes=self.route.max_event_bytes,
+            max_body_bytes=self.route.max_body_bytes,
+        )
+        metrics.CONVERTING.inc()
+        if found.get("content-encoding", "identity") != "identity":
+            return self._fail(ConversionError("malformed", 502, "upstream stream is content-encoded; cannot convert it"))
+        if headers.end_of_stream:
+            return self._fail(ConversionError("truncated", 502, "upstream answered 200 text/event-stream with no body"))
+        self.phase = Phase.RESPONSE_BODY
+        mode = self.route.mode
+        return pb.ProcessingResponse(
+            response_headers=pb.HeadersResponse(
+                response=pb.CommonResponse(
+                    header_mutation=pb.HeaderMutation(set_headers=_JSON_HEADERS, remove_headers=("content-length",))
+                )
+            ),
+            mode_override=_Mode(
+                request_body_mode=_Mode.BUFFERED,
+                response_header_mode=_Mode.SEND,
+                response_body_mode=_BODY_MODES[mode],
+            ),
+        )
+
+    def _on_response_body(self, body: pb.HttpBody) -> pb.ProcessingResponse:
+        converter = self.converter
+        if converter is None or self.phase is not Phase.RESPONSE_BODY:
+            # A chunk after the answer was sent (data after [DONE]): drop it.
+            return DROP_RESPONSE_CHUNK
+        metrics.RESPONSE_CHUNKS.inc()
+        metrics.RESPONSE_BYTES.inc(len(body.body))
+        buffered = self.route is not None and self.route.mode == "buffered"
+        started = time.perf_counter()
+        try:
+            converter.feed(body.body)
+            if not (body.end_of_stream or converter.done or buffered):
+                self._assembly_seconds += time.perf_counter() - started
+                return DROP_RESPONSE_CHUNK
+            answer = converter.finish()
+        except ConversionError as exc:
+            self._assembly_seconds += time.perf_counter() - started
+            return self._fail(exc, committed=not buffered)
+        self._assembly_seconds += time.perf_counter() - started
+        self.phase = Phase.DONE
+        self.finish(metrics.CONVERTED)
+        set_headers = [_header("content-length", str(len(answer)))] if buffered else []
+        return pb.ProcessingResponse(
+            response_body=pb.BodyResponse(
+                response=pb.CommonResponse(
+                    header_mutation=pb.HeaderMutation(set_headers=set_headers),
+                    body_mutation=pb.BodyMutation(body=answer),
+                )
+            ),
+            dynamic_metadata=_usage_metadata(metrics.CONVERTED, converter.usage),
+        )
+
+    def _fail(self, error: ConversionError, *, committed: bool = False) -> pb.ProcessingResponse:
+        """The answer for a stream that cannot become a correct completion.
+
+        ``committed``: the 200 headers already went downstream (streamed mode), so the only honest
+        signal left is to reset the request; a 200 with an error body would look like success.
+        """
+        self.phase = Phase.DONE
+        self.finish(error.kind)
+        if committed:
+            raise StreamedFailure(error)
+        return _immediate(error.status, error, dynamic_metadata=_usage_metadata(error.kind, None))
+
+
+def _immediate(status: int, error: ConversionError, dynamic_metadata: struct_pb2.Struct | None = None) -> pb.ProcessingResponse:
+    return pb.ProcessingResponse(
+        immediate_response=pb.ImmediateResponse(
+            status=http_status_pb2.HttpStatus(code=status),
+            headers=pb.HeaderMutation(set_headers=_JSON_HEADERS),
+            body=error.body(),
+            details=f"buffered_stream_{error.kind}",
+        ),
+        dynamic_metadata=dynamic_metadata,
+    )
+
+
+class StreamedFailure(Exception):
+    """A failure after the 200 was committed (streamed mode): the only honest signal is a reset."""
+
+    def __init__(self, error: ConversionError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
+    """grpc.aio servicer: one ``Exchange`` per stream, replies in the order Envoy requires."""
+
+    def __init__(self, settings: ServiceSettings) -> None:
+        self._routes = RouteSettingsCache(settings.defaults)
+        self.in_flight = 0
+
+    async def Process(
+        self, request_iterator: AsyncIterator[pb.ProcessingRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ProcessingResponse]:
+        exchange = Exchange(self._routes)
+        self.in_flight += 1
+        metrics.IN_FLIGHT.inc()
+        try:
+            async for request in request_iterator:
+                try:
+                    yield exchange.handle(request)
+                except StreamedFailure as failure:
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, f"buffered_stream: {failure.error.message}")
+        finally:
+            self.in_flight -= 1
+            metrics.IN_FLIGHT.dec()
+            # The stream ended before our final reply: the client went away or Envoy gave up.
+            exchange.finish(metrics.ABORTED)
