@@ -1,0 +1,180 @@
+"""The pipeline from upstream stream bytes to the one non-stream answer.
+
+``StreamConverter`` owns everything that is the same for every API schema: SSE decoding, JSON
+parsing, ``[DONE]``, the many shapes of in-stream upstream errors, size limits and the
+completeness check at end of body. The schema's assembler only sees well-formed, non-error chunks.
+Messages never quote payloads (they can hold completion text): only positions and sizes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from .assembler import Assembler
+from .errors import LIMIT, MALFORMED, TRUNCATED, UPSTREAM_ERROR, ConversionError
+from .sse import BARE_JSON_EVENT, ERROR_EVENT, SseDecoder
+
+# Room for field names and comments around an event of the maximal size.
+_FRAMING_SLACK_BYTES = 64 << 10
+_DEFAULT_ERROR_STATUS = 502
+_MESSAGE_EXCERPT_CHARS = 100
+
+
+class StreamConverter:
+    """Feed the upstream body in any chunking, then ``finish()`` for the answer's bytes."""
+
+    __slots__ = ("_assembler", "_decoder", "_max_body", "_body_bytes", "_events", "_done")
+
+    def __init__(
+        self,
+        schema: str,
+        profile: str = "auto",
+        *,
+        max_event_bytes: int = 1 << 20,
+        max_body_bytes: int = 16 << 20,
+        assembler: Assembler | None = None,
+    ) -> None:
+        if assembler is None:
+            from .schemas import make_assembler
+
+            assembler = make_assembler(schema, profile)
+        self._assembler = assembler
+        self._decoder = SseDecoder(max_event_bytes, max_event_bytes + _FRAMING_SLACK_BYTES)
+        self._max_body = max_body_bytes
+        self._body_bytes = 0
+        self._events = 0
+        self._done = False
+
+    @property
+    def done(self) -> bool:
+        """The upstream sent ``[DONE]``."""
+        return self._done
+
+    @property
+    def events(self) -> int:
+        """SSE events decoded so far (up to and including ``[DONE]``)."""
+        return self._events
+
+    @property
+    def usage(self) -> dict[str, Any] | None:
+        return self._assembler.usage
+
+    def feed(self, data: bytes) -> None:
+        """Consume the next body chunk; bytes after ``[DONE]`` are ignored."""
+        if self._done:
+            return
+        self._body_bytes += len(data)
+        if self._body_bytes > self._max_body:
+            raise ConversionError(
+                LIMIT,
+                502,
+                f"upstream answer exceeds max_body_bytes={self._max_body}",
+                code="response_too_large",
+            )
+        self._consume(self._decoder.feed(data))
+
+    def finish(self) -> bytes:
+        """End of body: the answer as JSON bytes, or ``ConversionError`` if it is incomplete."""
+        if not self._done:
+            self._consume(self._decoder.close())
+        assembler = self._assembler
+        if not self._done and not assembler.finished:
+            raise ConversionError(
+                TRUNCATED, 502, "upstream stream ended before the answer was complete"
+            )
+        answer = assembler.result()
+        if not assembler.finished and not answer.get("choices"):
+            raise ConversionError(TRUNCATED, 502, "upstream stream ended without any choice")
+        return orjson.dumps(answer)
+
+    def _consume(self, events: list[tuple[str, bytes]]) -> None:
+        add = self._assembler.add
+        loads = orjson.loads
+        for name, payload in events:
+            self._events += 1
+            if name == ERROR_EVENT:
+                raise _error_event(payload)
+            try:
+                chunk = loads(payload)
+            except orjson.JSONDecodeError as exc:
+                stripped = payload.strip()
+                if stripped == b"[DONE]":
+                    self._done = True
+                    return
+                if not stripped:  # an empty data line is a keep-alive
+                    continue
+                raise ConversionError(
+                    MALFORMED,
+                    502,
+                    f"upstream SSE event #{self._events} is not valid JSON: {exc.msg} "
+                    f"(at byte {exc.pos} of {len(payload)})",
+                ) from None
+            if type(chunk) is not dict:
+                raise ConversionError(
+                    MALFORMED,
+                    502,
+                    f"upstream SSE event #{self._events} is JSON {type(chunk).__name__}, "
+                    "not an object",
+                )
+            if chunk.get("error") or chunk.get("object") == "error":
+                raise _upstream_error(chunk)
+            if name == BARE_JSON_EVENT:
+                raise ConversionError(
+                    MALFORMED,
+                    502,
+                    f"upstream sent a JSON line without a data: field (SSE event #{self._events})",
+                )
+            add(chunk)
+
+
+def _error_event(payload: bytes) -> ConversionError:
+    """``event: error`` or llama.cpp's ``error:`` line: fatal whatever its payload."""
+    try:
+        parsed = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        text = payload.decode("utf-8", "replace").strip()
+        return _upstream_error({"error": text or "upstream sent an error event"})
+    if isinstance(parsed, dict):
+        if parsed.get("error") or parsed.get("object") == "error":
+            return _upstream_error(parsed)
+        # llama.cpp sends the error object itself: {"code": .., "message": .., "type": ..}
+        return _upstream_error({"error": parsed})
+    return _upstream_error({"error": str(parsed)})
+
+
+def _upstream_error(chunk: dict[str, Any]) -> ConversionError:
+    """One error answer for every in-stream shape, with the upstream's own error object."""
+    error = chunk.get("error")
+    if isinstance(error, dict):
+        upstream = error
+    elif error:  # TGI {"error": "...", "error_type": ...}, Ollama {"error": "..."}
+        error_type = chunk.get("error_type")
+        upstream = {
+            "message": str(error),
+            "type": error_type if isinstance(error_type, str) else "upstream_error",
+            "param": None,
+            "code": None,
+        }
+    else:  # vLLM's flat {"object": "error", "message": ..., "type": ..., "param": ..., "code": ...}
+        upstream = {key: chunk.get(key) for key in ("message", "type", "param", "code")}
+    status = _http_status(upstream) or _http_status(chunk) or _DEFAULT_ERROR_STATUS
+    message = str(upstream.get("message") or "no message")[:_MESSAGE_EXCERPT_CHARS]
+    return ConversionError(
+        UPSTREAM_ERROR,
+        status,
+        f"upstream reported an error in the stream: {message}",
+        upstream_error=upstream,
+    )
+
+
+def _http_status(obj: dict[str, Any]) -> int | None:
+    """``code`` or ``http_status_code`` when it is an HTTP error status (int or digit string)."""
+    for key in ("code", "http_status_code"):
+        value = obj.get(key)
+        if isinstance(value, str) and len(value) == 3 and value.isascii() and value.isdigit():
+            value = int(value)
+        if type(value) is int and 400 <= value <= 599:
+            return value
+    return None
