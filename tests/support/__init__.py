@@ -1,0 +1,1 @@
+"""Test harness: real processes on loopback (Envoy, the service, a scriptable backend)."""
