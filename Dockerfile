@@ -1,0 +1,25 @@
+# buffered-stream: the ext_proc service only. Envoy runs from the official envoyproxy/envoy image.
+#   docker build -t buffered-stream:0.1.0 .
+#   docker run --rm -p 50051:50051 -p 9464:9464 buffered-stream:0.1.0
+
+FROM python:3.11.14-slim-bookworm AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
+RUN python -m venv /opt/buffered-stream
+WORKDIR /src
+COPY deploy/docker/constraints.txt ./
+COPY pyproject.toml README.md ./
+COPY filter ./filter
+RUN /opt/buffered-stream/bin/pip install --constraint constraints.txt ".[fast]"
+
+FROM python:3.11.14-slim-bookworm
+ENV PATH=/opt/buffered-stream/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+RUN groupadd --system --gid 10001 buffered-stream \
+ && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin buffered-stream
+COPY --from=build /opt/buffered-stream /opt/buffered-stream
+USER 10001:10001
+# ext_proc gRPC (+ grpc.health.v1), then HTTP /metrics and /healthz.
+EXPOSE 50051 9464
+ENTRYPOINT ["buffered-stream"]
+CMD ["serve", "--listen", "0.0.0.0:50051", "--metrics-listen", "0.0.0.0:9464", "--log-level", "info"]
