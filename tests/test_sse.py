@@ -44,6 +44,7 @@ CASES = {
     ),
     "data lines joined": (b"data: a\ndata:\ndata: b\n\n", [("", b"a\n\nb")]),
     "id and retry ignored": (b"id: 7\nretry: 10\nfoo: bar\ndata: x\n\n", [("", b"x")]),
+    "mixed data prefixes": (b"data: a\n\ndata:b\n\ndata:  c\n\n", [("", b"a"), ("", b"b"), ("", b" c")]),
     "field without colon": (b"data\n\n", [("", b"")]),
     "event without data not dispatched": (b"event: ping\n\nid: 3\n\n", []),
     "blank lines around": (b"\n\n\ndata: a\n\n\n\n\ndata: b\n\n", [("", b"a"), ("", b"b")]),
@@ -108,6 +109,13 @@ def test_event_larger_than_limit_is_refused() -> None:
     assert info.value.status == 502
     assert "max_event_bytes=10" in info.value.message
     assert "11 bytes" in info.value.message
+
+
+def test_event_limit_holds_among_many_events_of_one_chunk() -> None:
+    body = b"data: ok\n\n" * 5 + b"data: " + b"x" * 11 + b"\n\n" + b"data: ok\n\n"
+    with pytest.raises(ConversionError) as info:
+        SseDecoder(10, BIG).feed(body)
+    assert info.value.kind == LIMIT
 
 
 def test_joined_data_lines_count_towards_the_event_limit() -> None:

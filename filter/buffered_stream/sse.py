@@ -22,6 +22,9 @@ total work stays linear however the body is chunked.
 
 from __future__ import annotations
 
+from itertools import repeat
+from operator import is_
+
 from .errors import LIMIT, ConversionError
 
 Event = tuple[str, bytes]
@@ -30,8 +33,11 @@ ERROR_EVENT = "error"
 BARE_JSON_EVENT = "bare-json"
 
 _LF = 0x0A
+_CR = 0x0D
 _COLON = 0x3A
 _OPEN_BRACE = 0x7B
+_removeprefix = bytes.removeprefix
+_startswith = bytes.startswith
 
 
 class SseDecoder:
@@ -61,42 +67,42 @@ class SseDecoder:
             self._cr_pending = False
             if data[0] == _LF:
                 data = data[1:]
-        if b"\r" in data:
-            self._cr_pending = data[-1] == 0x0D
+        if _CR in data:
+            self._cr_pending = data[-1] == _CR
             data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         held = self._held
-        if b"\n\n" not in data and not (data[:1] == b"\n" and held and held[-1][-1] == _LF):
+        end = data.rfind(b"\n\n")
+        if end < 0 and not (data[:1] == b"\n" and held and held[-1][-1] == _LF):
             if data:
-                self._hold(data)
+                self._hold(data)  # no event can have ended: keep it without scanning it again
             return []
         if held:
             held.append(data)
             data = b"".join(held)
             held.clear()
-        blocks = data.split(b"\n\n")
-        tail = blocks.pop()
+            end = data.rfind(b"\n\n")
         self._held_size = 0
-        if tail:
-            self._hold(tail)
+        if end + 2 < len(data):
+            self._hold(data[end + 2 :])
+        lines = data[:end].split(b"\n")
+        if len(lines) & 1 and not any(lines[1::2]):  # alternating one field line, blank line
+            payloads = _one_line_data(lines[::2])
+            if payloads is not None:
+                if end > self._max_event:
+                    self._check_size(max(map(len, payloads)))
+                return list(zip(repeat(""), payloads))
         events: list[Event] = []
-        for block in blocks:
-            if block[:5] == b"data:" and b"\n" not in block:  # the common one-line event
-                payload = block[6:] if block[5:6] == b" " else block[5:]
-                if len(payload) > self._max_event:
-                    raise self._event_too_large(len(payload))
-                events.append(("", payload))
-            elif block:
-                self._decode_block(block, events)
+        self._decode_lines(lines, events)
         return events
 
     def close(self) -> list[Event]:
         """End of body: dispatch what is held as if a blank line followed it."""
         events: list[Event] = []
         if self._held:
-            block = b"".join(self._held)
+            rest = b"".join(self._held)
             self._held.clear()
             self._held_size = 0
-            self._decode_block(block, events)
+            self._decode_lines(rest.split(b"\n"), events)
         self._cr_pending = False
         return events
 
@@ -111,14 +117,21 @@ class SseDecoder:
                 f"(max_buffer_bytes={self._max_buffer})",
             )
 
-    def _decode_block(self, block: bytes, events: list[Event]) -> None:
-        """The general path: any mix of fields and comments forming one event."""
+    def _decode_lines(self, lines: list[bytes], events: list[Event]) -> None:
+        """The general path: any mix of fields, comments and blank lines; the end dispatches."""
         name = ""
         data: list[bytes] = []
-        for line in block.split(b"\n"):
-            if not line or line[0] == _COLON:
+        for line in lines:
+            if not line:
+                if data:
+                    events.append((name, self._joined(data)))
+                    data = []
+                name = ""
                 continue
-            if line[0] == _OPEN_BRACE:
+            first = line[0]
+            if first == _COLON:
+                continue
+            if first == _OPEN_BRACE:
                 self._check_size(len(line))
                 events.append((BARE_JSON_EVENT, line))
                 continue
@@ -133,9 +146,12 @@ class SseDecoder:
                 self._check_size(len(value))
                 events.append((ERROR_EVENT, value))
         if data:
-            payload = data[0] if len(data) == 1 else b"\n".join(data)
-            self._check_size(len(payload))
-            events.append((name, payload))
+            events.append((name, self._joined(data)))
+
+    def _joined(self, data: list[bytes]) -> bytes:
+        payload = data[0] if len(data) == 1 else b"\n".join(data)
+        self._check_size(len(payload))
+        return payload
 
     def _check_size(self, size: int) -> None:
         if size > self._max_event:
@@ -147,3 +163,17 @@ class SseDecoder:
             502,
             f"upstream SSE event of {size} bytes exceeds max_event_bytes={self._max_event}",
         )
+
+
+def _one_line_data(lines: list[bytes]) -> list[bytes] | None:
+    """The payloads if every line is ``data: X`` (or TGI's ``data:X``), else None.
+
+    The fast path of the common stream shape: ``map`` over C functions instead of a Python loop;
+    ``removeprefix`` returns the very same object when the prefix is missing.
+    """
+    payloads = list(map(_removeprefix, lines, repeat(b"data: ")))
+    if any(map(is_, payloads, lines)):
+        payloads = list(map(_removeprefix, lines, repeat(b"data:")))
+        if any(map(is_, payloads, lines)) or any(map(_startswith, payloads, repeat(b" "))):
+            return None
+    return payloads
