@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
+from buffered_stream.cli import build_parser
 from buffered_stream.settings import RouteSettings, route_settings_from_metadata
 
 MANIFESTS = Path(__file__).resolve().parents[1] / "deploy" / "envoy-gateway"
@@ -114,8 +115,9 @@ def test_policy_reaches_the_service_grpc_port() -> None:
     pod = find("Deployment", "buffered-stream")["spec"]["template"]
     (container,) = pod["spec"]["containers"]
     container_port = {p["name"]: p["containerPort"] for p in container["ports"]}[port["targetPort"]]
-    args = container["args"]
-    assert args[args.index("--listen") + 1] == f"0.0.0.0:{container_port}"
+    args = build_parser().parse_args(container["args"])
+    assert args.command == "serve"
+    assert args.listen == f"0.0.0.0:{container_port}"
     assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
 
 

@@ -14,6 +14,8 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from buffered_stream.cli import build_parser
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = REPO_ROOT / "deploy" / "kubernetes"
 SIXTEEN_MIB = 16 * 1024 * 1024
@@ -213,6 +215,11 @@ def test_probes(container: str, probe: str, path: str) -> None:
     assert spec["port"] in {p["name"] for p in CONTAINERS[container]["ports"]}
 
 
+def test_service_arguments_are_ones_the_cli_accepts() -> None:
+    args = build_parser().parse_args(SIDECARS["buffered-stream"]["args"])
+    assert (args.command, args.drain_seconds, args.log_level) == ("serve", 20, "info")
+
+
 def test_probe_ports_are_the_ones_the_processes_listen_on() -> None:
     ports = {name: {p["name"]: p["containerPort"] for p in c["ports"]} for name, c in CONTAINERS.items()}
     assert arg_after(SIDECARS["buffered-stream"], "--metrics-listen") == f"0.0.0.0:{ports['buffered-stream']['metrics']}"
@@ -296,9 +303,11 @@ def test_image_runs_the_console_script_as_a_non_root_user() -> None:
     project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
     assert yaml.safe_load(final["ENTRYPOINT"]) == ["buffered-stream"]
     assert "buffered-stream" in project["scripts"]
-    command = yaml.safe_load(final["CMD"])
-    assert command[0] == "serve"
-    assert "--listen" in command and "--metrics-listen" in command
+    args = build_parser().parse_args(yaml.safe_load(final["CMD"]))
+    assert args.command == "serve"
+    assert args.listen.startswith("0.0.0.0:") and args.metrics_listen.startswith("0.0.0.0:")
+    exposed = {int(port) for port in final["EXPOSE"].split()}
+    assert exposed == {int(args.listen.rpartition(":")[2]), int(args.metrics_listen.rpartition(":")[2])}
 
 
 def test_image_installs_pinned_dependencies_and_no_envoy() -> None:
