@@ -113,6 +113,15 @@ def test_timeouts_and_buffer_limits() -> None:
         assert f"%DYNAMIC_METADATA(buffered_stream:{key})%" in fmt
 
 
+def test_envoy_errors_become_json_but_service_replies_stay() -> None:
+    (mapper,) = hcm(load_packaged_config())["local_reply_config"]["mappers"]
+    only_without_outcome = mapper["filter"]["metadata_filter"]
+    assert only_without_outcome["matcher"]["path"] == [{"key": "outcome"}]
+    assert only_without_outcome["matcher"]["value"] == {"present_match": False}
+    assert only_without_outcome["match_if_key_not_found"] is True
+    assert set(mapper["body_format_override"]["json_format"]["error"]) == {"message", "type", "param", "code"}
+
+
 def test_routes() -> None:
     cfg = load_packaged_config()
     by_name = {r["name"]: r for r in routes(cfg)}

@@ -94,6 +94,8 @@ def test_envoy_pass_through_routes_need_no_service(harness: Harness, backend: Sc
     # A converting route with the service down: 502 from status_on_error, never the raw stream.
     converted = http_request(f"{envoy.url()}/v1/chat/completions", "POST", {**CHAT, "stream": False})
     assert converted.status == 502
+    assert converted.headers["content-type"] == "application/json"
+    assert converted.json()["error"]["code"].startswith("ext_proc_error_gRPC_error_14")
     wait_until(lambda: any("/v1/models" in line for line in envoy.access_log()), 10)
 
 

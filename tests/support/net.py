@@ -30,9 +30,10 @@ def wait_until(
 ) -> T:
     """Poll ``predicate`` until it returns a truthy value (returned) or ``timeout`` s pass.
 
-    Exceptions from ``predicate`` count as "not yet"; the last one is chained to the
-    ``AssertionError`` raised at the deadline. ``message`` may be a callable, evaluated only then
-    (e.g. to attach process logs).
+    Exceptions from ``predicate`` count as "not yet" (the last one is chained to the
+    ``AssertionError`` raised at the deadline), except ``AssertionError``, which means "never"
+    (e.g. the process died) and propagates at once. ``message`` may be a callable, evaluated
+    only at the deadline (e.g. to attach process logs).
     """
     deadline = time.monotonic() + timeout
     last_error: BaseException | None = None
@@ -41,6 +42,8 @@ def wait_until(
             value = predicate()
             if value:
                 return value
+        except AssertionError:
+            raise
         except Exception as e:  # noqa: BLE001 - "not ready" can look like anything
             last_error = e
         if time.monotonic() >= deadline:

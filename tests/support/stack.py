@@ -72,7 +72,8 @@ class Envoy:
                 "--use-dynamic-base-id",
                 "--admin-address-path", str(self._admin_address_path),
                 "--concurrency", "2",
-                "--log-level", "info",
+                "--log-level", "warning",
+                "--file-flush-interval-msec", "50",  # access log lines appear at once
             ],
             work_dir,
         )
