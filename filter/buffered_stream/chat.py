@@ -1,0 +1,519 @@
+"""``/v1/chat/completions``: fold ``chat.completion.chunk`` events into one ``chat.completion``.
+
+Rules (field by field, see the module's tests and corpus for each server's shape):
+
+* Top level (``Envelope``, shared with legacy completions): ``id`` first non-empty, ``model``
+  first, ``created`` first chunk (last for servers that stamp the end), ``object`` fixed,
+  ``obfuscation`` dropped. ``usage``: the one on a chunk without choices wins, else the last
+  non-null one; never summed, never invented (no usage in the stream -> no ``usage`` key).
+* Choices are keyed by ``index`` (a dict: any int is fine, nothing is sized by it) and sorted.
+  ``role`` first, ``finish_reason`` last non-null, verbatim.
+* Every string delta field (``content``, ``refusal``, ``reasoning_content``, ``reasoning``, or any
+  unknown one) is concatenated under the key the server used; a field only ever sent as null
+  stays null. ``content`` is always present (except TGI tool answers); when empty it is null or
+  ``""`` per the profile.
+* Tool calls are keyed by (choice, tool ``index``): id/type first non-empty (a repeated id is
+  ignored; a *different* id at an index whose arguments already parse as JSON opens a new call,
+  as Ollama sends parallel calls all at index 0), a name that extends the current one replaces
+  it (llama.cpp re-sends it whole), else it is appended; arguments always appended.
+* ``annotations`` appended, ``audio`` data base64-decoded, joined and re-encoded, transcript
+  concatenated, other audio fields last. ``logprobs``: null unless a chunk had non-null, then
+  each list (``content``, ``refusal``) concatenated, entries copied verbatim.
+* Unknown keys, on the chunk, the choice or a tool call, are carried the way a non-stream
+  answer shows them: last non-null value, null when only null was seen.
+
+Everything the stream could get wrong in type raises ``ConversionError(MALFORMED)``.
+"""
+
+from __future__ import annotations
+
+import binascii
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from .errors import LIMIT, MALFORMED, ConversionError
+from .profiles import (
+    FUNCTION_CALL,
+    REASONING,
+    REASONING_KEYS,
+    REFUSAL,
+    TOOL_CALLS,
+    Profile,
+    detect,
+    fill_defaults,
+)
+
+MAX_CHOICES = 1024
+MAX_TOOL_CALLS = 4096
+
+# Delta fields whose value must be text when present.
+_TEXT_KEYS = frozenset({"content", "refusal", *REASONING_KEYS})
+_FORCED_TOOL_CHOICES = frozenset({"required"})
+# Keys with a rule of their own; any other key is carried as an extra. Checking a chunk's keys
+# against these sets (one C-level call) keeps the common chunk free of per-key Python work.
+_KNOWN_TOP_KEYS = frozenset({"id", "object", "created", "model", "choices", "usage", "obfuscation"})
+_KNOWN_CHOICE_KEYS = frozenset({"index", "delta", "logprobs", "finish_reason"})
+
+
+def malformed(message: str) -> ConversionError:
+    return ConversionError(MALFORMED, 502, f"upstream stream chunk is malformed: {message}")
+
+
+def too_many(what: str, limit: int) -> ConversionError:
+    return ConversionError(LIMIT, 502, f"upstream stream has more than {limit} {what}", code="too_many_" + what.replace(" ", "_"))
+
+
+def merge_last(extras: dict[str, Any], key: str, value: Any) -> None:
+    """The non-stream value of an unknown field: the last non-null one, null if only null came."""
+    if value is not None or key not in extras:
+        extras[key] = value
+
+
+class Envelope:
+    """The top-level fields every OpenAI-style chunk carries, and the usage."""
+
+    __slots__ = ("_unsettled", "_id", "_model", "_created_first", "_last_chunk", "_final_usage", "_last_usage", "_extras")
+
+    def __init__(self) -> None:
+        self._unsettled = True
+        self._id: str | None = None
+        self._model: Any = None
+        self._created_first: Any = None
+        self._last_chunk: dict[str, Any] = {}
+        self._final_usage: dict[str, Any] | None = None
+        self._last_usage: dict[str, Any] | None = None
+        self._extras: dict[str, Any] = {}
+
+    @property
+    def usage(self) -> dict[str, Any] | None:
+        return self._final_usage if self._final_usage is not None else self._last_usage
+
+    def read(self, chunk: dict[str, Any]) -> list[Any]:
+        """Fold the chunk's top level in and return its choices (validated to be a list)."""
+        if self._unsettled:
+            self._settle(chunk)
+        self._last_chunk = chunk
+        if not _KNOWN_TOP_KEYS.issuperset(chunk):
+            extras = self._extras
+            for key in chunk.keys() - _KNOWN_TOP_KEYS:
+                merge_last(extras, key, chunk[key])
+        choices = chunk.get("choices")
+        if type(choices) is not list:
+            if choices is not None:
+                raise malformed("'choices' is not a list")
+            choices = []
+        usage = chunk.get("usage")
+        if usage is not None:
+            if type(usage) is not dict:
+                raise malformed("'usage' is not an object")
+            if choices:
+                self._last_usage = usage
+            else:
+                self._final_usage = usage
+        return choices
+
+    def _settle(self, chunk: dict[str, Any]) -> None:
+        """First-seen fields; called only until all are known (TGI's ids stay empty: always)."""
+        if not self._id:
+            chunk_id = chunk.get("id")
+            if chunk_id is not None:
+                if type(chunk_id) is not str:
+                    raise malformed("'id' is not a string")
+                if self._id is None or chunk_id:
+                    self._id = chunk_id
+        if self._created_first is None:
+            self._created_first = chunk.get("created")
+        if self._model is None:
+            self._model = chunk.get("model")
+        self._unsettled = not self._id or self._created_first is None or self._model is None
+
+    def detect(self, choice_extra_keys: set[str]) -> Profile:
+        return detect(
+            first_id=self._id,
+            system_fingerprint=self._extras.get("system_fingerprint"),
+            top_extra_keys=self._extras,
+            choice_extra_keys=choice_extra_keys,
+        )
+
+    def answer(self, profile: Profile, obj: str, choices: list[dict[str, Any]]) -> dict[str, Any]:
+        answer: dict[str, Any] = {"id": self._id if self._id is not None else "", "object": obj}
+        created = self._created_first
+        if profile.created_from_last_chunk:
+            created = self._last_chunk.get("created", created)
+        if created is not None:
+            answer["created"] = created
+        if self._model is not None:
+            answer["model"] = self._model
+        answer["choices"] = choices
+        usage = self.usage
+        if usage is not None:
+            usage = dict(usage)
+            fill_defaults(usage, profile.usage_keys)
+            answer["usage"] = usage
+        answer.update(self._extras)
+        fill_defaults(answer, profile.top_keys)
+        return answer
+
+
+def merge_logprobs(target: dict[str, Any] | None, logprobs: Any) -> dict[str, Any]:
+    """Concatenate each list of a non-null ``logprobs`` object; other fields last non-null."""
+    if type(logprobs) is not dict:
+        raise malformed("'logprobs' is not an object")
+    if target is None:
+        target = {}
+    for key, value in logprobs.items():
+        if type(value) is list:
+            pieces = target.get(key)
+            if type(pieces) is list:
+                pieces.extend(value)
+            else:
+                target[key] = list(value)
+        else:
+            merge_last(target, key, value)
+    return target
+
+
+def copy_logprobs(logprobs: dict[str, Any] | None) -> dict[str, Any] | None:
+    if logprobs is None:
+        return None
+    return {key: list(value) if type(value) is list else value for key, value in logprobs.items()}
+
+
+_UNSEEN: Any = object()
+
+
+class _ToolCall:
+    __slots__ = ("id", "type", "name", "arguments", "extras", "function_extras")
+
+    def __init__(self) -> None:
+        self.id: str | None = None
+        self.type: str | None = None
+        self.name = ""
+        self.arguments: list[str] = []
+        self.extras: dict[str, Any] = {}
+        self.function_extras: dict[str, Any] = {}
+
+    def arguments_complete(self) -> bool:
+        try:
+            orjson.loads("".join(self.arguments))
+        except orjson.JSONDecodeError:
+            return False
+        return True
+
+    def answer(self, profile: Profile, position: int) -> dict[str, Any]:
+        arguments = "".join(self.arguments)
+        if profile.compact_tool_arguments:
+            try:
+                arguments = orjson.dumps(orjson.loads(arguments)).decode()
+            except orjson.JSONDecodeError:
+                pass
+        function = {**self.function_extras, "name": self.name, "arguments": arguments}
+        fill_defaults(function, profile.function_keys)
+        call_id = profile.fixed_tool_call_id or self.id or f"call_{uuid.uuid4().hex[:24]}"
+        call: dict[str, Any] = {**self.extras, "id": call_id, "type": self.type or "function", "function": function}
+        if profile.keep_tool_call_index:
+            call["index"] = position
+        return call
+
+
+class _Choice:
+    __slots__ = (
+        "role",
+        "texts",
+        "content",
+        "others",
+        "calls",
+        "call_keys",
+        "function_call",
+        "annotations",
+        "audio",
+        "audio_data",
+        "audio_transcript",
+        "finish_reason",
+        "logprobs",
+        "extras",
+    )
+
+    def __init__(self) -> None:
+        self.role: str | None = None
+        self.texts: dict[str, list[str]] = {}
+        self.content: list[str] | None = None  # texts["content"], once the delta sent that key
+        self.others: dict[str, Any] = {}
+        self.calls: dict[int, _ToolCall] = {}
+        self.call_keys: dict[int, int] = {}  # stream tool index -> key in ``calls``
+        self.function_call: _ToolCall | None = None
+        self.annotations: list[Any] | None = None
+        self.audio: dict[str, Any] | None = None
+        self.audio_data: list[bytes] = []
+        self.audio_transcript: list[str] = []
+        self.finish_reason: Any = None
+        self.logprobs: Any = _UNSEEN
+        self.extras: dict[str, Any] = {}
+
+
+class ChatAssembler:
+    """Chat completions assembler; ``profile`` None means auto-detect at the end."""
+
+    __slots__ = ("_profile", "_forced_tool_choice", "_envelope", "_choices", "_unfinished")
+
+    def __init__(self, profile: Profile | None = None, request: Mapping[str, Any] | None = None) -> None:
+        self._profile = profile
+        tool_choice = request.get("tool_choice") if request else None
+        self._forced_tool_choice = tool_choice in _FORCED_TOOL_CHOICES or isinstance(tool_choice, dict)
+        self._envelope = Envelope()
+        self._choices: dict[int, _Choice] = {}
+        self._unfinished = 0
+
+    @property
+    def finished(self) -> bool:
+        return bool(self._choices) and self._unfinished == 0
+
+    @property
+    def usage(self) -> dict[str, Any] | None:
+        return self._envelope.usage
+
+    def add(self, chunk: dict[str, Any]) -> None:
+        for choice in self._envelope.read(chunk):
+            if type(choice) is not dict:
+                raise malformed("a choice is not an object")
+            index = choice.get("index", 0)
+            if type(index) is not int:
+                raise malformed("a choice 'index' is not an integer")
+            state = self._choices.get(index)
+            if state is None:
+                state = self._new_choice(index)
+            delta = choice.get("delta")
+            if delta:
+                if type(delta) is not dict:
+                    raise malformed("'delta' is not an object")
+                content = delta.get("content")
+                if len(delta) == 1 and type(content) is str and state.content is not None:
+                    state.content.append(content)  # the common chunk: one more piece of text
+                else:
+                    self._add_delta(state, delta)
+            finish_reason = choice.get("finish_reason")
+            if finish_reason is not None:
+                if type(finish_reason) is not str:
+                    raise malformed("'finish_reason' is not a string")
+                if state.finish_reason is None:
+                    self._unfinished -= 1
+                state.finish_reason = finish_reason
+            logprobs = choice.get("logprobs", _UNSEEN)
+            if logprobs is not _UNSEEN:
+                if logprobs is not None:
+                    state.logprobs = merge_logprobs(state.logprobs if state.logprobs is not _UNSEEN else None, logprobs)
+                elif state.logprobs is _UNSEEN:
+                    state.logprobs = None
+            if not _KNOWN_CHOICE_KEYS.issuperset(choice):
+                for key in choice.keys() - _KNOWN_CHOICE_KEYS:
+                    merge_last(state.extras, key, choice[key])
+
+    def _new_choice(self, index: int) -> _Choice:
+        if len(self._choices) >= MAX_CHOICES:
+            raise too_many("choices", MAX_CHOICES)
+        state = self._choices[index] = _Choice()
+        self._unfinished += 1
+        return state
+
+    def _add_delta(self, state: _Choice, delta: dict[str, Any]) -> None:
+        texts = state.texts
+        for key, value in delta.items():
+            if type(value) is str:
+                if key == "role":
+                    if state.role is None:
+                        state.role = value
+                    continue
+                pieces = texts.get(key)
+                if pieces is None:
+                    pieces = texts[key] = self._new_text(state, key)
+                pieces.append(value)
+            elif value is None:
+                if key != "role" and key not in texts:
+                    texts[key] = self._new_text(state, key)
+            elif key == "tool_calls":
+                self._add_tool_calls(state, value)
+            elif key == "function_call":
+                if type(value) is not dict:
+                    raise malformed("'function_call' is not an object")
+                if state.function_call is None:
+                    state.function_call = _ToolCall()
+                _add_function(state.function_call, value)
+            elif key == "annotations":
+                if type(value) is not list:
+                    raise malformed("'annotations' is not a list")
+                if state.annotations is None:
+                    state.annotations = []
+                state.annotations.extend(value)
+            elif key == "audio":
+                _add_audio(state, value)
+            elif key in _TEXT_KEYS or key == "role":
+                raise malformed(f"delta '{key}' is not a string")
+            else:
+                state.others[key] = value
+
+    @staticmethod
+    def _new_text(state: _Choice, key: str) -> list[str]:
+        pieces: list[str] = []
+        if key == "content":
+            state.content = pieces
+        return pieces
+
+    def _add_tool_calls(self, state: _Choice, deltas: Any) -> None:
+        if type(deltas) is not list:
+            raise malformed("'tool_calls' is not a list")
+        for position, delta in enumerate(deltas):
+            if type(delta) is not dict:
+                raise malformed("a tool call is not an object")
+            index = delta.get("index")
+            if index is None:
+                index = position
+            elif type(index) is not int:
+                raise malformed("a tool call 'index' is not an integer")
+            call_id = delta.get("id") or None
+            if call_id is not None and type(call_id) is not str:
+                raise malformed("a tool call 'id' is not a string")
+            key = state.call_keys.get(index)
+            call = None if key is None else state.calls[key]
+            if call is not None and call_id is not None and call.id is not None and call_id != call.id and call.arguments_complete():
+                call = None  # Ollama: the next parallel call arrives at the same index
+            if call is None:
+                call = self._new_tool_call(state, index)
+            for name, value in delta.items():
+                if name == "function":
+                    if value is not None:
+                        if type(value) is not dict:
+                            raise malformed("a tool call 'function' is not an object")
+                        _add_function(call, value)
+                elif name == "id":
+                    if call.id is None:
+                        call.id = call_id
+                elif name == "type":
+                    if value:
+                        if type(value) is not str:
+                            raise malformed("a tool call 'type' is not a string")
+                        if call.type is None:
+                            call.type = value
+                elif name != "index":
+                    merge_last(call.extras, name, value)
+
+    @staticmethod
+    def _new_tool_call(state: _Choice, index: int) -> _ToolCall:
+        calls = state.calls
+        if len(calls) >= MAX_TOOL_CALLS:
+            raise too_many("tool calls", MAX_TOOL_CALLS)
+        key = index if index not in calls else max(calls) + 1
+        state.call_keys[index] = key
+        call = calls[key] = _ToolCall()
+        return call
+
+    def result(self) -> dict[str, Any]:
+        profile = self._profile
+        if profile is None:
+            profile = self._envelope.detect({key for state in self._choices.values() for key in state.extras})
+        choices = [self._choice_answer(profile, index, self._choices[index]) for index in sorted(self._choices)]
+        return self._envelope.answer(profile, "chat.completion", choices)
+
+    def _choice_answer(self, profile: Profile, index: int, state: _Choice) -> dict[str, Any]:
+        answer: dict[str, Any] = {"index": index, "message": self._message(profile, state)}
+        if state.logprobs is not _UNSEEN:
+            answer["logprobs"] = copy_logprobs(state.logprobs)
+        answer["finish_reason"] = state.finish_reason
+        answer.update(state.extras)
+        fill_defaults(answer, profile.choice_keys)
+        return answer
+
+    def _message(self, profile: Profile, state: _Choice) -> dict[str, Any]:
+        texts = {key: "".join(pieces) if pieces else None for key, pieces in state.texts.items()}
+        content = texts.pop("content", None)
+        produced: set[str] = set()
+        if texts.get(REFUSAL):
+            produced.add(REFUSAL)
+        if any(texts.get(key) for key in REASONING_KEYS):
+            produced.add(REASONING)
+        if state.calls:
+            produced.add(TOOL_CALLS)
+        if state.function_call is not None:
+            produced.add(FUNCTION_CALL)
+
+        message: dict[str, Any] = {"role": state.role or "assistant"}
+        if content:
+            message["content"] = content
+        elif TOOL_CALLS in produced and profile.omit_content_beside_tool_calls:
+            pass
+        elif TOOL_CALLS in produced and self._forced_tool_choice and profile.forced_tool_choice_content is not None:
+            message["content"] = profile.forced_tool_choice_content
+        else:
+            message["content"] = None if produced & profile.null_content_beside else ""
+        message.update(texts)
+        message.update(state.others)
+        if state.calls:
+            calls = state.calls
+            message["tool_calls"] = [calls[key].answer(profile, position) for position, key in enumerate(sorted(calls))]
+        if state.function_call is not None:
+            call = state.function_call
+            message["function_call"] = {**call.function_extras, "name": call.name, "arguments": "".join(call.arguments)}
+        if state.annotations is not None:
+            message["annotations"] = list(state.annotations)
+        if state.audio is not None:
+            message["audio"] = _audio_answer(state)
+        defaults = profile.message_keys
+        if any(key in message for key in REASONING_KEYS):  # keep only the reasoning key the server used
+            defaults = {key: value for key, value in defaults.items() if key not in REASONING_KEYS}
+        fill_defaults(message, defaults)
+        return message
+
+
+def _add_function(call: _ToolCall, function: dict[str, Any]) -> None:
+    for key, value in function.items():
+        if value is None:
+            continue
+        if key == "arguments":
+            if type(value) is not str:
+                raise malformed("tool call 'arguments' is not a string")
+            call.arguments.append(value)
+        elif key == "name":
+            if type(value) is not str:
+                raise malformed("tool call 'name' is not a string")
+            if not call.name or value.startswith(call.name):
+                call.name = value  # llama.cpp re-sends the whole, growing name
+            else:
+                call.name += value
+        else:
+            call.function_extras[key] = value
+
+
+def _add_audio(state: _Choice, audio: Any) -> None:
+    if type(audio) is not dict:
+        raise malformed("'audio' is not an object")
+    if state.audio is None:
+        state.audio = {}
+    for key, value in audio.items():
+        if value is None:
+            state.audio.setdefault(key, None)
+        elif key == "data":
+            if type(value) is not str:
+                raise malformed("audio 'data' is not a string")
+            try:
+                state.audio_data.append(binascii.a2b_base64(value))
+            except binascii.Error:
+                raise malformed("audio 'data' is not base64") from None
+            state.audio["data"] = None
+        elif key == "transcript":
+            if type(value) is not str:
+                raise malformed("audio 'transcript' is not a string")
+            state.audio_transcript.append(value)
+            state.audio["transcript"] = None
+        else:
+            state.audio[key] = value
+
+
+def _audio_answer(state: _Choice) -> dict[str, Any]:
+    audio = dict(state.audio or {})
+    if state.audio_data:
+        audio["data"] = binascii.b2a_base64(b"".join(state.audio_data), newline=False).decode("ascii")
+    if state.audio_transcript:
+        audio["transcript"] = "".join(state.audio_transcript)
+    return audio
