@@ -124,6 +124,8 @@ def test_ext_proc_filter_is_the_shipped_one_except_its_address() -> None:
     sidecar = {k: v for k, v in ext_proc_filter(ENVOY_CONFIG, "llm").items() if k != "grpc_service"}
     expected = {k: v for k, v in ext_proc_filter(shipped, "ingress").items() if k != "grpc_service"}
     assert sidecar == expected
+    # Envoy's own error replies reach LiteLLM as OpenAI-style JSON, as with the shipped config.
+    assert hcm(ENVOY_CONFIG, "llm")["local_reply_config"] == hcm(shipped, "ingress")["local_reply_config"]
     assert sidecar["failure_mode_allow"] is False
     assert sidecar["message_timeout"] == "5s"
     assert sidecar["allow_mode_override"] is True
