@@ -6,7 +6,7 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from buffered_stream.convert import StreamConverter
@@ -92,6 +92,18 @@ def test_chunking_does_not_matter() -> None:
         for i in range(0, len(COMPLETE), size):
             conv.feed(COMPLETE[i : i + size])
         assert conv.finish() == expected
+
+
+def test_large_whole_body_gives_the_same_answer_as_small_pieces() -> None:
+    body = sse(*(delta(f"token {i} ") for i in range(3000)), finish(), b"[DONE]")
+    assert len(body) > 100_000
+    whole = converter()
+    whole.feed(body + b"data: {not json\n\n" * 5000)  # ignored: after [DONE]
+    pieces = converter()
+    for i in range(0, len(body), 1000):
+        pieces.feed(body[i : i + 1000])
+    assert whole.events == pieces.events == 3002
+    assert whole.finish() == pieces.finish()
 
 
 def test_everything_after_done_is_ignored() -> None:
@@ -272,29 +284,52 @@ def test_event_larger_than_the_limit() -> None:
 
 # Whatever the bytes, the outcome is an answer or a ConversionError.
 
-_chunk = st.fixed_dictionaries(
-    {"choices": st.lists(st.fixed_dictionaries({"index": st.integers(0, 2), "finish_reason": st.sampled_from([None, "stop"])}), max_size=2)}
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-2, 2) | st.text(max_size=3),
+    lambda inner: st.lists(inner, max_size=2) | st.dictionaries(st.sampled_from(["index", "text", "content", "id"]), inner, max_size=2),
+    max_leaves=4,
 )
-_payloads = st.one_of(
-    _chunk.map(orjson.dumps),
-    st.just(b"[DONE]"),
-    st.sampled_from([b'{"error":"x"}', b'{"object":"error","code":"418"}', b"{", b"[]"]),
+_choice = st.fixed_dictionaries(
+    {"index": st.integers(0, 2), "finish_reason": st.sampled_from([None, "stop", ""])},
+    optional={
+        "delta": st.fixed_dictionaries({}, optional={"content": _json, "role": _json, "tool_calls": _json}),
+        "text": _json,
+        "logprobs": _json,
+    },
+)
+_chunk = st.fixed_dictionaries(
+    {"choices": st.lists(_choice, max_size=2)}, optional={"usage": _json, "id": _json, "model": _json}
+)
+_odd_payloads = st.one_of(
+    st.sampled_from([b"[DONE]", b'{"error":"x"}', b'{"object":"error","code":"418"}', b"{", b"[]", b""]),
     st.binary(max_size=30),
 )
-_event = st.one_of(
-    _payloads.map(lambda p: b"data: " + p + b"\n\n"),
-    _payloads.map(lambda p: b"event: error\ndata: " + p + b"\n\n"),
-    _payloads.map(lambda p: b"error: " + p + b"\n\n"),
-    _payloads.map(lambda p: p + b"\n"),
+_odd_event = st.one_of(
+    _odd_payloads.map(lambda p: b"data: " + p + b"\n\n"),
+    _odd_payloads.map(lambda p: b"event: error\ndata: " + p + b"\n\n"),
+    _odd_payloads.map(lambda p: b"error: " + p + b"\n\n"),
+    _odd_payloads.map(lambda p: p + b"\n"),
     st.binary(max_size=40),
 )
 
 
-@settings(max_examples=500, deadline=None)
-@given(st.lists(_event, max_size=8), st.integers(1, 64))
-def test_any_bytes_give_an_answer_or_a_conversion_error(events: list[bytes], piece: int) -> None:
-    body = b"".join(events)
-    conv = converter(max_event_bytes=64, max_body_bytes=400)
+@st.composite
+def upstream_body(draw: st.DrawFn) -> bytes:
+    """Mostly well-formed chunks, sometimes one odd event somewhere, maybe a [DONE]."""
+    events = draw(st.lists(_chunk.map(lambda c: b"data: " + orjson.dumps(c) + b"\n\n"), max_size=6))
+    if draw(st.booleans()):
+        events.insert(draw(st.integers(0, len(events))), draw(_odd_event))
+    if draw(st.booleans()):
+        events.append(b"data: [DONE]" + draw(st.sampled_from([b"", b"\n", b"\n\n"])))
+    return b"".join(events)
+
+
+@pytest.mark.parametrize("schema", [None, "chat", "completions"], ids=["recording", "chat", "completions"])
+@settings(max_examples=300, deadline=None)
+@given(body=upstream_body(), piece=st.integers(1, 64))
+def test_any_bytes_give_an_answer_or_a_conversion_error(schema: str | None, body: bytes, piece: int) -> None:
+    limits = {"max_event_bytes": 256, "max_body_bytes": 1500}
+    conv = StreamConverter(schema, **limits) if schema else converter(**limits)
     try:
         for i in range(0, len(body), piece):
             conv.feed(body[i : i + piece])
@@ -303,5 +338,7 @@ def test_any_bytes_give_an_answer_or_a_conversion_error(events: list[bytes], pie
         assert error.kind in (UPSTREAM_ERROR, TRUNCATED, MALFORMED, LIMIT)
         assert 400 <= error.status <= 599
         assert isinstance(orjson.loads(error.body())["error"], dict)
+        event(error.kind)
     else:
         assert isinstance(answer, dict)
+        event("answer")

@@ -8,16 +8,21 @@ Messages never quote payloads (they can hold completion text): only positions an
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
 
 from .assembler import Assembler
 from .errors import LIMIT, MALFORMED, TRUNCATED, UPSTREAM_ERROR, ConversionError
+from .schemas import make_assembler
 from .sse import BARE_JSON_EVENT, ERROR_EVENT, SseDecoder
 
 # Room for field names and comments around an event of the maximal size.
 _FRAMING_SLACK_BYTES = 64 << 10
+# A whole buffered body is decoded a window at a time, so the decoder's transient copies (lines,
+# payloads, parsed chunks) stay bounded by the window instead of growing with the body.
+_WINDOW_BYTES = 16 << 10
 _DEFAULT_ERROR_STATUS = 502
 _MESSAGE_EXCERPT_CHARS = 100
 
@@ -34,12 +39,13 @@ class StreamConverter:
         *,
         max_event_bytes: int = 1 << 20,
         max_body_bytes: int = 16 << 20,
+        request: Mapping[str, Any] | None = None,
         assembler: Assembler | None = None,
     ) -> None:
+        """``request`` is the client's request body, for answer details only it reveals;
+        ``assembler`` replaces the schema's own (tests of the pipeline alone)."""
         if assembler is None:
-            from .schemas import make_assembler
-
-            assembler = make_assembler(schema, profile)
+            assembler = make_assembler(schema, profile, request)
         self._assembler = assembler
         self._decoder = SseDecoder(max_event_bytes, max_event_bytes + _FRAMING_SLACK_BYTES)
         self._max_body = max_body_bytes
@@ -73,7 +79,13 @@ class StreamConverter:
                 f"upstream answer exceeds max_body_bytes={self._max_body}",
                 code="response_too_large",
             )
-        self._consume(self._decoder.feed(data))
+        if len(data) <= _WINDOW_BYTES:
+            self._consume(self._decoder.feed(data))
+            return
+        for start in range(0, len(data), _WINDOW_BYTES):
+            self._consume(self._decoder.feed(data[start : start + _WINDOW_BYTES]))
+            if self._done:
+                return
 
     def finish(self) -> bytes:
         """End of body: the answer as JSON bytes, or ``ConversionError`` if it is incomplete."""
@@ -90,43 +102,40 @@ class StreamConverter:
         return orjson.dumps(answer)
 
     def _consume(self, events: list[tuple[str, bytes]]) -> None:
+        """The hot loop: per ordinary chunk one parse, two key lookups and the assembler call."""
         add = self._assembler.add
         loads = orjson.loads
-        for name, payload in events:
-            self._events += 1
-            if name == ERROR_EVENT:
-                raise _error_event(payload)
-            try:
-                chunk = loads(payload)
-            except orjson.JSONDecodeError as exc:
-                stripped = payload.strip()
-                if stripped == b"[DONE]":
-                    self._done = True
-                    return
-                if not stripped:  # an empty data line is a keep-alive
-                    continue
-                raise ConversionError(
-                    MALFORMED,
-                    502,
-                    f"upstream SSE event #{self._events} is not valid JSON: {exc.msg} "
-                    f"(at byte {exc.pos} of {len(payload)})",
-                ) from None
-            if type(chunk) is not dict:
-                raise ConversionError(
-                    MALFORMED,
-                    502,
-                    f"upstream SSE event #{self._events} is JSON {type(chunk).__name__}, "
-                    "not an object",
-                )
-            if chunk.get("error") or chunk.get("object") == "error":
-                raise _upstream_error(chunk)
-            if name == BARE_JSON_EVENT:
-                raise ConversionError(
-                    MALFORMED,
-                    502,
-                    f"upstream sent a JSON line without a data: field (SSE event #{self._events})",
-                )
-            add(chunk)
+        count = self._events
+        try:
+            for name, payload in events:
+                count += 1
+                if name and name == ERROR_EVENT:
+                    raise _error_event(payload)
+                try:
+                    chunk = loads(payload)
+                except orjson.JSONDecodeError as exc:
+                    stripped = payload.strip()
+                    if stripped == b"[DONE]":
+                        self._done = True
+                        return
+                    if not stripped:  # an empty data line is a keep-alive
+                        continue
+                    raise _malformed(
+                        count, f"is not valid JSON: {exc.msg} (at byte {exc.pos} of {len(payload)})"
+                    ) from None
+                if type(chunk) is not dict:
+                    raise _malformed(count, f"is JSON {type(chunk).__name__}, not an object")
+                if chunk.get("error") or chunk.get("object") == "error":
+                    raise _upstream_error(chunk)
+                if name and name == BARE_JSON_EVENT:
+                    raise _malformed(count, "is a JSON line without a data: field")
+                add(chunk)
+        finally:
+            self._events = count
+
+
+def _malformed(event_number: int, what: str) -> ConversionError:
+    return ConversionError(MALFORMED, 502, f"upstream SSE event #{event_number} {what}")
 
 
 def _error_event(payload: bytes) -> ConversionError:
