@@ -221,4 +221,9 @@ def test_long_generation_outlives_the_idle_timeout_only_when_converted(
 
     with pytest.raises(openai.APIStatusError) as failure:
         proxy.chat.completions.create(model="slow-direct", messages=MESSAGES, stream=False)
-    assert failure.value.status_code >= 500
+    # The hop's idle timeout fired (504), once: LiteLLM passes it on without retrying.
+    assert failure.value.status_code == 504
+    assert "timeout" in failure.value.message.lower()
+    assert len(backend_requests(litellm_stack.backend, "e2e-slow-direct")) == 1
+    (converted,) = backend_requests(litellm_stack.backend, "e2e-slow")
+    assert converted.stream is True
