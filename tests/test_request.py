@@ -91,3 +91,9 @@ def test_model_allow_list(model, models, converted):
 @given(st.binary(max_size=200))
 def test_arbitrary_bytes_never_raise(data):
     assert isinstance(plan_request(CHAT, data), (Rewrite, Skip))
+
+
+def test_rewrite_keeps_only_the_hints_the_assembly_needs():
+    plan = rewrite({"model": "m", "messages": [{"role": "user", "content": "x" * 1000}], "tool_choice": "required"})
+    assert plan.hints == {"tool_choice": "required"}
+    assert rewrite({"model": "m"}).hints == {}

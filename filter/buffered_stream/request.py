@@ -16,6 +16,8 @@ import orjson
 CHAT = "chat"
 COMPLETIONS = "completions"
 
+# Request keys the assembly needs to reproduce the native answer exactly (kept, small, per request).
+_ANSWER_HINT_KEYS = ("tool_choice",)
 # Request keys whose answer a stream cannot carry (vLLM / SGLang extensions, OpenAI best_of).
 _UNSTREAMABLE_KEYS = ("prompt_logprobs", "return_prompt_token_ids", "return_meta_info", "use_beam_search")
 
@@ -38,6 +40,7 @@ class Rewrite:
     schema: str
     model: str | None
     client_asked_usage: bool
+    hints: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +86,7 @@ def plan_request(schema: str, body: bytes, models: tuple[str, ...] = ()) -> Rewr
         schema=schema,
         model=model if isinstance(model, str) else None,
         client_asked_usage=client_asked_usage,
+        hints={key: request[key] for key in _ANSWER_HINT_KEYS if key in request},
     )
 
 

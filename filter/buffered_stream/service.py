@@ -239,6 +239,7 @@ class Exchange:
             self.route.profile,
             max_event_bytes=self.route.max_event_bytes,
             max_body_bytes=self.route.max_body_bytes,
+            request=self.rewrite.hints,
         )
         metrics.CONVERTING.inc()
         if found.get("content-encoding", "identity") != "identity":
