@@ -36,6 +36,7 @@ import orjson
 
 from .errors import LIMIT, MALFORMED, ConversionError
 from .profiles import (
+    AUDIO,
     FUNCTION_CALL,
     REASONING,
     REASONING_KEYS,
@@ -138,7 +139,9 @@ class Envelope:
             choice_extra_keys=choice_extra_keys,
         )
 
-    def answer(self, profile: Profile, obj: str, choices: list[dict[str, Any]]) -> dict[str, Any]:
+    def answer(
+        self, profile: Profile, obj: str, choices: list[dict[str, Any]], top_keys: Mapping[str, Any]
+    ) -> dict[str, Any]:
         answer: dict[str, Any] = {"id": self._id if self._id is not None else "", "object": obj}
         created = self._created_first
         if profile.created_from_last_chunk:
@@ -154,7 +157,7 @@ class Envelope:
             fill_defaults(usage, profile.usage_keys)
             answer["usage"] = usage
         answer.update(self._extras)
-        fill_defaults(answer, profile.top_keys)
+        fill_defaults(answer, top_keys)
         return answer
 
 
@@ -414,7 +417,7 @@ class ChatAssembler:
         if profile is None:
             profile = self._envelope.detect({key for state in self._choices.values() for key in state.extras})
         choices = [self._choice_answer(profile, index, self._choices[index]) for index in sorted(self._choices)]
-        return self._envelope.answer(profile, "chat.completion", choices)
+        return self._envelope.answer(profile, "chat.completion", choices, profile.top_keys)
 
     def _choice_answer(self, profile: Profile, index: int, state: _Choice) -> dict[str, Any]:
         answer: dict[str, Any] = {"index": index, "message": self._message(profile, state)}
@@ -437,6 +440,8 @@ class ChatAssembler:
             produced.add(TOOL_CALLS)
         if state.function_call is not None:
             produced.add(FUNCTION_CALL)
+        if state.audio is not None:
+            produced.add(AUDIO)
 
         message: dict[str, Any] = {"role": state.role or "assistant"}
         if content:

@@ -99,4 +99,4 @@ class CompletionsAssembler:
             for key, empty in profile.completion_choice_keys.items():
                 choice.setdefault(key, empty)
             choices.append(choice)
-        return self._envelope.answer(profile, "text_completion", choices)
+        return self._envelope.answer(profile, "text_completion", choices, profile.completion_top_keys)

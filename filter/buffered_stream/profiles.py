@@ -23,6 +23,7 @@ TOOL_CALLS = "tool_calls"
 FUNCTION_CALL = "function_call"
 REFUSAL = "refusal"
 REASONING = "reasoning"
+AUDIO = "audio"
 
 REASONING_KEYS = ("reasoning_content", "reasoning")
 
@@ -38,7 +39,7 @@ class Profile:
     # SGLang, TGI and llama.cpp stamp every chunk and take the time at the end of generation.
     created_from_last_chunk: bool = False
     # An empty content is null when one of these was produced, else ``""``.
-    null_content_beside: frozenset[str] = frozenset({TOOL_CALLS, FUNCTION_CALL, REFUSAL})
+    null_content_beside: frozenset[str] = frozenset({TOOL_CALLS, FUNCTION_CALL, REFUSAL, AUDIO})
     # TGI answers tool calls with a message that has no ``content`` key at all.
     omit_content_beside_tool_calls: bool = False
     # Keys (with their empty value) the native answer carries even when the stream never sent
@@ -47,6 +48,7 @@ class Profile:
     choice_keys: Mapping[str, Any] = field(default_factory=lambda: _keys(logprobs=None))
     message_keys: Mapping[str, Any] = field(default_factory=_keys)
     usage_keys: Mapping[str, Any] = field(default_factory=_keys)
+    completion_top_keys: Mapping[str, Any] = field(default_factory=_keys)
     completion_choice_keys: Mapping[str, Any] = field(default_factory=lambda: _keys(logprobs=None))
     # SGLang and Ollama keep ``index`` on the non-stream tool calls; everyone else drops it.
     keep_tool_call_index: bool = False
@@ -83,6 +85,7 @@ PROFILES: Mapping[str, Profile] = MappingProxyType(
                 reasoning_content=None,
             ),
             usage_keys=_keys(prompt_tokens_details=None),
+            completion_top_keys=_keys(service_tier=None, system_fingerprint=None, kv_transfer_params=None),
             completion_choice_keys=_keys(logprobs=None, stop_reason=None, prompt_logprobs=None),
             forced_tool_choice_content="",
         ),

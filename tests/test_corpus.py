@@ -1,0 +1,116 @@
+"""Conformance corpus: real and source-derived server streams against their native answers.
+
+Each case in ``tests/corpus`` is ``NAME.sse`` (the body the server streams), ``NAME.meta.json``
+(schema, profile, optional request, the conformance case numbers it covers, and either an expected
+error or the fields a comparison must skip) and ``NAME.json`` (the answer the same server gives
+for ``stream=false``). Every case is replayed in one piece, split in two at every byte, and fed
+byte by byte: chunk boundaries must never change the answer.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from buffered_stream.convert import StreamConverter
+from buffered_stream.errors import ConversionError
+from buffered_stream.schemas import make_assembler
+
+CORPUS = Path(__file__).parent / "corpus"
+CASES = sorted(path.name[: -len(".meta.json")] for path in CORPUS.glob("*.meta.json"))
+GENERATED_TOOL_CALL_ID = re.compile(r"call_[0-9a-f]{24}")
+
+
+def load(name: str) -> tuple[dict[str, Any], bytes, dict[str, Any] | None]:
+    meta = orjson.loads((CORPUS / f"{name}.meta.json").read_bytes())
+    expected_path = CORPUS / f"{name}.json"
+    expected = orjson.loads(expected_path.read_bytes()) if expected_path.exists() else None
+    return meta, (CORPUS / f"{name}.sse").read_bytes(), expected
+
+
+def convert(meta: dict[str, Any], pieces: list[bytes]) -> dict[str, Any]:
+    assembler = make_assembler(meta["schema"], meta["profile"], meta.get("request"))
+    converter = StreamConverter(meta["schema"], meta["profile"], assembler=assembler)
+    for piece in pieces:
+        converter.feed(piece)
+    return orjson.loads(converter.finish())
+
+
+def comparable(meta: dict[str, Any], answer: dict[str, Any]) -> dict[str, Any]:
+    """The answer without what the case declares random (checked for shape) or not comparable."""
+    answer = orjson.loads(orjson.dumps(answer))
+    for key in meta.get("ignore", ()):
+        answer.pop(key, None)
+    for path in meta.get("generated", ()):
+        *parents, last = [int(part) if part.isdigit() else part for part in path.split(".")]
+        holder = answer
+        for part in parents:
+            holder = holder[part]
+        if holder.get(last) != "GENERATED":
+            assert GENERATED_TOOL_CALL_ID.fullmatch(holder[last]), path
+            holder[last] = "GENERATED"
+    return answer
+
+
+def check(name: str, pieces_of: Any) -> None:
+    meta, body, expected = load(name)
+    for pieces in pieces_of(body):
+        if "error" in meta:
+            with pytest.raises(ConversionError) as caught:
+                convert(meta, pieces)
+            assert (caught.value.status, caught.value.kind) == (meta["error"]["status"], meta["error"]["kind"])
+        else:
+            assert expected is not None
+            assert comparable(meta, convert(meta, pieces)) == comparable(meta, expected)
+
+
+def whole(body: bytes) -> list[list[bytes]]:
+    return [[body]]
+
+
+def every_split(body: bytes) -> list[list[bytes]]:
+    return [[body[:cut], body[cut:]] for cut in range(len(body) + 1)]
+
+
+def byte_by_byte(body: bytes) -> list[list[bytes]]:
+    return [[body[i : i + 1] for i in range(len(body))]]
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_whole_body_gives_the_native_answer(name: str) -> None:
+    check(name, whole)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_any_split_in_two_gives_the_same_answer(name: str) -> None:
+    check(name, every_split)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_byte_by_byte_gives_the_same_answer(name: str) -> None:
+    check(name, byte_by_byte)
+
+
+def test_corpus_covers_every_applicable_conformance_case() -> None:
+    covered = {number for name in CASES for number in load(name)[0].get("cases", ())}
+    # 28/29 are Anthropic Messages / Responses (other schemas); 30 is a non-stream answer passed through.
+    assert covered == set(range(1, 28))
+
+
+def test_every_server_profile_has_a_case() -> None:
+    profiles = {load(name)[0]["profile"] for name in CASES}
+    assert {"openai", "vllm", "sglang", "tgi", "llamacpp", "ollama", "auto"} <= profiles
+    assert any(load(name)[0].get("recorded") for name in CASES)
+
+
+def test_expected_answers_keep_null_and_missing_apart() -> None:
+    """Equality of parsed JSON already separates a null from an absent key; make sure both occur."""
+    meta, body, expected = load("vllm-tool-auto")
+    assert expected is not None
+    answer = convert(meta, [body])
+    assert answer["choices"][0]["message"]["content"] is None
+    assert "content" not in convert(*load("tgi-tool-call")[:1], [load("tgi-tool-call")[1]])["choices"][0]["message"]
