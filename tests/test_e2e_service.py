@@ -257,3 +257,22 @@ def test_run_without_backend_answers_within_seconds(tmp_path) -> None:
         result = wait_until(answered, 30, interval=0.2, message=run.logs)
         assert result.headers["content-type"] == "application/json"
         assert result.json()["choices"][0]["message"]["content"] == DEMO_TEXT
+
+
+# --- buffer sizing ------------------------------------------------------------------------
+
+
+def test_buffered_mode_holds_60k_tokens_and_refuses_more_than_16_mib_as_json(stack: Stack) -> None:
+    fits = tuple(f" t{i}" for i in range(60_000))
+    stack.backend.on(Completion(tokens=fits), model="sixty-k")
+    result = post(stack, "/v1/chat/completions", {"model": "sixty-k", "messages": MESSAGES})
+    sse_bytes = len(stack.backend.requests[-1].response_body)
+    assert 12 * 2**20 < sse_bytes < 16 * 2**20
+    assert result.status == 200
+    assert result.json()["choices"][0]["message"]["content"] == "".join(fits)
+
+    stack.backend.on(Completion(tokens=tuple(f" t{i}" for i in range(90_000))), model="too-big")
+    refused = post(stack, "/v1/chat/completions", {"model": "too-big", "messages": MESSAGES})
+    assert refused.status == 500
+    assert refused.headers["content-type"] == "application/json"
+    assert refused.json()["error"]["code"] == "response_payload_too_large"

@@ -38,6 +38,7 @@ def test_completion_answers_both_modes_and_records_requests(backend: ScriptedBac
     assert first.headers["content-type"] == "application/json"
     assert first.response_body == stream.body
     assert second.response_body == native.body
+    assert first.finished.wait(5) and second.finished.wait(5)
     assert first.outcome == second.outcome == "complete"
 
 

@@ -50,7 +50,7 @@ class RecordedRequest:
     json: Any
     received_at: float = field(default_factory=time.monotonic)
     #: body bytes sent back (de-chunked), for comparing with what the client got
-    response_body: bytes = b""
+    response_body: bytearray = field(default_factory=bytearray)
     #: "complete" (answered), "closed" (closed on purpose), "client_gone" (peer left first)
     outcome: str | None = None
     finished: threading.Event = field(default_factory=threading.Event, repr=False)
@@ -296,6 +296,8 @@ class ScriptedBackend:
                     return
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            pass  # stop(): end quietly, the connection closes below
         finally:
             writer.close()
             self._tasks.discard(task)
@@ -306,7 +308,7 @@ class ScriptedBackend:
         """Send ``reply``; False if it closes the connection on purpose instead of completing."""
         if reply is None:
             body = http.error_body(f"no scripted reply for {request.method} {request.path}")
-            request.response_body = body
+            request.response_body += body
             await http.send_response(writer, 404, body, keep_alive=keep_alive)
             return True
         if isinstance(reply, Completion):
@@ -320,7 +322,7 @@ class ScriptedBackend:
         if isinstance(reply, Json):
             await asyncio.sleep(reply.delay)
             body = reply.body if isinstance(reply.body, bytes) else orjson.dumps(reply.body)
-            request.response_body = body
+            request.response_body += body
             await http.send_response(writer, reply.status, body, reply.content_type, keep_alive=keep_alive)
             return True
         if isinstance(reply, Sse):
