@@ -1,0 +1,69 @@
+"""Answers are what the official client parses: ``openai.types`` models in strict mode.
+
+Strict validation rejects coercions (a number where a string belongs, a string id as an int), so
+a wrongly typed field in an assembled answer fails here even when JSON equality would not notice.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+from openai.types import Completion
+from openai.types.chat import ChatCompletion
+from pydantic import BaseModel, ValidationError
+
+from buffered_stream.convert import StreamConverter
+from buffered_stream.schemas import make_assembler
+
+CORPUS = Path(__file__).parent / "corpus"
+TYPES: dict[str, type[BaseModel]] = {"chat": ChatCompletion, "completions": Completion}
+# Server values kept verbatim on purpose, which openai-python's types do not allow.
+VERBATIM_NON_OPENAI = {
+    "tgi-no-usage": "TGI's finish_reason 'stop_sequence'",
+    "vllm-completions-echo-logprobs": "the echoed first prompt token has a null logprob, as vLLM sends it",
+}
+ANSWERING_CASES = sorted(
+    name
+    for path in CORPUS.glob("*.meta.json")
+    if "error" not in orjson.loads(path.read_bytes()) and (name := path.name[: -len(".meta.json")]) not in VERBATIM_NON_OPENAI
+)
+
+
+def assembled(name: str) -> tuple[str, dict]:
+    meta = orjson.loads((CORPUS / f"{name}.meta.json").read_bytes())
+    assembler = make_assembler(meta["schema"], meta["profile"], meta.get("request"))
+    converter = StreamConverter(meta["schema"], meta["profile"], assembler=assembler)
+    converter.feed((CORPUS / f"{name}.sse").read_bytes())
+    return meta["schema"], orjson.loads(converter.finish())
+
+
+@pytest.mark.parametrize("name", ANSWERING_CASES)
+def test_every_assembled_answer_is_a_valid_openai_object(name: str) -> None:
+    schema, answer = assembled(name)
+    parsed = TYPES[schema].model_validate(answer, strict=True)
+    assert len(parsed.choices) == len(answer["choices"])
+
+
+@pytest.mark.parametrize("profile", ["generic", "auto", "openai"])
+def test_generic_chat_answer_round_trips_through_the_client_type(profile: str) -> None:
+    body = (CORPUS / "openai-tool-call.sse").read_bytes()
+    converter = StreamConverter("chat", profile)
+    converter.feed(body)
+    answer = orjson.loads(converter.finish())
+    parsed = ChatCompletion.model_validate(answer, strict=True)
+    call = parsed.choices[0].message.tool_calls[0]
+    assert (call.id, call.function.name, parsed.choices[0].finish_reason) == ("call_DdmO9pD3xa9XTPNJ32zg2hcA", "get_weather", "tool_calls")
+    assert parsed.usage is not None and parsed.usage.completion_tokens_details.reasoning_tokens == 0
+
+
+def test_strict_validation_catches_a_wrong_type() -> None:
+    _, answer = assembled("openai-text")
+    answer["choices"][0]["message"]["content"] = 42
+    with pytest.raises(ValidationError):
+        ChatCompletion.model_validate(answer, strict=True)
+    _, completion = assembled("llama-cpp-python-completions-logprobs")
+    completion["created"] = "1795644709"
+    with pytest.raises(ValidationError):
+        Completion.model_validate(completion, strict=True)
