@@ -342,3 +342,8 @@ def test_any_bytes_give_an_answer_or_a_conversion_error(schema: str | None, body
     else:
         assert isinstance(answer, dict)
         event("answer")
+
+
+def test_body_cut_inside_the_last_event_is_truncated_not_malformed() -> None:
+    body = sse(delta("a"))
+    assert conversion_error(body + b'data: {"id":"x","choi').kind == TRUNCATED

@@ -90,7 +90,7 @@ class StreamConverter:
     def finish(self) -> bytes:
         """End of body: the answer as JSON bytes, or ``ConversionError`` if it is incomplete."""
         if not self._done:
-            self._consume(self._decoder.close())
+            self._consume(self._decoder.close(), at_end=True)
         assembler = self._assembler
         if not self._done and not assembler.finished:
             raise ConversionError(
@@ -101,8 +101,12 @@ class StreamConverter:
             raise ConversionError(TRUNCATED, 502, "upstream stream ended without any choice")
         return orjson.dumps(answer)
 
-    def _consume(self, events: list[tuple[str, bytes]]) -> None:
-        """The hot loop: per ordinary chunk one parse, two key lookups and the assembler call."""
+    def _consume(self, events: list[tuple[str, bytes]], at_end: bool = False) -> None:
+        """The hot loop: per ordinary chunk one parse, two key lookups and the assembler call.
+
+        ``at_end``: these are the unterminated event flushed at end of body; JSON that does not
+        parse there means the body was cut inside it.
+        """
         add = self._assembler.add
         loads = orjson.loads
         count = self._events
@@ -120,6 +124,8 @@ class StreamConverter:
                         return
                     if not stripped:  # an empty data line is a keep-alive
                         continue
+                    if at_end:
+                        raise ConversionError(TRUNCATED, 502, "upstream stream ended inside an event") from None
                     raise _malformed(
                         count, f"is not valid JSON: {exc.msg} (at byte {exc.pos} of {len(payload)})"
                     ) from None

@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 CONVERTED = "converted"
 ABORTED = "aborted"  # the client or Envoy went away before the end
 SETTINGS_ERROR = "settings_error"
+INTERNAL_ERROR = "internal_error"  # a bug in the service; the request fails, the service goes on
 PASSTHROUGH_PREFIX = "passthrough_"  # + why: path, disabled, stream_requested, not_json, status, ...
 
 REQUESTS = Counter("buffered_stream_requests_total", "HTTP requests seen, by outcome", ["outcome"])

@@ -345,6 +345,12 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
                     yield exchange.handle(request)
                 except StreamedFailure as failure:
                     await context.abort(grpc.StatusCode.UNAVAILABLE, f"buffered_stream: {failure.error.message}")
+                except Exception:
+                    # A bug, not a property of the stream: fail this request (Envoy answers with its
+                    # status_on_error) and keep serving the others.
+                    log.exception("internal error while processing %s", request.WhichOneof("request"))
+                    exchange.finish(metrics.INTERNAL_ERROR)
+                    await context.abort(grpc.StatusCode.INTERNAL, "buffered_stream: internal error")
         finally:
             self.in_flight -= 1
             metrics.IN_FLIGHT.dec()

@@ -1,0 +1,170 @@
+"""The ext_proc adapter without Envoy: one ``Exchange`` driven with real protobuf messages.
+
+Table-driven: requests in → the replies Envoy would get, the phase and the outcome out. The
+end-to-end tests prove the same replies work with the real binary.
+"""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+from envoy.config.core.v3 import base_pb2
+from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from google.protobuf import struct_pb2
+
+from buffered_stream.service import Exchange, Phase, RouteSettingsCache, StreamedFailure
+from buffered_stream.settings import RouteSettings
+
+ENABLED = 'filter_metadata { key: "buffered_stream" value { fields { key: "enabled" value { bool_value: true } } } }'
+STREAMED = ENABLED.replace("} } } }", '} } fields { key: "mode" value { string_value: "streamed" } } } }')
+CHAT_BODY = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+SSE = (
+    b'data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"role":"assistant","content":"Hel"},"finish_reason":null}]}\n\n'
+    b'data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"lo"},"finish_reason":"stop"}]}\n\n'
+    b'data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"m","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}\n\n'
+    b"data: [DONE]\n\n"
+)
+
+
+def headers(*pairs: tuple[str, str], end_of_stream: bool = False) -> pb.HttpHeaders:
+    return pb.HttpHeaders(
+        headers=base_pb2.HeaderMap(headers=[base_pb2.HeaderValue(key=k, raw_value=v.encode()) for k, v in pairs]),
+        end_of_stream=end_of_stream,
+    )
+
+
+def request_headers(metadata: str = ENABLED, method: str = "POST", path: str = "/v1/chat/completions") -> pb.ProcessingRequest:
+    attributes = struct_pb2.Struct()
+    attributes.update({"xds.route_metadata": metadata, "xds.route_name": "chat"})
+    return pb.ProcessingRequest(
+        request_headers=headers((":method", method), (":path", path), ("content-type", "application/json")),
+        attributes={"envoy.filters.http.ext_proc": attributes},
+    )
+
+
+def body(data: bytes, end_of_stream: bool = True, response: bool = False) -> pb.ProcessingRequest:
+    message = pb.HttpBody(body=data, end_of_stream=end_of_stream)
+    return pb.ProcessingRequest(response_body=message) if response else pb.ProcessingRequest(request_body=message)
+
+
+def response_headers(status: str = "200", content_type: str = "text/event-stream") -> pb.ProcessingRequest:
+    return pb.ProcessingRequest(response_headers=headers((":status", status), ("content-type", content_type)))
+
+
+def set_headers(mutation: pb.HeaderMutation) -> dict[str, str]:
+    return {h.header.key: h.header.raw_value.decode() for h in mutation.set_headers}
+
+
+@pytest.fixture
+def exchange() -> Exchange:
+    return Exchange(RouteSettingsCache(RouteSettings()))
+
+
+def test_converted_buffered_request(exchange: Exchange) -> None:
+    assert exchange.handle(request_headers()) == pb.ProcessingResponse(request_headers=pb.HeadersResponse())
+    reply = exchange.handle(body(CHAT_BODY)).request_body.response
+    sent = orjson.loads(reply.body_mutation.body)
+    assert sent["stream"] is True and sent["stream_options"] == {"include_usage": True}
+    assert set_headers(reply.header_mutation) == {"content-length": str(len(reply.body_mutation.body))}
+    assert list(reply.header_mutation.remove_headers) == ["accept-encoding"]
+
+    reply = exchange.handle(response_headers())
+    assert reply.mode_override.response_body_mode == ProcessingMode.BUFFERED
+    assert set_headers(reply.response_headers.response.header_mutation) == {"content-type": "application/json"}
+    assert list(reply.response_headers.response.header_mutation.remove_headers) == ["content-length"]
+    assert exchange.phase is Phase.RESPONSE_BODY
+
+    reply = exchange.handle(body(SSE, response=True))
+    answer = reply.response_body.response.body_mutation.body
+    assert orjson.loads(answer)["choices"][0]["message"]["content"] == "Hello"
+    assert set_headers(reply.response_body.response.header_mutation) == {"content-length": str(len(answer))}
+    usage = reply.dynamic_metadata.fields["buffered_stream"].struct_value.fields
+    assert usage["total_tokens"].number_value == 5 and usage["outcome"].string_value == "converted"
+    assert (exchange.phase, exchange.outcome) == (Phase.DONE, "converted")
+
+
+def test_streamed_mode_drops_chunks_then_answers_once(exchange: Exchange) -> None:
+    exchange.handle(request_headers(STREAMED))
+    exchange.handle(body(CHAT_BODY))
+    assert exchange.handle(response_headers()).mode_override.response_body_mode == ProcessingMode.STREAMED
+    first, rest = SSE[:100], SSE[100:]
+    assert exchange.handle(body(first, end_of_stream=False, response=True)).response_body.response.body_mutation.clear_body
+    reply = exchange.handle(body(rest, end_of_stream=False, response=True))  # [DONE] before end_of_stream
+    assert orjson.loads(reply.response_body.response.body_mutation.body)["object"] == "chat.completion"
+    assert not reply.response_body.response.header_mutation.set_headers  # headers already sent
+    after = exchange.handle(body(b"", end_of_stream=True, response=True))
+    assert after.response_body.response.body_mutation.clear_body
+    assert exchange.outcome == "converted"
+
+
+def test_streamed_failure_after_commit_resets(exchange: Exchange) -> None:
+    exchange.handle(request_headers(STREAMED))
+    exchange.handle(body(CHAT_BODY))
+    exchange.handle(response_headers())
+    with pytest.raises(StreamedFailure):
+        exchange.handle(body(SSE[:100], end_of_stream=True, response=True))
+    assert exchange.outcome == "truncated"
+
+
+@pytest.mark.parametrize(
+    ("sse", "status", "kind"),
+    [
+        (SSE[:150], 502, "truncated"),
+        (b'data: {"error": {"message": "bad", "code": 400}}\n\n', 400, "upstream_error"),
+        (b"data: {not json\n\n", 502, "malformed"),
+    ],
+)
+def test_buffered_failures_become_error_answers(exchange: Exchange, sse: bytes, status: int, kind: str) -> None:
+    exchange.handle(request_headers())
+    exchange.handle(body(CHAT_BODY))
+    exchange.handle(response_headers())
+    reply = exchange.handle(body(sse, response=True)).immediate_response
+    assert reply.status.code == status
+    assert "error" in orjson.loads(reply.body)
+    assert exchange.outcome == kind
+
+
+@pytest.mark.parametrize(
+    ("first", "outcome"),
+    [
+        (request_headers(metadata=""), "passthrough_disabled"),
+        (request_headers(method="GET"), "passthrough_path"),
+        (request_headers(path="/v1/embeddings"), "passthrough_path"),
+    ],
+)
+def test_requests_skipped_after_headers(exchange: Exchange, first: pb.ProcessingRequest, outcome: str) -> None:
+    reply = exchange.handle(first)
+    assert reply.mode_override.request_body_mode == ProcessingMode.NONE
+    assert reply.mode_override.response_header_mode == ProcessingMode.SKIP
+    assert (exchange.phase, exchange.outcome) == (Phase.DONE, outcome)
+
+
+@pytest.mark.parametrize(
+    ("request_body", "status", "content_type", "outcome"),
+    [
+        (orjson.dumps({"model": "m", "stream": True}), "200", "text/event-stream", "passthrough_stream_requested"),
+        (CHAT_BODY, "429", "application/json", "passthrough_status"),
+        (CHAT_BODY, "200", "application/json", "passthrough_content_type"),
+    ],
+)
+def test_responses_passed_through(exchange: Exchange, request_body: bytes, status: str, content_type: str, outcome: str) -> None:
+    exchange.handle(request_headers())
+    exchange.handle(body(request_body))
+    reply = exchange.handle(response_headers(status, content_type))
+    assert reply == pb.ProcessingResponse(response_headers=pb.HeadersResponse())
+    assert exchange.outcome == outcome
+
+
+def test_invalid_route_settings_answer_500_naming_the_key(exchange: Exchange) -> None:
+    bad = ENABLED.replace('"enabled"', '"enable"')
+    reply = exchange.handle(request_headers(bad)).immediate_response
+    assert reply.status.code == 500
+    assert "unknown key 'enable'" in orjson.loads(reply.body)["error"]["message"]
+    assert exchange.outcome == "settings_error"
+
+
+def test_finish_counts_once(exchange: Exchange) -> None:
+    exchange.finish("aborted")
+    exchange.finish("converted")
+    assert exchange.outcome == "aborted"
