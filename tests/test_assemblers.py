@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from buffered_stream.chat import MAX_CHOICES, MAX_TOOL_CALLS, ChatAssembler
+from buffered_stream.chat import MAX_CHOICES, MAX_TOOL_CALLS, MAX_TOOL_NAME_CHARS, ChatAssembler
 from buffered_stream.completions import CompletionsAssembler
 from buffered_stream.errors import LIMIT, MALFORMED, ConversionError
 from buffered_stream.profiles import PROFILE_NAMES, PROFILES, get_profile
@@ -137,6 +137,7 @@ def test_arbitrary_chunks_assemble_or_raise_conversion_error(schema: str, chunks
         chunk({"index": 0, "delta": {"content": 5}}),
         chunk({"index": 0, "delta": {"role": {}}}),
         chunk({"index": 0, "delta": {"tool_calls": {"index": 0}}}),
+        chunk({"index": 0, "delta": {"tool_calls": "[]"}}),
         chunk({"index": 0, "delta": {"tool_calls": [{"index": 0.5}]}}),
         chunk({"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": {"a": 1}}}]}}),
         chunk({"index": 0, "delta": {"audio": {"data": "not base64!"}}}),
@@ -170,6 +171,28 @@ def test_a_huge_choice_or_tool_index_allocates_nothing_by_it() -> None:
     assert peak < 1 << 20
     assert [c["index"] for c in answer["choices"]] == [10**9]
     assert answer["choices"][0]["message"]["tool_calls"][0]["id"] == "c"
+
+
+def test_a_hostile_stream_cannot_make_call_splitting_quadratic() -> None:
+    """Alternating ids on an open call are parsed a few times only, then simply join that call."""
+    deltas = [{"index": 0, "id": f"id{i % 2}", "function": {"name": "f", "arguments": "{\"a\": [1}"}} for i in range(2000)]
+    answer = assemble([chunk({"index": 0, "delta": {"tool_calls": [d]}}) for d in deltas])
+    (call,) = answer["choices"][0]["message"]["tool_calls"]
+    assert call["id"] == "id0" and len(call["function"]["arguments"]) == 2000 * len("{\"a\": [1}")
+
+
+def test_a_tool_name_beyond_the_bound_is_a_limit_error() -> None:
+    pieces = [chunk({"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"name": "xy"[i % 2]}}]}}) for i in range(MAX_TOOL_NAME_CHARS + 1)]
+    with pytest.raises(ConversionError) as caught:
+        assemble(pieces)
+    assert caught.value.kind == LIMIT
+
+
+def test_a_call_without_id_keeps_its_generated_id_across_results() -> None:
+    assembler = make_assembler("chat", "generic")
+    assembler.add(chunk({"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"name": "f", "arguments": "{}"}}]}}))
+    first = assembler.result()["choices"][0]["message"]["tool_calls"][0]["id"]
+    assert first.startswith("call_") and assembler.result()["choices"][0]["message"]["tool_calls"][0]["id"] == first
 
 
 def test_too_many_tool_calls_is_a_limit_error() -> None:

@@ -49,10 +49,14 @@ from .profiles import (
 
 MAX_CHOICES = 1024
 MAX_TOOL_CALLS = 4096
+MAX_TOOL_NAME_CHARS = 1024  # names are concatenated in place: bounded, so that stays linear
+# How often one call's arguments are parsed to decide whether a different id starts a new call:
+# enough for Ollama's whole calls, too few for a hostile stream to make the work quadratic.
+_SPLIT_CHECKS_PER_CALL = 4
 
-# Delta fields whose value must be text when present.
+# Delta fields whose value must be text when present, and those that must not be text.
 _TEXT_KEYS = frozenset({"content", "refusal", *REASONING_KEYS})
-_FORCED_TOOL_CHOICES = frozenset({"required"})
+_STRUCTURED_KEYS = frozenset({"tool_calls", "function_call", "annotations", "audio"})
 # Keys with a rule of their own; any other key is carried as an extra. Checking a chunk's keys
 # against these sets (one C-level call) keeps the common chunk free of per-key Python work.
 _KNOWN_TOP_KEYS = frozenset({"id", "object", "created", "model", "choices", "usage", "obfuscation"})
@@ -64,7 +68,8 @@ def malformed(message: str) -> ConversionError:
 
 
 def too_many(what: str, limit: int) -> ConversionError:
-    return ConversionError(LIMIT, 502, f"upstream stream has more than {limit} {what}", code="too_many_" + what.replace(" ", "_"))
+    code = "too_many_" + what.replace(" ", "_")
+    return ConversionError(LIMIT, 502, f"upstream stream has more than {limit} {what}", code=code)
 
 
 def merge_last(extras: dict[str, Any], key: str, value: Any) -> None:
@@ -99,8 +104,9 @@ class Envelope:
         self._last_chunk = chunk
         if not _KNOWN_TOP_KEYS.issuperset(chunk):
             extras = self._extras
-            for key in chunk.keys() - _KNOWN_TOP_KEYS:
-                merge_last(extras, key, chunk[key])
+            for key, value in chunk.items():
+                if key not in _KNOWN_TOP_KEYS:
+                    merge_last(extras, key, value)
         choices = chunk.get("choices")
         if type(choices) is not list:
             if choices is not None:
@@ -189,7 +195,7 @@ _UNSEEN: Any = object()
 
 
 class _ToolCall:
-    __slots__ = ("id", "type", "name", "arguments", "extras", "function_extras")
+    __slots__ = ("id", "type", "name", "arguments", "extras", "function_extras", "split_checks")
 
     def __init__(self) -> None:
         self.id: str | None = None
@@ -198,8 +204,12 @@ class _ToolCall:
         self.arguments: list[str] = []
         self.extras: dict[str, Any] = {}
         self.function_extras: dict[str, Any] = {}
+        self.split_checks = _SPLIT_CHECKS_PER_CALL
 
     def arguments_complete(self) -> bool:
+        if not self.split_checks:
+            return False
+        self.split_checks -= 1
         try:
             orjson.loads("".join(self.arguments))
         except orjson.JSONDecodeError:
@@ -215,7 +225,9 @@ class _ToolCall:
                 pass
         function = {**self.function_extras, "name": self.name, "arguments": arguments}
         fill_defaults(function, profile.function_keys)
-        call_id = profile.fixed_tool_call_id or self.id or f"call_{uuid.uuid4().hex[:24]}"
+        if self.id is None:  # like the server's own answer would: a fresh id, kept for repeated results
+            self.id = f"call_{uuid.uuid4().hex[:24]}"
+        call_id = profile.fixed_tool_call_id or self.id
         call: dict[str, Any] = {**self.extras, "id": call_id, "type": self.type or "function", "function": function}
         if profile.keep_tool_call_index:
             call["index"] = position
@@ -265,7 +277,7 @@ class ChatAssembler:
     def __init__(self, profile: Profile | None = None, request: Mapping[str, Any] | None = None) -> None:
         self._profile = profile
         tool_choice = request.get("tool_choice") if request else None
-        self._forced_tool_choice = tool_choice in _FORCED_TOOL_CHOICES or isinstance(tool_choice, dict)
+        self._forced_tool_choice = tool_choice == "required" or isinstance(tool_choice, dict)  # or named
         self._envelope = Envelope()
         self._choices: dict[int, _Choice] = {}
         self._unfinished = 0
@@ -311,8 +323,9 @@ class ChatAssembler:
                 elif state.logprobs is _UNSEEN:
                     state.logprobs = None
             if not _KNOWN_CHOICE_KEYS.issuperset(choice):
-                for key in choice.keys() - _KNOWN_CHOICE_KEYS:
-                    merge_last(state.extras, key, choice[key])
+                for key, value in choice.items():
+                    if key not in _KNOWN_CHOICE_KEYS:
+                        merge_last(state.extras, key, value)
 
     def _new_choice(self, index: int) -> _Choice:
         if len(self._choices) >= MAX_CHOICES:
@@ -329,6 +342,8 @@ class ChatAssembler:
                     if state.role is None:
                         state.role = value
                     continue
+                if key in _STRUCTURED_KEYS:
+                    raise malformed(f"delta '{key}' is a string")
                 pieces = texts.get(key)
                 if pieces is None:
                     pieces = texts[key] = self._new_text(state, key)
@@ -486,6 +501,8 @@ def _add_function(call: _ToolCall, function: dict[str, Any]) -> None:
                 call.name = value  # llama.cpp re-sends the whole, growing name
             else:
                 call.name += value
+            if len(call.name) > MAX_TOOL_NAME_CHARS:
+                raise ConversionError(LIMIT, 502, f"upstream tool call name exceeds {MAX_TOOL_NAME_CHARS} characters")
         else:
             call.function_extras[key] = value
 
