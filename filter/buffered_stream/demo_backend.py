@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
 
 import orjson
@@ -26,7 +27,6 @@ DEMO_TEXT = (
     "Buffered stream keeps slow generations alive: the backend streams every token, Envoy sees "
     "bytes flowing, and the client still receives one plain JSON answer at the end."
 )
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}
 
 
 # --- HTTP/1.1 -------------------------------------------------------------------------------
@@ -97,7 +97,11 @@ async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
 
 
 def _head(status: int, headers: Iterable[tuple[str, str]]) -> bytes:
-    lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}"]
+    try:
+        reason = HTTPStatus(status).phrase
+    except ValueError:  # a status the stdlib does not name; the phrase is informational anyway
+        reason = "Unknown"
+    lines = [f"HTTP/1.1 {status} {reason}"]
     lines += [f"{name}: {value}" for name, value in headers]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
