@@ -7,7 +7,8 @@ Rules (field by field, see the module's tests and corpus for each server's shape
   ``obfuscation`` dropped. ``usage``: the one on a chunk without choices wins, else the last
   non-null one; never summed, never invented (no usage in the stream -> no ``usage`` key).
 * Choices are keyed by ``index`` (a dict: any int is fine, nothing is sized by it) and sorted.
-  ``role`` first, ``finish_reason`` last non-null, verbatim.
+  ``role`` first (default ``assistant``), ``finish_reason`` last non-null, verbatim. A missing
+  choice index means 0; a missing tool-call index means its position in the list.
 * Every string delta field (``content``, ``refusal``, ``reasoning_content``, ``reasoning``, or any
   unknown one) is concatenated under the key the server used; a field only ever sent as null
   stays null. ``content`` is always present (except TGI tool answers); when empty it is null or
@@ -15,14 +16,17 @@ Rules (field by field, see the module's tests and corpus for each server's shape
 * Tool calls are keyed by (choice, tool ``index``): id/type first non-empty (a repeated id is
   ignored; a *different* id at an index whose arguments already parse as JSON opens a new call,
   as Ollama sends parallel calls all at index 0), a name that extends the current one replaces
-  it (llama.cpp re-sends it whole), else it is appended; arguments always appended.
+  it (llama.cpp re-sends it whole), else it is appended; arguments always appended. A call the
+  stream never gave an id gets a fresh ``call_`` id, as the server's own answer would have one.
 * ``annotations`` appended, ``audio`` data base64-decoded, joined and re-encoded, transcript
   concatenated, other audio fields last. ``logprobs``: null unless a chunk had non-null, then
   each list (``content``, ``refusal``) concatenated, entries copied verbatim.
 * Unknown keys, on the chunk, the choice or a tool call, are carried the way a non-stream
   answer shows them: last non-null value, null when only null was seen.
 
-Everything the stream could get wrong in type raises ``ConversionError(MALFORMED)``.
+``request`` (the client's body) matters only for ``tool_choice``: a forced call makes vLLM answer
+``content: ""``. Every wrong type raises ``ConversionError(MALFORMED)``; more than
+``MAX_CHOICES`` choices or ``MAX_TOOL_CALLS`` calls in a choice raises ``ConversionError(LIMIT)``.
 """
 
 from __future__ import annotations
@@ -140,8 +144,7 @@ class Envelope:
     def detect(self, choice_extra_keys: set[str]) -> Profile:
         return detect(
             first_id=self._id,
-            system_fingerprint=self._extras.get("system_fingerprint"),
-            top_extra_keys=self._extras,
+            top_extras=self._extras,
             choice_extra_keys=choice_extra_keys,
         )
 

@@ -27,6 +27,7 @@ AUDIO = "audio"
 
 REASONING_KEYS = ("reasoning_content", "reasoning")
 
+
 def _keys(**defaults: Any) -> Mapping[str, Any]:
     return MappingProxyType(defaults)
 
@@ -65,10 +66,9 @@ GENERIC = Profile("generic")
 PROFILES: Mapping[str, Profile] = MappingProxyType(
     {
         "generic": GENERIC,
-        "openai": Profile(
-            "openai",
-            message_keys=_keys(refusal=None, annotations=[]),
-        ),
+        # A text stream never sends the ``annotations: []`` (nor always ``refusal``) of its answer.
+        "openai": Profile("openai", message_keys=_keys(refusal=None, annotations=[])),
+        # pydantic ``model_dump()`` of its response classes: every optional key, null or empty.
         "vllm": Profile(
             "vllm",
             null_content_beside=frozenset({TOOL_CALLS, FUNCTION_CALL, REASONING}),
@@ -89,6 +89,7 @@ PROFILES: Mapping[str, Profile] = MappingProxyType(
             completion_choice_keys=_keys(logprobs=None, stop_reason=None, prompt_logprobs=None),
             forced_tool_choice_content="",
         ),
+        # Dumps nulls too, but content is never null and tool calls keep their index.
         "sglang": Profile(
             "sglang",
             created_from_last_chunk=True,
@@ -98,6 +99,7 @@ PROFILES: Mapping[str, Profile] = MappingProxyType(
             completion_choice_keys=_keys(logprobs=None, matched_stop=None),
             keep_tool_call_index=True,
         ),
+        # Text answers are just {role, content}; tool answers are built anew from the parsed call.
         "tgi": Profile(
             "tgi",
             created_from_last_chunk=True,
@@ -106,13 +108,16 @@ PROFILES: Mapping[str, Profile] = MappingProxyType(
             function_keys=_keys(description=None),
             compact_tool_arguments=True,
         ),
+        # Optional keys (logprobs, reasoning_content, tool_calls) appear only when non-empty.
         "llamacpp": Profile(
             "llamacpp",
             created_from_last_chunk=True,
             null_content_beside=frozenset({TOOL_CALLS}),
             choice_keys=_keys(),
         ),
+        # Recorded: its answers have the generic shape (content a string, logprobs always present).
         "llama-cpp-python": Profile("llama-cpp-python"),
+        # Go structs with omitempty: no logprobs key, content always a string.
         "ollama": Profile(
             "ollama",
             null_content_beside=frozenset(),
@@ -140,8 +145,7 @@ def get_profile(name: str) -> Profile | None:
 def detect(
     *,
     first_id: str | None,
-    system_fingerprint: Any,
-    top_extra_keys: Mapping[str, Any],
+    top_extras: Mapping[str, Any],
     choice_extra_keys: set[str],
 ) -> Profile:
     """The profile a finished stream reveals, from markers its server really emits.
@@ -150,13 +154,13 @@ def detect(
     ``matched_stop`` on choices. vLLM: ``stop_reason`` on choices or ``prompt_token_ids``. TGI: only
     empty ids (``""``). Anything else stays generic.
     """
-    if system_fingerprint == "fp_ollama":
+    if top_extras.get("system_fingerprint") == "fp_ollama":
         return PROFILES["ollama"]
-    if "timings" in top_extra_keys:
+    if "timings" in top_extras:
         return PROFILES["llamacpp"]
     if "matched_stop" in choice_extra_keys:
         return PROFILES["sglang"]
-    if "stop_reason" in choice_extra_keys or "prompt_token_ids" in top_extra_keys:
+    if "stop_reason" in choice_extra_keys or "prompt_token_ids" in top_extras:
         return PROFILES["vllm"]
     if first_id == "":
         return PROFILES["tgi"]
