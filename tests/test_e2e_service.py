@@ -199,6 +199,22 @@ def test_truncated_stream_becomes_502(stack: Stack, then: str) -> None:
     assert "Hi" not in result.body.decode()  # never a partial answer
 
 
+def test_bad_route_settings_give_the_services_own_500(harness: Harness) -> None:
+    def typo(config: dict[str, Any]) -> None:
+        for route in converting_routes(config):
+            route["metadata"]["filter_metadata"]["buffered_stream"]["max_body_bytes"] = "lots"
+
+    stack = harness.stack(customize=typo)
+    result = post(stack, "/v1/chat/completions", {"model": "m", "messages": MESSAGES})
+    assert result.status == 500
+    error = result.json()["error"]
+    # Envoy re-wraps local replies that carry no `buffered_stream.outcome` metadata as
+    # {"type": "envoy_error", "message": "<original body>"}: the service must set that metadata
+    # on every immediate response, or its error JSON reaches the client as an escaped string.
+    assert error["type"] == "settings_error", f"service error was re-wrapped by Envoy: {error}"
+    assert "max_body_bytes" in error["message"]
+
+
 # --- streamed mode ------------------------------------------------------------------------
 
 
