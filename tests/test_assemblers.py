@@ -19,10 +19,19 @@ from buffered_stream.schemas import SCHEMAS, make_assembler
 
 
 def chunk(*choices: dict[str, Any], **top: Any) -> dict[str, Any]:
-    return {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": list(choices), **top}
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "m",
+        "choices": list(choices),
+        **top,
+    }
 
 
-def assemble(chunks: list[dict[str, Any]], profile: str = "generic", schema: str = "chat", **request: Any) -> dict[str, Any]:
+def assemble(
+    chunks: list[dict[str, Any]], profile: str = "generic", schema: str = "chat", **request: Any
+) -> dict[str, Any]:
     assembler = make_assembler(schema, profile, request or None)
     for item in chunks:
         assembler.add(item)
@@ -32,7 +41,7 @@ def assemble(chunks: list[dict[str, Any]], profile: str = "generic", schema: str
 # --------------------------------------------------------------------------- order and chunking
 
 texts = st.lists(st.text(max_size=5), min_size=1, max_size=6)
-tool_arguments = st.lists(st.text(alphabet="{}\":ab ", max_size=4), min_size=1, max_size=4)
+tool_arguments = st.lists(st.text(alphabet='{}":ab ', max_size=4), min_size=1, max_size=4)
 
 
 @st.composite
@@ -46,12 +55,28 @@ def multi_choice_streams(draw: st.DrawFn) -> tuple[list[list[dict[str, Any]]], d
         message: dict[str, Any] = {"role": "assistant", "content": "".join(pieces)}
         if draw(st.booleans()):
             arguments = draw(tool_arguments)
-            deltas.append({"tool_calls": [{"index": 0, "id": f"call_{index}", "type": "function", "function": {"name": "f", "arguments": ""}}]})
+            deltas.append(
+                {
+                    "tool_calls": [
+                        {
+                            "index": 0,
+                            "id": f"call_{index}",
+                            "type": "function",
+                            "function": {"name": "f", "arguments": ""},
+                        }
+                    ]
+                }
+            )
             deltas += [{"tool_calls": [{"index": 0, "function": {"arguments": part}}]} for part in arguments]
-            message["tool_calls"] = [{"id": f"call_{index}", "type": "function", "function": {"name": "f", "arguments": "".join(arguments)}}]
+            message["tool_calls"] = [
+                {"id": f"call_{index}", "type": "function", "function": {"name": "f", "arguments": "".join(arguments)}}
+            ]
             message["content"] = message["content"] or None
         finish = draw(st.sampled_from(["stop", "length", "tool_calls"]))
-        per_choice.append([{"index": index, "delta": delta, "finish_reason": None} for delta in deltas] + [{"index": index, "delta": {}, "finish_reason": finish}])
+        per_choice.append(
+            [{"index": index, "delta": delta, "finish_reason": None} for delta in deltas]
+            + [{"index": index, "delta": {}, "finish_reason": finish}]
+        )
         expected[index] = {"index": index, "message": message, "logprobs": None, "finish_reason": finish}
     return per_choice, expected
 
@@ -81,7 +106,15 @@ def test_any_interleaving_and_grouping_of_choices_gives_the_same_answer(data: st
 
 @given(pieces=st.lists(st.text(max_size=8), max_size=20), cut=st.integers(0, 20))
 def test_legacy_completion_text_is_joined_whatever_the_chunking(pieces: list[str], cut: int) -> None:
-    chunks = [{"id": "c", "object": "text_completion", "model": "m", "choices": [{"index": 0, "text": p, "finish_reason": None}]} for p in pieces]
+    chunks = [
+        {
+            "id": "c",
+            "object": "text_completion",
+            "model": "m",
+            "choices": [{"index": 0, "text": p, "finish_reason": None}],
+        }
+        for p in pieces
+    ]
     chunks.append({"id": "c", "choices": [{"index": 0, "text": "", "finish_reason": "stop"}]})
     answer = assemble(chunks, schema="completions")
     assert answer["choices"] == [{"index": 0, "text": "".join(pieces), "logprobs": None, "finish_reason": "stop"}]
@@ -89,10 +122,40 @@ def test_legacy_completion_text_is_joined_whatever_the_chunking(pieces: list[str
 
 # --------------------------------------------------------------------------- arbitrary input
 
-KEYS = ["id", "model", "created", "choices", "usage", "index", "delta", "finish_reason", "logprobs", "content", "role",
-        "refusal", "reasoning", "tool_calls", "function", "name", "arguments", "type", "audio", "data", "transcript",
-        "annotations", "function_call", "text", "x"]
-json_scalars = st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=4)
+KEYS = [
+    "id",
+    "model",
+    "created",
+    "choices",
+    "usage",
+    "index",
+    "delta",
+    "finish_reason",
+    "logprobs",
+    "content",
+    "role",
+    "refusal",
+    "reasoning",
+    "tool_calls",
+    "function",
+    "name",
+    "arguments",
+    "type",
+    "audio",
+    "data",
+    "transcript",
+    "annotations",
+    "function_call",
+    "text",
+    "x",
+]
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=4)
+)
 json_values = st.recursive(
     json_scalars,
     lambda children: st.lists(children, max_size=3) | st.dictionaries(st.sampled_from(KEYS), children, max_size=4),
@@ -100,18 +163,24 @@ json_values = st.recursive(
 )
 plausible_choice = st.fixed_dictionaries(
     {"index": st.integers(0, 3) | json_values},
-    optional={"delta": st.dictionaries(st.sampled_from(KEYS), json_values, max_size=3), "finish_reason": json_values,
-              "logprobs": json_values, "text": json_values},
+    optional={
+        "delta": st.dictionaries(st.sampled_from(KEYS), json_values, max_size=3),
+        "finish_reason": json_values,
+        "logprobs": json_values,
+        "text": json_values,
+    },
 )
-chunks_strategy = st.dictionaries(
-    st.sampled_from(KEYS), json_values, max_size=5
-) | st.fixed_dictionaries({"choices": st.lists(plausible_choice | json_values, max_size=3)}, optional={"usage": json_values})
+chunks_strategy = st.dictionaries(st.sampled_from(KEYS), json_values, max_size=5) | st.fixed_dictionaries(
+    {"choices": st.lists(plausible_choice | json_values, max_size=3)}, optional={"usage": json_values}
+)
 
 
 @pytest.mark.parametrize("schema", sorted(SCHEMAS))
 @given(chunks=st.lists(chunks_strategy, max_size=6), profile=st.sampled_from(PROFILE_NAMES))
 @settings(max_examples=300, deadline=None)
-def test_arbitrary_chunks_assemble_or_raise_conversion_error(schema: str, chunks: list[dict[str, Any]], profile: str) -> None:
+def test_arbitrary_chunks_assemble_or_raise_conversion_error(
+    schema: str, chunks: list[dict[str, Any]], profile: str
+) -> None:
     pristine = copy.deepcopy(chunks)
     assembler = make_assembler(schema, profile)
     try:
@@ -162,7 +231,14 @@ def test_a_huge_choice_or_tool_index_allocates_nothing_by_it() -> None:
     tracemalloc.start()
     answer = assemble(
         [
-            chunk({"index": 10**9, "delta": {"tool_calls": [{"index": 10**9, "id": "c", "function": {"name": "f", "arguments": "{}"}}]}}),
+            chunk(
+                {
+                    "index": 10**9,
+                    "delta": {
+                        "tool_calls": [{"index": 10**9, "id": "c", "function": {"name": "f", "arguments": "{}"}}]
+                    },
+                }
+            ),
             chunk({"index": 10**9, "delta": {}, "finish_reason": "tool_calls"}),
         ]
     )
@@ -175,14 +251,19 @@ def test_a_huge_choice_or_tool_index_allocates_nothing_by_it() -> None:
 
 def test_a_hostile_stream_cannot_make_call_splitting_quadratic() -> None:
     """Alternating ids on an open call are parsed a few times only, then simply join that call."""
-    deltas = [{"index": 0, "id": f"id{i % 2}", "function": {"name": "f", "arguments": "{\"a\": [1}"}} for i in range(2000)]
+    deltas = [
+        {"index": 0, "id": f"id{i % 2}", "function": {"name": "f", "arguments": '{"a": [1}'}} for i in range(2000)
+    ]
     answer = assemble([chunk({"index": 0, "delta": {"tool_calls": [d]}}) for d in deltas])
     (call,) = answer["choices"][0]["message"]["tool_calls"]
-    assert call["id"] == "id0" and len(call["function"]["arguments"]) == 2000 * len("{\"a\": [1}")
+    assert call["id"] == "id0" and len(call["function"]["arguments"]) == 2000 * len('{"a": [1}')
 
 
 def test_a_tool_name_beyond_the_bound_is_a_limit_error() -> None:
-    pieces = [chunk({"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"name": "xy"[i % 2]}}]}}) for i in range(MAX_TOOL_NAME_CHARS + 1)]
+    pieces = [
+        chunk({"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"name": "xy"[i % 2]}}]}})
+        for i in range(MAX_TOOL_NAME_CHARS + 1)
+    ]
     with pytest.raises(ConversionError) as caught:
         assemble(pieces)
     assert caught.value.kind == LIMIT
@@ -190,7 +271,9 @@ def test_a_tool_name_beyond_the_bound_is_a_limit_error() -> None:
 
 def test_a_call_without_id_keeps_its_generated_id_across_results() -> None:
     assembler = make_assembler("chat", "generic")
-    assembler.add(chunk({"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"name": "f", "arguments": "{}"}}]}}))
+    assembler.add(
+        chunk({"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"name": "f", "arguments": "{}"}}]}})
+    )
     first = assembler.result()["choices"][0]["message"]["tool_calls"][0]["id"]
     assert first.startswith("call_") and assembler.result()["choices"][0]["message"]["tool_calls"][0]["id"] == first
 
@@ -220,11 +303,18 @@ def test_usage_is_never_summed_and_null_usage_is_ignored() -> None:
     chunks = [chunk({"index": 0, "delta": {"content": "x"}, "finish_reason": None}, usage=u) for u in running]
     chunks.append(chunk({"index": 0, "delta": {}, "finish_reason": "stop"}, usage=None))
     assert assemble(chunks)["usage"] == running[-1]
-    assert "usage" not in assemble([chunk({"index": 0, "delta": {"content": "x"}, "finish_reason": "stop"}, usage=None)])
+    assert "usage" not in assemble(
+        [chunk({"index": 0, "delta": {"content": "x"}, "finish_reason": "stop"}, usage=None)]
+    )
 
 
 def test_usage_without_choices_wins_over_a_later_per_chunk_usage() -> None:
-    final = {"prompt_tokens": 5, "completion_tokens": 9, "total_tokens": 14, "completion_tokens_details": {"reasoning_tokens": 4}}
+    final = {
+        "prompt_tokens": 5,
+        "completion_tokens": 9,
+        "total_tokens": 14,
+        "completion_tokens_details": {"reasoning_tokens": 4},
+    }
     chunks = [
         chunk({"index": 0, "delta": {"content": "x"}, "finish_reason": "stop"}),
         chunk(usage=final),
@@ -239,8 +329,20 @@ def test_usage_without_choices_wins_over_a_later_per_chunk_usage() -> None:
 def test_unknown_keys_carry_their_last_non_null_value() -> None:
     answer = assemble(
         [
-            chunk({"index": 0, "delta": {"content": "a", "x_delta": {"n": 1}}, "finish_reason": None, "x_choice": None}, x_top=None),
-            chunk({"index": 0, "delta": {"x_delta": None, "x_text": "t"}, "finish_reason": "stop", "x_choice": 3, "x_only_null": None}, x_top="v"),
+            chunk(
+                {"index": 0, "delta": {"content": "a", "x_delta": {"n": 1}}, "finish_reason": None, "x_choice": None},
+                x_top=None,
+            ),
+            chunk(
+                {
+                    "index": 0,
+                    "delta": {"x_delta": None, "x_text": "t"},
+                    "finish_reason": "stop",
+                    "x_choice": 3,
+                    "x_only_null": None,
+                },
+                x_top="v",
+            ),
             chunk({"index": 0, "delta": {"x_text": "u"}, "x_choice": None}, x_top=None),
         ]
     )
@@ -252,13 +354,19 @@ def test_unknown_keys_carry_their_last_non_null_value() -> None:
 
 def test_a_different_id_joins_the_open_call_until_its_arguments_are_complete() -> None:
     deltas = [
-        [{"index": 0, "id": "a", "function": {"name": "f", "arguments": "{\"x\": "}}],
+        [{"index": 0, "id": "a", "function": {"name": "f", "arguments": '{"x": '}}],
         [{"index": 0, "id": "a2", "function": {"arguments": "1}"}}],  # a server re-keying mid-call: same call
         [{"index": 0, "id": "b", "function": {"name": "g", "arguments": "{}"}}],  # complete before: new call
     ]
-    answer = assemble([chunk({"index": 0, "delta": {"tool_calls": d}}) for d in deltas] + [chunk({"index": 0, "delta": {}, "finish_reason": "tool_calls"})])
+    answer = assemble(
+        [chunk({"index": 0, "delta": {"tool_calls": d}}) for d in deltas]
+        + [chunk({"index": 0, "delta": {}, "finish_reason": "tool_calls"})]
+    )
     calls = answer["choices"][0]["message"]["tool_calls"]
-    assert [(c["id"], c["function"]["name"], c["function"]["arguments"]) for c in calls] == [("a", "f", "{\"x\": 1}"), ("b", "g", "{}")]
+    assert [(c["id"], c["function"]["name"], c["function"]["arguments"]) for c in calls] == [
+        ("a", "f", '{"x": 1}'),
+        ("b", "g", "{}"),
+    ]
 
 
 def test_a_name_that_does_not_extend_the_current_one_is_appended() -> None:
@@ -304,7 +412,12 @@ def test_auto_resolves_the_profile_from_real_stream_markers(marker: dict[str, An
 
 
 def test_profiles_only_shape_keys_never_values() -> None:
-    chunks = [chunk({"index": 0, "delta": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}, usage={"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2})]
+    chunks = [
+        chunk(
+            {"index": 0, "delta": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"},
+            usage={"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+        )
+    ]
     for name in PROFILES:
         answer = assemble(chunks, name)
         assert answer["choices"][0]["message"]["content"] == "hi"

@@ -34,6 +34,7 @@ from __future__ import annotations
 import binascii
 import uuid
 from collections.abc import Mapping
+from contextlib import suppress
 from typing import Any
 
 import orjson
@@ -85,7 +86,16 @@ def merge_last(extras: dict[str, Any], key: str, value: Any) -> None:
 class Envelope:
     """The top-level fields every OpenAI-style chunk carries, and the usage."""
 
-    __slots__ = ("_unsettled", "_id", "_model", "_created_first", "_last_chunk", "_final_usage", "_last_usage", "_extras")
+    __slots__ = (
+        "_unsettled",
+        "_id",
+        "_model",
+        "_created_first",
+        "_last_chunk",
+        "_final_usage",
+        "_last_usage",
+        "_extras",
+    )
 
     def __init__(self) -> None:
         self._unsettled = True
@@ -222,10 +232,8 @@ class _ToolCall:
     def answer(self, profile: Profile, position: int) -> dict[str, Any]:
         arguments = "".join(self.arguments)
         if profile.compact_tool_arguments:
-            try:
+            with suppress(orjson.JSONDecodeError):  # not JSON: kept as streamed
                 arguments = orjson.dumps(orjson.loads(arguments)).decode()
-            except orjson.JSONDecodeError:
-                pass
         function = {**self.function_extras, "name": self.name, "arguments": arguments}
         fill_defaults(function, profile.function_keys)
         if self.id is None:  # like the server's own answer would: a fresh id, kept for repeated results
@@ -398,7 +406,13 @@ class ChatAssembler:
                 raise malformed("a tool call 'id' is not a string")
             key = state.call_keys.get(index)
             call = None if key is None else state.calls[key]
-            if call is not None and call_id is not None and call.id is not None and call_id != call.id and call.arguments_complete():
+            if (
+                call is not None
+                and call_id is not None
+                and call.id is not None
+                and call_id != call.id
+                and call.arguments_complete()
+            ):
                 call = None  # Ollama: the next parallel call arrives at the same index
             if call is None:
                 call = self._new_tool_call(state, index)

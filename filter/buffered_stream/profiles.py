@@ -72,9 +72,7 @@ PROFILES: Mapping[str, Profile] = MappingProxyType(
         "vllm": Profile(
             "vllm",
             null_content_beside=frozenset({TOOL_CALLS, FUNCTION_CALL, REASONING}),
-            top_keys=_keys(
-                service_tier=None, system_fingerprint=None, prompt_logprobs=None, kv_transfer_params=None
-            ),
+            top_keys=_keys(service_tier=None, system_fingerprint=None, prompt_logprobs=None, kv_transfer_params=None),
             choice_keys=_keys(logprobs=None, stop_reason=None),
             message_keys=_keys(
                 refusal=None,
