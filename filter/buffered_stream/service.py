@@ -193,7 +193,7 @@ class Exchange:
         except SettingsError as exc:
             self.phase = Phase.DONE
             self.finish(metrics.SETTINGS_ERROR)
-            return _immediate(500, ConversionError("settings_error", 500, f"buffered-stream route settings: {exc}"))
+            return _immediate(ConversionError(metrics.SETTINGS_ERROR, 500, f"buffered-stream route settings: {exc}"))
         if not self.route.enabled:
             self._pass("disabled")
             return SKIP_REST
@@ -238,7 +238,7 @@ class Exchange:
             self.rewrite.schema,
             self.route.profile,
             max_event_bytes=self.route.max_event_bytes,
-            max_body_bytes=self.route.max_body_bytes,
+            max_body_bytes=self.route.body_limit,
             request=self.rewrite.hints,
         )
         metrics.CONVERTING.inc()
@@ -303,18 +303,20 @@ class Exchange:
         self.finish(error.kind)
         if committed:
             raise StreamedFailure(error)
-        return _immediate(error.status, error, dynamic_metadata=_usage_metadata(error.kind, None))
+        return _immediate(error)
 
 
-def _immediate(status: int, error: ConversionError, dynamic_metadata: struct_pb2.Struct | None = None) -> pb.ProcessingResponse:
+def _immediate(error: ConversionError) -> pb.ProcessingResponse:
+    """The error answer in place of the upstream's; its ``outcome`` metadata tells Envoy's local
+    reply rewriting that this body is already the final JSON."""
     return pb.ProcessingResponse(
         immediate_response=pb.ImmediateResponse(
-            status=http_status_pb2.HttpStatus(code=status),
+            status=http_status_pb2.HttpStatus(code=error.status),
             headers=pb.HeaderMutation(set_headers=_JSON_HEADERS),
             body=error.body(),
             details=f"buffered_stream_{error.kind}",
         ),
-        dynamic_metadata=dynamic_metadata,
+        dynamic_metadata=_usage_metadata(error.kind, None),
     )
 
 

