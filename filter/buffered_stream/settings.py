@@ -159,7 +159,7 @@ class ServiceSettings:
     @property
     def max_message_bytes(self) -> int:
         """gRPC message limit: a whole buffered body plus protobuf framing must fit."""
-        return max(64 * MiB, self.defaults.body_limit + MiB)
+        return max(64 * MiB, (self.defaults.max_body_bytes or 0) + MiB)
 
 
 _SERVICE_KEYS = {"listen", "metrics_listen", "log_level", "drain_seconds", "log_content", "defaults"}
