@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
+from support.manifests import Manifests
 
 from buffered_stream.cli import build_parser
 from buffered_stream.settings import RouteSettings, route_settings_from_metadata
@@ -24,20 +25,9 @@ ANNOTATION_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
 SIXTEEN_MIB = 16 * 1024 * 1024
 
 
-def load_documents() -> list[dict[str, Any]]:
-    kustomization = yaml.safe_load((MANIFESTS / "kustomization.yaml").read_text())
-    docs = []
-    for name in kustomization["resources"]:
-        docs += [d for d in yaml.safe_load_all((MANIFESTS / name).read_text()) if d is not None]
-    return docs
-
-
-DOCS = load_documents()
-
-
-def find(kind: str, name: str) -> dict[str, Any]:
-    (doc,) = [d for d in DOCS if d["kind"] == kind and d["metadata"]["name"] == name]
-    return doc
+_MANIFESTS = Manifests(MANIFESTS)
+DOCS = _MANIFESTS.docs
+find = _MANIFESTS.find
 
 
 ROUTE = find("HTTPRoute", "llm-completions")

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from support.manifests import Manifests
 
 from buffered_stream.cli import build_parser
 
@@ -23,20 +24,9 @@ EXT_PROC = "envoy.filters.http.ext_proc"
 HARDENED = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}}
 
 
-def load_documents() -> list[dict[str, Any]]:
-    kustomization = yaml.safe_load((MANIFESTS / "kustomization.yaml").read_text())
-    docs = []
-    for name in kustomization["resources"]:
-        docs += [d for d in yaml.safe_load_all((MANIFESTS / name).read_text()) if d is not None]
-    return docs
-
-
-DOCS = load_documents()
-
-
-def find(kind: str, name: str) -> dict[str, Any]:
-    (doc,) = [d for d in DOCS if d["kind"] == kind and d["metadata"]["name"] == name]
-    return doc
+_MANIFESTS = Manifests(MANIFESTS)
+DOCS = _MANIFESTS.docs
+find = _MANIFESTS.find
 
 
 POD = find("Deployment", "litellm")["spec"]["template"]["spec"]
