@@ -109,8 +109,6 @@ async def _run_stack(args: argparse.Namespace, settings: ServiceSettings, workdi
         tasks.append(asyncio.create_task(serve_demo("127.0.0.1", demo_port, args.demo_delay)))
         backend = f"http://127.0.0.1:{demo_port}"
         log.info("no --backend given: serving the built-in demo backend at %s", backend)
-    service = Service(settings)
-    await service.start()
     host, _, port = args.listen.rpartition(":")
     config = build_envoy_config(
         backend_url=backend,
@@ -127,6 +125,9 @@ async def _run_stack(args: argparse.Namespace, settings: ServiceSettings, workdi
     envoy = await asyncio.create_subprocess_exec(
         envoy_binary, "-c", str(config_path), "--log-level", "warn", "--use-dynamic-base-id"
     )
+    # Started after Envoy's fork: gRPC's threads and fork() do not mix. Envoy connects lazily.
+    service = Service(settings)
+    await service.start()
     print(
         f"buffered-stream: Envoy on http://{args.listen} -> {backend}\n"
         f"  try: curl -s http://{args.listen}/v1/chat/completions -H 'content-type: application/json' "
