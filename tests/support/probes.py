@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import socket
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,7 +93,11 @@ class RawResponse:
 
 def raw_post(url: str, body: Any, *, timeout: float = 60.0) -> RawResponse:
     """POST on a fresh connection and read until the server closes or resets it."""
-    sock = open_post(url, body)
+    return read_response(open_post(url, body), timeout=timeout)
+
+
+def read_response(sock: socket.socket, *, timeout: float = 60.0) -> RawResponse:
+    """Read a response from ``sock`` (see ``open_post``) until it is complete, closed or reset."""
     sock.settimeout(timeout)
     chunks: list[bytes] = []
     reset = False
@@ -157,10 +160,3 @@ def _dechunk(data: bytes) -> tuple[bytes, bool]:
         if len(data) < size + 2:
             return b"".join(parts), False
         data = data[size + 2 :]
-
-
-def wait_for(predicate: Any, timeout: float, what: str) -> float:
-    """``wait_until`` that returns how long the condition took to become true (for reports)."""
-    started = time.monotonic()
-    wait_until(predicate, timeout, message=what)
-    return time.monotonic() - started
