@@ -33,6 +33,7 @@ from support.stack import Harness, Stack, find_envoy_binary  # noqa: E402
 SIZES = (1, 5, 20, 50, 100, 200, 20, 50, 500, 5, 1000, 100, 4000)
 PATHS = ("/v1/chat/completions", "/v1/chat/completions", "/v1/completions")
 MiB = 1 << 20
+SLICES = 5
 
 
 def text_of(size: int) -> str:
@@ -98,8 +99,18 @@ def soak(stack: Stack, requests: int, warmup: int, concurrency: int) -> None:
     wait_service_idle(stack.service)
     rss_warm, cpu_warm = rss_bytes(pid), cpu_seconds(pid)
 
+    # In slices, to see whether memory levels off (allocator caches) or keeps growing (a leak).
+    latencies: list[float] = []
+    results: Counter[str] = Counter()
+    trend = []
     started = time.perf_counter()
-    latencies, results = run_batch(stack, warmup, requests, concurrency)
+    step = max(1, requests // SLICES)
+    for first in range(warmup, warmup + requests, step):
+        count = min(step, warmup + requests - first)
+        slice_latencies, slice_results = run_batch(stack, first, count, concurrency)
+        latencies += slice_latencies
+        results += slice_results
+        trend.append(rss_bytes(pid))
     duration = time.perf_counter() - started
     wait_service_idle(stack.service)
     rss_end, cpu_end = rss_bytes(pid), cpu_seconds(pid)
@@ -120,6 +131,7 @@ def soak(stack: Stack, requests: int, warmup: int, concurrency: int) -> None:
         ("results", ", ".join(f"{k}: {v}" for k, v in sorted((results + warm_results).items()))),
         ("service outcomes (/metrics)", ", ".join(f"{k}: {v}" for k, v in sorted(outcomes.items()))),
         ("service RSS after warm-up", f"{rss_warm / MiB:.1f} MiB"),
+        ("service RSS after each fifth", " / ".join(f"{rss / MiB:.0f}" for rss in trend) + " MiB"),
         ("service RSS at the end", f"{rss_end / MiB:.1f} MiB ({(rss_end - rss_warm) / MiB:+.1f})"),
         ("service CPU", f"{cpu_end - cpu_warm:.1f} s ({(cpu_end - cpu_warm) / requests * 1e3:.2f} ms/request)"),
     ]
