@@ -1,14 +1,22 @@
 """Speed and memory of stream -> answer conversion on one core, against the raw orjson floor.
 
-Run by hand: ``PYTHONPATH=filter python bench/bench_assembly.py``. The bodies imitate vLLM chat
-streams (one token per ~230-byte chunk, a finish chunk, a usage chunk, ``[DONE]``), fed either in
+Run by hand: ``PYTHONPATH=filter python bench/bench_assembly.py``. Each body imitates one server's
+chat stream (one token per chunk, a role chunk, a finish chunk, a usage chunk, ``[DONE]``), in the
+chunk shapes that cost the assembler differently: vLLM text, OpenAI text (extra top-level keys on
+every chunk), SGLang text (an extra choice key), and tool-call argument pieces. Bodies are fed in
 network-size pieces or as one whole body. The floor is what any Python converter must pay at least:
 split the body into events, strip ``data: `` and ``orjson.loads`` each payload.
+
+Memory, measured with tracemalloc, relative to the answer's JSON size: ``held`` is what the
+assembler alone keeps once every chunk is in (what one in-flight answer costs while it streams),
+``feed peak`` the whole converter's peak while the body streams in, ``finish peak`` its peak
+including the answer's ``orjson.dumps`` (orjson reserves several times the output size).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 import tracemalloc
 from collections.abc import Callable
@@ -16,29 +24,56 @@ from collections.abc import Callable
 import orjson
 
 from buffered_stream.convert import StreamConverter
+from buffered_stream.schemas import make_assembler
 from buffered_stream.sse import SseDecoder
 
 PIECE = 16 << 10
 WORDS = [" the", " model", " answer", " is", " streamed", ",", " token", " by", " token", ".", "\n", " 42"]
+ARGUMENT_PIECES = ['{"', "city", '":', ' "', "Paris", '",', ' "', "days", '":', " [", "1", ",", " 2", "]}"]
 
 
-def vllm_chat_body(tokens: int) -> bytes:
-    head = {
+def _head(shape: str) -> dict[str, object]:
+    head: dict[str, object] = {
         "id": "chatcmpl-5f0c7a4e2d0b4d1c9f7e3a6b8c2d1e0f",
         "object": "chat.completion.chunk",
         "created": 1767225600,
         "model": "meta-llama/Llama-3.1-8B-Instruct",
     }
+    if shape == "openai":
+        head.update(model="gpt-4o-2024-08-06", service_tier="default", system_fingerprint="fp_eb9dce56a8")
+    return head
+
+
+def chat_body(shape: str, tokens: int) -> bytes:
+    """A ``tokens``-chunk stream of ``shape``: ``vllm``, ``openai``, ``sglang`` or ``tool-args``."""
+    head = _head(shape)
+    tail: dict[str, object] = {"usage": None} if shape in ("openai", "sglang") else {}
+    padding = itertools.count()
 
     def event(choices: list, **extra: object) -> bytes:
-        return b"data: " + orjson.dumps({**head, "choices": choices, **extra}) + b"\n\n"
+        if shape == "openai":  # random padding of varying length on every chunk
+            extra = {"obfuscation": "x3Yq9AbZ"[: 1 + next(padding) % 8], **extra}
+        return b"data: " + orjson.dumps({**head, "choices": choices, **tail, **extra}) + b"\n\n"
 
     def choice(delta: dict, finish_reason: str | None = None) -> list:
-        return [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]
+        entry = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        if shape == "sglang":
+            entry["matched_stop"] = None
+        return [entry]
 
-    parts = [event(choice({"role": "assistant", "content": ""}))]
-    parts += [event(choice({"content": WORDS[i % len(WORDS)]})) for i in range(tokens)]
-    parts.append(event([{**choice({"content": ""}, "stop")[0], "stop_reason": None}]))
+    if shape == "tool-args":
+        call = {"index": 0, "id": "chatcmpl-tool-8c1f", "type": "function", "function": {"name": "get_weather"}}
+        parts = [event(choice({"role": "assistant", "content": None, "tool_calls": [call]}))]
+        parts += [
+            event(choice({"tool_calls": [{"index": 0, "function": {"arguments": ARGUMENT_PIECES[i % 14]}}]}))
+            for i in range(tokens)
+        ]
+        finish = "tool_calls"
+    else:
+        parts = [event(choice({"role": "assistant", "content": ""}))]
+        parts += [event(choice({"content": WORDS[i % len(WORDS)]})) for i in range(tokens)]
+        finish = "stop"
+    parts.append(event(choice({}, finish)))
     usage = {"prompt_tokens": 24, "total_tokens": 24 + tokens, "completion_tokens": tokens}
     parts.append(event([], usage=usage))
     parts.append(b"data: [DONE]\n\n")
@@ -79,11 +114,39 @@ def decoder_and_loads(chunks: list[bytes]) -> None:
                 loads(payload)
 
 
-def convert(chunks: list[bytes], profile: str) -> bytes:
+def feed(chunks: list[bytes], profile: str) -> StreamConverter:
     converter = StreamConverter("chat", profile)
     for chunk in chunks:
         converter.feed(chunk)
-    return converter.finish()
+    return converter
+
+
+def convert(chunks: list[bytes], profile: str) -> bytes:
+    return feed(chunks, profile).finish()
+
+
+def payloads(body: bytes) -> list[bytes]:
+    return [block[6:] for block in body.split(b"\n\n") if block and block != b"data: [DONE]"]
+
+
+def assemble_only(events: list[bytes], profile: str) -> None:
+    """The assembler's share: parsing is measured apart, so this adds pre-parsed chunks."""
+    assembler = make_assembler("chat", profile)
+    for chunk in events:
+        assembler.add(chunk)
+
+
+def assembler_held(events: list[bytes], profile: str) -> int:
+    """Bytes one assembler keeps once every chunk is in; each chunk is parsed and dropped."""
+    loads = orjson.loads
+    tracemalloc.start()
+    assembler = make_assembler("chat", profile)
+    for payload in events:
+        assembler.add(loads(payload))
+    held = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    assert assembler.finished
+    return held
 
 
 def peak_memory(run: Callable[[], object]) -> int:
@@ -100,29 +163,35 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=1.0, help="time budget per measurement")
     parser.add_argument("--tokens", type=int, nargs="+", default=[256, 4096])
+    parser.add_argument("--shapes", nargs="+", default=["vllm", "openai", "sglang", "tool-args"])
     parser.add_argument("--profile", default="auto", help="backend profile of the assembler")
     args = parser.parse_args()
 
-    print(f"chat schema, profile {args.profile!r}")
-    print(f"{'tokens':>6} {'feed':>6} {'events':>6} {'floor ev/s':>10} {'decode+loads':>12} "
-          f"{'convert ev/s':>12} {'/floor':>6} {'answer B':>8} {'peak B':>9} {'/answer':>7} "
-          f"{'decode-only peak B':>18}")
-    for tokens in args.tokens:
-        body = vllm_chat_body(tokens)
-        events = body.count(b"\n\n")
-        floor = events / best_seconds(lambda: orjson_floor(body), args.seconds)
-        for size in (PIECE, None):
-            chunks = pieces(body, size)
-            decoded = events / best_seconds(lambda: decoder_and_loads(chunks), args.seconds)
-            converted = events / best_seconds(lambda: convert(chunks, args.profile), args.seconds)
-            answer = len(convert(chunks, args.profile))
-            peak = peak_memory(lambda: convert(chunks, args.profile))
-            decode_peak = peak_memory(lambda: decoder_and_loads(chunks))
-            print(f"{tokens:>6} {'16 KiB' if size else 'whole':>6} {events:>6} {floor:>10,.0f} "
-                  f"{decoded:>12,.0f} {converted:>12,.0f} {converted / floor:>6.2f} {answer:>8,} "
-                  f"{peak:>9,} {peak / answer:>7.1f} {decode_peak:>18,}")
-    print(f"{len(vllm_chat_body(256)) / 260:.0f} B per event; peaks exclude the body's own bytes; "
-          "decode-only: SseDecoder + orjson.loads without an assembler")
+    print(f"chat schema, profile {args.profile!r}; rates in events/s on one core")
+    print(f"{'shape':>9} {'tokens':>6} {'feed':>6} {'floor':>9} {'decode+loads':>12} {'convert':>9} "
+          f"{'/floor':>6} {'add µs':>6} {'answer B':>8} {'held B':>7} {'/answer':>7} {'feed peak B':>11} "
+          f"{'finish peak B':>13}")
+    for shape in args.shapes:
+        for tokens in args.tokens:
+            body = chat_body(shape, tokens)
+            events = body.count(b"\n\n")
+            floor = events / best_seconds(lambda: orjson_floor(body), args.seconds)
+            parsed = [orjson.loads(payload) for payload in payloads(body)]
+            add_us = best_seconds(lambda: assemble_only(parsed, args.profile), args.seconds) / len(parsed) * 1e6
+            held = assembler_held(payloads(body), args.profile)
+            for size in (PIECE, None):
+                chunks = pieces(body, size)
+                decoded = events / best_seconds(lambda: decoder_and_loads(chunks), args.seconds)
+                converted = events / best_seconds(lambda: convert(chunks, args.profile), args.seconds)
+                answer = len(convert(chunks, args.profile))
+                feed_peak = peak_memory(lambda: feed(chunks, args.profile))
+                finish_peak = peak_memory(lambda: convert(chunks, args.profile))
+                print(f"{shape:>9} {tokens:>6} {'16 KiB' if size else 'whole':>6} {floor:>9,.0f} {decoded:>12,.0f} "
+                      f"{converted:>9,.0f} {converted / floor:>6.2f} {add_us:>6.2f} {answer:>8,} "
+                      f"{held:>7,} {held / answer:>7.2f} {feed_peak:>11,} {finish_peak:>13,}")
+    print("add µs: ChatAssembler.add per pre-parsed chunk. held: the assembler's memory with every chunk "
+          "in; peaks: the converter's while fed and with finish(), body bytes excluded")
+
 
 if __name__ == "__main__":
     main()

@@ -40,6 +40,7 @@ from typing import Any
 import orjson
 
 from .errors import LIMIT, MALFORMED, ConversionError
+from .pieces import COMPACT_EVERY, Pieces
 from .profiles import (
     AUDIO,
     FUNCTION_CALL,
@@ -62,8 +63,7 @@ _SPLIT_CHECKS_PER_CALL = 4
 # Delta fields whose value must be text when present, and those that must not be text.
 _TEXT_KEYS = frozenset({"content", "refusal", *REASONING_KEYS})
 _STRUCTURED_KEYS = frozenset({"tool_calls", "function_call", "annotations", "audio"})
-# Keys with a rule of their own; any other key is carried as an extra. Checking a chunk's keys
-# against these sets (one C-level call) keeps the common chunk free of per-key Python work.
+# Keys with a rule of their own; any other key is carried as an extra.
 _KNOWN_TOP_KEYS = frozenset({"id", "object", "created", "model", "choices", "usage", "obfuscation"})
 _KNOWN_CHOICE_KEYS = frozenset({"index", "delta", "logprobs", "finish_reason"})
 
@@ -83,6 +83,37 @@ def merge_last(extras: dict[str, Any], key: str, value: Any) -> None:
         extras[key] = value
 
 
+def _merge_extras(extras: dict[str, Any], keys: tuple[str, ...], source: dict[str, Any]) -> None:
+    """``merge_last`` of each of ``keys`` from ``source`` (which has them all)."""
+    for key in keys:
+        value = source[key]
+        if value is not None or key not in extras:
+            extras[key] = value
+
+
+class ExtraKeys:
+    """Which keys of an object are extras (not in ``known``), remembered for the next object.
+
+    The chunks of a stream nearly always repeat the keys of the one before: one C-level set
+    comparison then replaces a Python loop over every key of every chunk.
+    """
+
+    __slots__ = ("_known", "_keys", "_extras")
+
+    def __init__(self, known: frozenset[str]) -> None:
+        self._known = known
+        self._keys: frozenset[str] = frozenset()
+        self._extras: tuple[str, ...] = ()
+
+    def extras_of(self, obj: dict[str, Any]) -> tuple[str, ...]:
+        """The extra keys of ``obj``, in its order (so that answers are deterministic)."""
+        keys = self._keys
+        if len(obj) != len(keys) or not keys.issuperset(obj):
+            self._keys = frozenset(obj)
+            self._extras = tuple(key for key in obj if key not in self._known)
+        return self._extras
+
+
 class Envelope:
     """The top-level fields every OpenAI-style chunk carries, and the usage."""
 
@@ -95,6 +126,7 @@ class Envelope:
         "_final_usage",
         "_last_usage",
         "_extras",
+        "_shape",
     )
 
     def __init__(self) -> None:
@@ -106,6 +138,7 @@ class Envelope:
         self._final_usage: dict[str, Any] | None = None
         self._last_usage: dict[str, Any] | None = None
         self._extras: dict[str, Any] = {}
+        self._shape = ExtraKeys(_KNOWN_TOP_KEYS)
 
     @property
     def usage(self) -> dict[str, Any] | None:
@@ -117,10 +150,7 @@ class Envelope:
             self._settle(chunk)
         self._last_chunk = chunk
         if not _KNOWN_TOP_KEYS.issuperset(chunk):
-            extras = self._extras
-            for key, value in chunk.items():
-                if key not in _KNOWN_TOP_KEYS:
-                    merge_last(extras, key, value)
+            _merge_extras(self._extras, self._shape.extras_of(chunk), chunk)
         choices = chunk.get("choices")
         if type(choices) is not list:
             if choices is not None:
@@ -214,7 +244,7 @@ class _ToolCall:
         self.id: str | None = None
         self.type: str | None = None
         self.name = ""
-        self.arguments: list[str] = []
+        self.arguments = Pieces()
         self.extras: dict[str, Any] = {}
         self.function_extras: dict[str, Any] = {}
         self.split_checks = _SPLIT_CHECKS_PER_CALL
@@ -224,13 +254,13 @@ class _ToolCall:
             return False
         self.split_checks -= 1
         try:
-            orjson.loads("".join(self.arguments))
+            orjson.loads(self.arguments.text() or "")
         except orjson.JSONDecodeError:
             return False
         return True
 
     def answer(self, profile: Profile, position: int) -> dict[str, Any]:
-        arguments = "".join(self.arguments)
+        arguments = self.arguments.text() or ""
         if profile.compact_tool_arguments:
             with suppress(orjson.JSONDecodeError):  # not JSON: kept as streamed
                 arguments = orjson.dumps(orjson.loads(arguments)).decode()
@@ -265,8 +295,8 @@ class _Choice:
 
     def __init__(self) -> None:
         self.role: str | None = None
-        self.texts: dict[str, list[str]] = {}
-        self.content: list[str] | None = None  # texts["content"], once the delta sent that key
+        self.texts: dict[str, Pieces] = {}
+        self.content: Pieces | None = None  # texts["content"], once the delta sent that key
         self.others: dict[str, Any] = {}
         self.calls: dict[int, _ToolCall] = {}
         self.call_keys: dict[int, int] = {}  # stream tool index -> key in ``calls``
@@ -274,7 +304,7 @@ class _Choice:
         self.annotations: list[Any] | None = None
         self.audio: dict[str, Any] | None = None
         self.audio_data: list[bytes] = []
-        self.audio_transcript: list[str] = []
+        self.audio_transcript = Pieces()
         self.finish_reason: Any = None
         self.logprobs: Any = _UNSEEN
         self.extras: dict[str, Any] = {}
@@ -283,7 +313,7 @@ class _Choice:
 class ChatAssembler:
     """Chat completions assembler; ``profile`` None means auto-detect at the end."""
 
-    __slots__ = ("_profile", "_forced_tool_choice", "_envelope", "_choices", "_unfinished")
+    __slots__ = ("_profile", "_forced_tool_choice", "_envelope", "_choices", "_choice_shape", "_unfinished")
 
     def __init__(self, profile: Profile | None = None, request: Mapping[str, Any] | None = None) -> None:
         self._profile = profile
@@ -291,6 +321,7 @@ class ChatAssembler:
         self._forced_tool_choice = tool_choice == "required" or isinstance(tool_choice, dict)  # or named
         self._envelope = Envelope()
         self._choices: dict[int, _Choice] = {}
+        self._choice_shape = ExtraKeys(_KNOWN_CHOICE_KEYS)
         self._unfinished = 0
 
     @property
@@ -316,8 +347,11 @@ class ChatAssembler:
                 if type(delta) is not dict:
                     raise malformed("'delta' is not an object")
                 content = delta.get("content")
-                if len(delta) == 1 and type(content) is str and state.content is not None:
-                    state.content.append(content)  # the common chunk: one more piece of text
+                pieces = state.content
+                if len(delta) == 1 and type(content) is str and pieces is not None:
+                    pieces.append(content)  # the most common chunk: one more piece of text
+                    if len(pieces) >= COMPACT_EVERY:
+                        pieces.compact()
                 else:
                     self._add_delta(state, delta)
             finish_reason = choice.get("finish_reason")
@@ -327,16 +361,13 @@ class ChatAssembler:
                 if state.finish_reason is None:
                     self._unfinished -= 1
                 state.finish_reason = finish_reason
-            logprobs = choice.get("logprobs", _UNSEEN)
-            if logprobs is not _UNSEEN:
-                if logprobs is not None:
-                    state.logprobs = merge_logprobs(state.logprobs if state.logprobs is not _UNSEEN else None, logprobs)
-                elif state.logprobs is _UNSEEN:
-                    state.logprobs = None
+            logprobs = choice.get("logprobs")
+            if logprobs is not None:
+                state.logprobs = merge_logprobs(state.logprobs if state.logprobs is not _UNSEEN else None, logprobs)
+            elif state.logprobs is _UNSEEN and "logprobs" in choice:
+                state.logprobs = None
             if not _KNOWN_CHOICE_KEYS.issuperset(choice):
-                for key, value in choice.items():
-                    if key not in _KNOWN_CHOICE_KEYS:
-                        merge_last(state.extras, key, value)
+                _merge_extras(state.extras, self._choice_shape.extras_of(choice), choice)
 
     def _new_choice(self, index: int) -> _Choice:
         if len(self._choices) >= MAX_CHOICES:
@@ -359,6 +390,8 @@ class ChatAssembler:
                 if pieces is None:
                     pieces = texts[key] = self._new_text(state, key)
                 pieces.append(value)
+                if len(pieces) >= COMPACT_EVERY:
+                    pieces.compact()
             elif value is None:
                 if key != "role" and key not in texts:
                     texts[key] = self._new_text(state, key)
@@ -384,8 +417,8 @@ class ChatAssembler:
                 state.others[key] = value
 
     @staticmethod
-    def _new_text(state: _Choice, key: str) -> list[str]:
-        pieces: list[str] = []
+    def _new_text(state: _Choice, key: str) -> Pieces:
+        pieces = Pieces()
         if key == "content":
             state.content = pieces
         return pieces
@@ -393,6 +426,8 @@ class ChatAssembler:
     def _add_tool_calls(self, state: _Choice, deltas: Any) -> None:
         if type(deltas) is not list:
             raise malformed("'tool_calls' is not a list")
+        if len(deltas) == 1 and _add_arguments_piece(state, deltas[0]):
+            return
         for position, delta in enumerate(deltas):
             if type(delta) is not dict:
                 raise malformed("a tool call is not an object")
@@ -461,7 +496,7 @@ class ChatAssembler:
         return answer
 
     def _message(self, profile: Profile, state: _Choice) -> dict[str, Any]:
-        texts = {key: "".join(pieces) if pieces else None for key, pieces in state.texts.items()}
+        texts = {key: pieces.text() for key, pieces in state.texts.items()}
         content = texts.pop("content", None)
         produced: set[str] = set()
         if texts.get(REFUSAL):
@@ -491,7 +526,7 @@ class ChatAssembler:
             message["tool_calls"] = [calls[key].answer(profile, position) for position, key in enumerate(sorted(calls))]
         if state.function_call is not None:
             call = state.function_call
-            message["function_call"] = {**call.function_extras, "name": call.name, "arguments": "".join(call.arguments)}
+            message["function_call"] = {**call.function_extras, "name": call.name, "arguments": call.arguments.text() or ""}
         if state.annotations is not None:
             message["annotations"] = list(state.annotations)
         if state.audio is not None:
@@ -503,6 +538,26 @@ class ChatAssembler:
         return message
 
 
+def _add_arguments_piece(state: _Choice, delta: Any) -> bool:
+    """The common tool-call delta, ``{"index": i, "function": {"arguments": s}}`` for a call
+    already open, folded in with no loop; False for any other delta."""
+    if type(delta) is not dict or len(delta) != 2:
+        return False
+    index = delta.get("index")
+    function = delta.get("function")
+    key = state.call_keys.get(index) if type(index) is int else None
+    if key is None or type(function) is not dict or len(function) != 1:
+        return False
+    piece = function.get("arguments")
+    if type(piece) is not str:
+        return False
+    arguments = state.calls[key].arguments
+    arguments.append(piece)
+    if len(arguments) >= COMPACT_EVERY:
+        arguments.compact()
+    return True
+
+
 def _add_function(call: _ToolCall, function: dict[str, Any]) -> None:
     for key, value in function.items():
         if value is None:
@@ -510,7 +565,10 @@ def _add_function(call: _ToolCall, function: dict[str, Any]) -> None:
         if key == "arguments":
             if type(value) is not str:
                 raise malformed("tool call 'arguments' is not a string")
-            call.arguments.append(value)
+            arguments = call.arguments
+            arguments.append(value)
+            if len(arguments) >= COMPACT_EVERY:
+                arguments.compact()
         elif key == "name":
             if type(value) is not str:
                 raise malformed("tool call 'name' is not a string")
@@ -543,7 +601,10 @@ def _add_audio(state: _Choice, audio: Any) -> None:
         elif key == "transcript":
             if type(value) is not str:
                 raise malformed("audio 'transcript' is not a string")
-            state.audio_transcript.append(value)
+            transcript = state.audio_transcript
+            transcript.append(value)
+            if len(transcript) >= COMPACT_EVERY:
+                transcript.compact()
             state.audio["transcript"] = None
         else:
             state.audio[key] = value
@@ -553,6 +614,7 @@ def _audio_answer(state: _Choice) -> dict[str, Any]:
     audio = dict(state.audio or {})
     if state.audio_data:
         audio["data"] = binascii.b2a_base64(b"".join(state.audio_data), newline=False).decode("ascii")
-    if state.audio_transcript:
-        audio["transcript"] = "".join(state.audio_transcript)
+    transcript = state.audio_transcript.text()
+    if transcript is not None:
+        audio["transcript"] = transcript
     return audio

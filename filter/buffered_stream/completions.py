@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from .chat import MAX_CHOICES, Envelope, copy_logprobs, malformed, merge_last, merge_logprobs, too_many
+from .pieces import COMPACT_EVERY, Pieces
 from .profiles import Profile
 
 
@@ -21,7 +22,7 @@ class _Choice:
     __slots__ = ("text", "logprobs", "finish_reason", "extras")
 
     def __init__(self) -> None:
-        self.text: list[str] = []
+        self.text = Pieces()
         self.logprobs: dict[str, Any] | None = None
         self.finish_reason: str | None = None
         self.extras: dict[str, Any] = {}
@@ -61,7 +62,10 @@ class CompletionsAssembler:
                     if value is not None:
                         if type(value) is not str:
                             raise malformed("'text' is not a string")
-                        state.text.append(value)
+                        text = state.text
+                        text.append(value)
+                        if len(text) >= COMPACT_EVERY:
+                            text.compact()
                 elif key == "finish_reason":
                     if value:
                         if type(value) is not str:
@@ -91,7 +95,7 @@ class CompletionsAssembler:
             state = self._choices[index]
             choice = {
                 "index": index,
-                "text": "".join(state.text),
+                "text": state.text.text() or "",
                 "logprobs": copy_logprobs(state.logprobs),
                 "finish_reason": state.finish_reason,
                 **state.extras,
