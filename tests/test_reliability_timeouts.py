@@ -139,11 +139,10 @@ def test_client_leaving_mid_generation_closes_the_backend_connection_and_frees_t
     upstream = backend_request(stack.backend, model)
     wait_until(lambda: len(upstream.response_body) > 0, 10, message="the generation to start")
     client.close()
-    closed_at = time.monotonic()
 
+    # "Promptly": within a few token intervals, not at the end of the 10 s generation.
     wait_until(upstream.finished.is_set, 3, message="the backend to see its connection closed")
     assert upstream.outcome == "client_gone", upstream.outcome
-    assert time.monotonic() - closed_at < 3
     generated = upstream.response_body.count(b"data:")
     assert generated < 200, f"the backend generated all {generated} events for a client that left"
     wait_service_idle(stack.service)
