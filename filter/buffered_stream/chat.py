@@ -24,6 +24,9 @@ Rules (field by field, see the module's tests and corpus for each server's shape
 * Unknown keys, on the chunk, the choice or a tool call, are carried the way a non-stream
   answer shows them: last non-null value, null when only null was seen.
 
+``add_raw`` takes a payload without parsing it when it repeats the last text chunk but for its
+text, the bulk of a long answer (see ``template``); the converter offers every payload to it first.
+
 ``request`` (the client's body) matters only for ``tool_choice``: a forced call makes vLLM answer
 ``content: ""``. Every wrong type raises ``ConversionError(MALFORMED)``; more than
 ``MAX_CHOICES`` choices or ``MAX_TOOL_CALLS`` calls in a choice raises ``ConversionError(LIMIT)``.
@@ -52,6 +55,7 @@ from .profiles import (
     detect,
     fill_defaults,
 )
+from .template import TextTemplate
 
 MAX_CHOICES = 1024
 MAX_TOOL_CALLS = 4096
@@ -235,6 +239,9 @@ def copy_logprobs(logprobs: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 _UNSEEN: Any = object()
+# Templates that never matched before the stream may stop offering new ones (OpenAI's chunks
+# carry random padding; a template would never match).
+_TEMPLATE_LEARN_TRIES = 4
 
 
 class _ToolCall:
@@ -313,7 +320,18 @@ class _Choice:
 class ChatAssembler:
     """Chat completions assembler; ``profile`` None means auto-detect at the end."""
 
-    __slots__ = ("_profile", "_forced_tool_choice", "_envelope", "_choices", "_choice_shape", "_unfinished")
+    __slots__ = (
+        "_profile",
+        "_forced_tool_choice",
+        "_envelope",
+        "_choices",
+        "_choice_shape",
+        "_unfinished",
+        "_template",
+        "_template_hits",
+        "_learn_tries",
+        "_payload",
+    )
 
     def __init__(self, profile: Profile | None = None, request: Mapping[str, Any] | None = None) -> None:
         self._profile = profile
@@ -323,6 +341,10 @@ class ChatAssembler:
         self._choices: dict[int, _Choice] = {}
         self._choice_shape = ExtraKeys(_KNOWN_CHOICE_KEYS)
         self._unfinished = 0
+        self._template: TextTemplate | None = None
+        self._template_hits = 0
+        self._learn_tries = _TEMPLATE_LEARN_TRIES
+        self._payload: bytes | None = None  # the raw form of the chunk ``add`` gets next
 
     @property
     def finished(self) -> bool:
@@ -332,7 +354,61 @@ class ChatAssembler:
     def usage(self) -> dict[str, Any] | None:
         return self._envelope.usage
 
+    def add_raw(self, payload: bytes) -> bool:
+        """Fold in a payload without parsing it if it repeats the last text chunk but for its
+        text (see ``template``); False: parse it and ``add`` the chunk."""
+        template = self._template
+        if template is not None:
+            prefix, suffix = template.prefix, template.suffix
+            if len(payload) >= template.size and payload.startswith(prefix) and payload.endswith(suffix):
+                middle = payload[len(prefix) : len(payload) - len(suffix)]
+                try:  # parses only if the middle is the inside of one JSON string, as in the template
+                    piece = orjson.loads(b'"' + middle + b'"')
+                except orjson.JSONDecodeError:
+                    return False  # the parser will say what is wrong
+                pieces = template.pieces
+                pieces.append(piece)
+                if len(pieces) >= COMPACT_EVERY:
+                    pieces.compact()
+                self._template_hits += 1
+                return True
+            if not self._template_hits:
+                self._learn_tries -= 1  # a template that never matched: the stream varies more
+            self._template = None
+        if self._learn_tries > 0:
+            self._payload = payload
+        return False
+
     def add(self, chunk: dict[str, Any]) -> None:
+        self._fold(chunk)
+        payload = self._payload
+        if payload is not None:
+            self._payload = None
+            self._learn_template(payload, chunk)
+
+    def _learn_template(self, payload: bytes, chunk: dict[str, Any]) -> None:
+        """Make ``chunk`` the template if folding it in again would only append its one text."""
+        choices = chunk.get("choices")
+        if type(choices) is not list or len(choices) != 1 or choices[0].get("logprobs") is not None:
+            return
+        choice = choices[0]
+        delta = choice.get("delta")
+        if type(delta) is not dict or len(delta) != 1:
+            return
+        state = self._choices[choice.get("index", 0)]
+        ((key, value),) = delta.items()
+        if type(value) is str and key != "role":
+            path: tuple[str | int, ...] = ("choices", 0, "delta", key)
+            found = state.texts[key], value
+        elif key == "tool_calls" and len(value) == 1 and (found := _arguments_piece(state, value[0])):
+            path = ("choices", 0, "delta", "tool_calls", 0, "function", "arguments")
+        else:
+            return
+        pieces, piece = found
+        self._template = TextTemplate.learn(payload, chunk, path, piece, pieces)
+        self._template_hits = 0
+
+    def _fold(self, chunk: dict[str, Any]) -> None:
         for choice in self._envelope.read(chunk):
             if type(choice) is not dict:
                 raise malformed("a choice is not an object")
@@ -426,7 +502,12 @@ class ChatAssembler:
     def _add_tool_calls(self, state: _Choice, deltas: Any) -> None:
         if type(deltas) is not list:
             raise malformed("'tool_calls' is not a list")
-        if len(deltas) == 1 and _add_arguments_piece(state, deltas[0]):
+        found = _arguments_piece(state, deltas[0]) if len(deltas) == 1 else None
+        if found is not None:
+            arguments, piece = found
+            arguments.append(piece)
+            if len(arguments) >= COMPACT_EVERY:
+                arguments.compact()
             return
         for position, delta in enumerate(deltas):
             if type(delta) is not dict:
@@ -451,6 +532,7 @@ class ChatAssembler:
                 call = None  # Ollama: the next parallel call arrives at the same index
             if call is None:
                 call = self._new_tool_call(state, index)
+                self._template = None  # its index may now lead to this new call
             for name, value in delta.items():
                 if name == "function":
                     if value is not None:
@@ -538,24 +620,20 @@ class ChatAssembler:
         return message
 
 
-def _add_arguments_piece(state: _Choice, delta: Any) -> bool:
-    """The common tool-call delta, ``{"index": i, "function": {"arguments": s}}`` for a call
-    already open, folded in with no loop; False for any other delta."""
+def _arguments_piece(state: _Choice, delta: Any) -> tuple[Pieces, str] | None:
+    """For the common tool-call delta, ``{"index": i, "function": {"arguments": s}}`` of a call
+    already open: that call's arguments and ``s``, to fold in with no loop. None for any other."""
     if type(delta) is not dict or len(delta) != 2:
-        return False
+        return None
     index = delta.get("index")
     function = delta.get("function")
     key = state.call_keys.get(index) if type(index) is int else None
     if key is None or type(function) is not dict or len(function) != 1:
-        return False
+        return None
     piece = function.get("arguments")
     if type(piece) is not str:
-        return False
-    arguments = state.calls[key].arguments
-    arguments.append(piece)
-    if len(arguments) >= COMPACT_EVERY:
-        arguments.compact()
-    return True
+        return None
+    return state.calls[key].arguments, piece
 
 
 def _add_function(call: _ToolCall, function: dict[str, Any]) -> None:

@@ -1,0 +1,145 @@
+"""Payloads taken unparsed by a text template give exactly the answer (or error) of parsing them."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import orjson
+from hypothesis import given
+from hypothesis import strategies as st
+
+from buffered_stream.chat import ChatAssembler
+from buffered_stream.convert import StreamConverter
+from buffered_stream.errors import ConversionError
+
+HEAD = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 7, "model": "m"}
+
+
+class ParsedOnly:
+    """The chat assembler without ``add_raw``: the converter parses every payload."""
+
+    def __init__(self) -> None:
+        self._inner = ChatAssembler()
+        self.add = self._inner.add
+        self.result = self._inner.result
+
+    @property
+    def finished(self) -> bool:
+        return self._inner.finished
+
+    @property
+    def usage(self) -> dict[str, Any] | None:
+        return self._inner.usage
+
+
+def outcome(payloads: list[bytes], *, templates: bool) -> tuple[str, Any]:
+    converter = StreamConverter("chat", assembler=None if templates else ParsedOnly())
+    try:
+        converter.feed(b"".join(b"data: " + payload + b"\n\n" for payload in payloads))
+        return "answer", orjson.loads(converter.finish())
+    except ConversionError as error:
+        return "error", (error.kind, error.status, str(error))
+
+
+def assert_same_outcome(payloads: list[bytes]) -> tuple[str, Any]:
+    with_templates = outcome(payloads, templates=True)
+    assert with_templates == outcome(payloads, templates=False)
+    return with_templates
+
+
+def event(delta: dict[str, Any], finish_reason: str | None = None, ensure_ascii: bool = False, **top: Any) -> bytes:
+    chunk = {**HEAD, **top, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]}
+    return json.dumps(chunk, ensure_ascii=True).encode() if ensure_ascii else orjson.dumps(chunk)
+
+
+def stream(texts: list[str], key: str = "content") -> list[bytes]:
+    return [event({"role": "assistant", key: ""}), *(event({key: text}) for text in texts), event({}, "stop")]
+
+
+def test_repeated_text_chunks_are_taken_unparsed_with_the_same_answer() -> None:
+    kind, answer = assert_same_outcome(stream(["Hello", " wor", "ld", "!"]))
+    assert kind == "answer" and answer["choices"][0]["message"]["content"] == "Hello world!"
+    assembler = ChatAssembler()
+    first, second, third = stream(["a", "b"])[:3]
+    assert not assembler.add_raw(first)
+    assembler.add(orjson.loads(first))
+    assert not assembler.add_raw(second)
+    assembler.add(orjson.loads(second))
+    assert assembler.add_raw(third)  # the template learned from the second chunk
+
+
+def test_escaped_and_non_ascii_text_is_read_like_the_parser_reads_it() -> None:
+    texts = ["plain", 'a "quote"', "back\\slash", "line\n", "tab\t", "é", "😀", "\u2028", "\x7f", "}]}"]
+    assert_same_outcome(stream(texts))
+    assert_same_outcome([event({"content": text}, ensure_ascii=True) for text in ["x", "é", "y"]] + [event({}, "stop")])
+
+
+def test_a_middle_that_breaks_out_of_the_string_is_parsed_as_what_it_is() -> None:
+    good = event({"content": "ab"})
+    prefix, suffix = good.split(b"ab")
+    injected = [
+        prefix + b'x","refusal":"no' + suffix,  # a second delta key
+        prefix + b'x"},"finish_reason":"stop","index":0,"delta":{"content":"y' + suffix,
+        prefix + b"\xff\xfe" + suffix,  # not UTF-8
+        prefix + b"raw\ncontrol" + suffix,
+        prefix + b"\\u12" + suffix,
+        prefix + b'"' + suffix,
+    ]
+    for payload in injected:
+        assert_same_outcome([event({"role": "assistant", "content": ""}), good, good, payload, good, event({}, "stop")])
+
+
+def test_arguments_pieces_follow_their_call_even_when_the_index_moves_to_a_new_call() -> None:
+    def call(index: int, **fields: Any) -> bytes:
+        return event({"tool_calls": [{"index": index, **fields}]})
+
+    payloads = [
+        event({"role": "assistant", "content": None}),
+        call(0, id="a", type="function", function={"name": "f", "arguments": ""}),
+        call(0, function={"arguments": "{"}),
+        call(0, function={"arguments": '"x": 1'}),
+        call(0, function={"arguments": "}"}),
+        call(0, id="b", type="function", function={"name": "g", "arguments": ""}),  # Ollama: a new call at 0
+        call(0, function={"arguments": "{"}),
+        call(0, function={"arguments": "}"}),
+        event({}, "tool_calls"),
+    ]
+    kind, answer = assert_same_outcome(payloads)
+    calls = answer["choices"][0]["message"]["tool_calls"]
+    assert [(c["id"], c["function"]["arguments"]) for c in calls] == [("a", '{"x": 1}'), ("b", "{}")]
+
+
+def test_chunks_that_differ_elsewhere_are_parsed() -> None:
+    payloads = [event({"role": "assistant", "content": ""})]
+    payloads += [event({"content": f"t{i}"}, created=7 + i // 3, obfuscation="x" * (i % 5)) for i in range(30)]
+    payloads += [event({"reasoning_content": "r"}), event({"content": "z"}, system_fingerprint="fp")]
+    payloads += [event({}, "stop")]
+    assert_same_outcome(payloads)
+
+
+texts = st.text("ab ", max_size=3) | st.text(st.characters(codec="utf-8"), max_size=6)
+
+
+@given(
+    st.booleans(),
+    st.lists(
+        st.tuples(
+            st.sampled_from(["content", "content", "content", "reasoning_content", "refusal"]),
+            texts,
+            st.sampled_from([7, 7, 7, 8]),  # a server stamping chunks by the second
+        ),
+        max_size=40,
+    ),
+    st.lists(st.tuples(st.integers(0, 40), st.binary(max_size=8) | texts.map(str.encode)), max_size=3),
+)
+def test_any_text_stream_and_any_forged_middle_give_the_parsed_outcome(
+    ascii_only: bool, steps: list[tuple[str, str, int]], forged: list[tuple[int, bytes]]
+) -> None:
+    payloads = [event({"role": "assistant", "content": ""}, ensure_ascii=ascii_only)]
+    payloads += [event({key: text}, ensure_ascii=ascii_only, created=created) for key, text, created in steps]
+    prefix, _, suffix = event({"content": "MIDDLE"}, ensure_ascii=ascii_only).partition(b"MIDDLE")
+    for position, middle in forged:
+        payloads.insert(min(position, len(payloads)), prefix + middle + suffix)
+    payloads.append(event({}, "stop"))
+    assert_same_outcome(payloads)
