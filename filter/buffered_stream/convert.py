@@ -108,11 +108,14 @@ class StreamConverter:
         parse there means the body was cut inside it.
         """
         add = self._assembler.add
+        add_raw = getattr(self._assembler, "add_raw", _needs_parsing)
         loads = orjson.loads
         count = self._events
         try:
             for name, payload in events:
                 count += 1
+                if not name and add_raw(payload):
+                    continue
                 if name and name == ERROR_EVENT:
                     raise _error_event(payload)
                 try:
@@ -138,6 +141,11 @@ class StreamConverter:
                 add(chunk)
         finally:
             self._events = count
+
+
+def _needs_parsing(payload: bytes) -> bool:
+    """``add_raw`` of an assembler that takes no payload unparsed (the method is optional)."""
+    return False
 
 
 def _malformed(event_number: int, what: str) -> ConversionError:
