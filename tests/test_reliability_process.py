@@ -43,6 +43,7 @@ def content(result: Any) -> str:
 def restart(service: Service, work_dir: Path) -> None:
     """Start the service again with the same arguments (same ports); the old process must be gone."""
     assert service.process.returncode is not None
+    service.process.stop()  # already dead: only forgets it
     args = service.process.args
     env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(SOURCE_ROOT), os.environ.get("PYTHONPATH")]))}
     service.process = ManagedProcess("service-restarted", args, work_dir, env=env)
