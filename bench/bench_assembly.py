@@ -3,7 +3,8 @@
 Run by hand: ``PYTHONPATH=filter python bench/bench_assembly.py``. Each body imitates one server's
 chat stream (one token per chunk, a role chunk, a finish chunk, a usage chunk, ``[DONE]``), in the
 chunk shapes that cost the assembler differently: vLLM text, OpenAI text (extra top-level keys on
-every chunk), SGLang text (an extra choice key), and tool-call argument pieces. Bodies are fed in
+every chunk, one of them random), SGLang text (an extra choice key), Ollama text (the role in
+every delta), and tool-call argument pieces. Bodies are fed in
 network-size pieces or as one whole body. The floor is what any Python converter must pay at least:
 split the body into events, strip ``data: `` and ``orjson.loads`` each payload.
 
@@ -41,11 +42,14 @@ def _head(shape: str) -> dict[str, object]:
     }
     if shape == "openai":
         head.update(model="gpt-4o-2024-08-06", service_tier="default", system_fingerprint="fp_eb9dce56a8")
+    if shape == "ollama":
+        head.update(id="chatcmpl-512", model="llama3.1:8b", system_fingerprint="fp_ollama")
     return head
 
 
 def chat_body(shape: str, tokens: int) -> bytes:
-    """A ``tokens``-chunk stream of ``shape``: ``vllm``, ``openai``, ``sglang`` or ``tool-args``."""
+    """A ``tokens``-chunk stream of ``shape``: ``vllm``, ``openai``, ``sglang``, ``ollama`` or
+    ``tool-args`` (vLLM's tool-call argument pieces)."""
     head = _head(shape)
     tail: dict[str, object] = {"usage": None} if shape in ("openai", "sglang") else {}
     padding = itertools.count()
@@ -56,6 +60,8 @@ def chat_body(shape: str, tokens: int) -> bytes:
         return b"data: " + orjson.dumps({**head, "choices": choices, **tail, **extra}) + b"\n\n"
 
     def choice(delta: dict, finish_reason: str | None = None) -> list:
+        if shape == "ollama":  # the role in every delta, no logprobs key
+            return [{"index": 0, "delta": {"role": "assistant", **delta}, "finish_reason": finish_reason}]
         entry = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
         if shape == "sglang":
             entry["matched_stop"] = None
@@ -163,7 +169,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=1.0, help="time budget per measurement")
     parser.add_argument("--tokens", type=int, nargs="+", default=[256, 4096])
-    parser.add_argument("--shapes", nargs="+", default=["vllm", "openai", "sglang", "tool-args"])
+    parser.add_argument("--shapes", nargs="+", default=["vllm", "openai", "sglang", "ollama", "tool-args"])
     parser.add_argument("--profile", default="auto", help="backend profile of the assembler")
     args = parser.parse_args()
 

@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 import orjson
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from buffered_stream.chat import ChatAssembler
@@ -49,7 +49,7 @@ def assert_same_outcome(payloads: list[bytes]) -> tuple[str, Any]:
 
 
 def event(delta: dict[str, Any], finish_reason: str | None = None, ensure_ascii: bool = False, **top: Any) -> bytes:
-    chunk = {**HEAD, **top, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]}
+    chunk = {**HEAD, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}], **top}
     return json.dumps(chunk, ensure_ascii=True).encode() if ensure_ascii else orjson.dumps(chunk)
 
 
@@ -110,6 +110,37 @@ def test_arguments_pieces_follow_their_call_even_when_the_index_moves_to_a_new_c
     assert [(c["id"], c["function"]["arguments"]) for c in calls] == [("a", '{"x": 1}'), ("b", "{}")]
 
 
+def test_a_role_repeated_beside_the_text_is_kept_first() -> None:
+    payloads = [event({"role": "assistant", "content": "a"}), event({"role": "assistant", "content": "b"})]
+    payloads += [event({"role": "tool", "content": "c"}), event({"content": "d", "role": "assistant"})]
+    payloads += [event({"role": "assistant", "content": "e"}), event({}, "stop")]
+    kind, answer = assert_same_outcome(payloads)
+    assert answer["choices"][0]["message"] == {"role": "assistant", "content": "abcde"}
+
+
+def test_openai_random_padding_is_skipped_and_anything_else_there_is_parsed() -> None:
+    def padded(text: str, padding: str) -> bytes:
+        return event({"content": text}, service_tier="default", usage=None, obfuscation=padding)
+
+    payloads = [event({"role": "assistant", "content": ""}, obfuscation="x")]
+    payloads += [padded(f"t{i} ", "aBc9"[: i % 5]) for i in range(12)]
+    payloads += [padded("q", "é"), padded('"', "k"), padded("r", 'p"q'), padded("s", "\\"), padded("u", "z")]
+    prefix, suffix = padded("MIDDLE", "PAD").split(b"MIDDLE")
+    head, _ = suffix.split(b"PAD")
+    forged = [
+        prefix + b"v" + head + b'"}',  # the padding's own quote missing: the text's closing quote is its
+        prefix + b"v" + head[:-1] + b'}',
+        prefix + b"v" + head + b"a" + head + b'b"}',
+        prefix + b"v" + head + b'a","x":"b"}',
+        prefix + b"v" + head + b"\xff" + b'"}',
+        prefix + b"v" + head + b"a" + b'"} ',
+        prefix + b'v"' + head + b'a"}',
+    ]
+    payloads += [item for payload in forged for item in (payload, padded("w", "ok"))]
+    kind, answer = assert_same_outcome([*payloads, event({}, "stop", obfuscation="")])
+    assert kind == "error" or "obfuscation" not in answer
+
+
 def test_chunks_that_differ_elsewhere_are_parsed() -> None:
     payloads = [event({"role": "assistant", "content": ""})]
     payloads += [event({"content": f"t{i}"}, created=7 + i // 3, obfuscation="x" * (i % 5)) for i in range(30)]
@@ -121,6 +152,7 @@ def test_chunks_that_differ_elsewhere_are_parsed() -> None:
 texts = st.text("ab ", max_size=3) | st.text(st.characters(codec="utf-8"), max_size=6)
 
 
+@settings(max_examples=400)
 @given(
     st.booleans(),
     st.lists(

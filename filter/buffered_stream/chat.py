@@ -359,9 +359,8 @@ class ChatAssembler:
         text (see ``template``); False: parse it and ``add`` the chunk."""
         template = self._template
         if template is not None:
-            prefix, suffix = template.prefix, template.suffix
-            if len(payload) >= template.size and payload.startswith(prefix) and payload.endswith(suffix):
-                middle = payload[len(prefix) : len(payload) - len(suffix)]
+            middle = template.text_of(payload)
+            if middle is not None:
                 try:  # parses only if the middle is the inside of one JSON string, as in the template
                     piece = orjson.loads(b'"' + middle + b'"')
                 except orjson.JSONDecodeError:
@@ -393,7 +392,11 @@ class ChatAssembler:
             return
         choice = choices[0]
         delta = choice.get("delta")
-        if type(delta) is not dict or len(delta) != 1:
+        if type(delta) is not dict:
+            return
+        if len(delta) == 2 and "role" in delta:  # Ollama and TGI repeat the role, which is kept first
+            delta = {key: value for key, value in delta.items() if key != "role"}
+        if len(delta) != 1:
             return
         state = self._choices[choice.get("index", 0)]
         ((key, value),) = delta.items()
