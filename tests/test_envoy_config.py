@@ -114,12 +114,16 @@ def test_timeouts_and_buffer_limits() -> None:
 
 
 def test_envoy_errors_become_json_but_service_replies_stay() -> None:
-    (mapper,) = hcm(load_packaged_config())["local_reply_config"]["mappers"]
-    only_without_outcome = mapper["filter"]["metadata_filter"]
+    service_failed, generic = hcm(load_packaged_config())["local_reply_config"]["mappers"]
+    only_without_outcome = generic["filter"]["metadata_filter"]
     assert only_without_outcome["matcher"]["path"] == [{"key": "outcome"}]
     assert only_without_outcome["matcher"]["value"] == {"present_match": False}
     assert only_without_outcome["match_if_key_not_found"] is True
-    assert set(mapper["body_format_override"]["json_format"]["error"]) == {"message", "type", "param", "code"}
+    assert service_failed["filter"]["and_filter"]["filters"][0]["metadata_filter"] == only_without_outcome
+    assert "ext_proc_error" in service_failed["filter"]["and_filter"]["filters"][1]["extension_filter"]["typed_config"]["expression"]
+    assert service_failed["body"]["inline_string"]
+    for mapper in (service_failed, generic):
+        assert set(mapper["body_format_override"]["json_format"]["error"]) == {"message", "type", "param", "code"}
 
 
 def test_routes() -> None:

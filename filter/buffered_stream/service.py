@@ -346,7 +346,8 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
                 try:
                     yield exchange.handle(request)
                 except StreamedFailure as failure:
-                    await context.abort(grpc.StatusCode.UNAVAILABLE, f"buffered_stream: {failure.error.message}")
+                    # Envoy logs these details: name the kind only, never upstream text.
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, f"buffered_stream: {failure.error.kind}")
                 except Exception:
                     # A bug, not a property of the stream: fail this request (Envoy answers with its
                     # status_on_error) and keep serving the others.
