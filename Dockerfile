@@ -12,9 +12,12 @@ COPY filter ./filter
 RUN /opt/buffered-stream/bin/pip install --constraint constraints.txt ".[fast]"
 
 FROM python:3.11.14-slim-bookworm
+# MALLOC_ARENA_MAX: buffered answers arrive as one large gRPC message on gRPC's threads; with
+# glibc's default per-thread arenas the freed memory is kept, and RSS settles ~2x higher.
 ENV PATH=/opt/buffered-stream/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1
+    PYTHONUNBUFFERED=1 \
+    MALLOC_ARENA_MAX=2
 RUN groupadd --system --gid 10001 buffered-stream \
  && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin buffered-stream
 COPY --from=build /opt/buffered-stream /opt/buffered-stream
