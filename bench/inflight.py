@@ -158,6 +158,11 @@ def format_inflight(results: list[InflightResult]) -> str:
             f"{r.envoy_bytes_per_request / 1024:>12.1f} {r.answer_bytes / 1024:>9.1f}"
         )
     for r in results:
+        budget = 40 * 1024 + 1.2 * r.answer_bytes
+        verdict = "MET" if r.service_bytes_per_request <= budget else "MISSED"
+        lines.append(f"  {r.mode}: service {r.service_bytes_per_request / 1024:.1f} KB per request in flight "
+                     f"(target <= 40 KB + 1.2 x answer = {budget / 1024:.1f} KB): {verdict}; "
+                     f"{r.ok} of {r.requested} answered correctly")
         for why, count in r.failures.items():
             lines.append(f"  {r.mode} failed: {count} x {why}")
     return "\n".join(lines)
