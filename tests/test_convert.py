@@ -20,6 +20,9 @@ class RecordingAssembler:
         self.chunks: list[dict[str, Any]] = []
         self.finish_reasons: dict[Any, Any] = {}
 
+    def add_raw(self, payload: bytes) -> bool:
+        return False
+
     def add(self, chunk: dict[str, Any]) -> None:
         self.chunks.append(chunk)
         choices = chunk.get("choices")

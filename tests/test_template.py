@@ -17,12 +17,15 @@ HEAD = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 7, "mo
 
 
 class ParsedOnly:
-    """The chat assembler without ``add_raw``: the converter parses every payload."""
+    """The chat assembler with its unparsed fast path turned off: every payload is parsed."""
 
     def __init__(self) -> None:
         self._inner = ChatAssembler()
         self.add = self._inner.add
         self.result = self._inner.result
+
+    def add_raw(self, payload: bytes) -> bool:
+        return False
 
     @property
     def finished(self) -> bool:

@@ -12,6 +12,10 @@ from typing import Any, Protocol
 
 
 class Assembler(Protocol):
+    def add_raw(self, payload: bytes) -> bool:
+        """Fold one unparsed data payload in when its effect is proven without parsing it (the
+        fast path for the thousands of chunks that differ only in their token); False: parse it."""
+
     def add(self, chunk: dict[str, Any]) -> None:
         """Fold one stream chunk in; raise ``ConversionError(MALFORMED)`` on an impossible shape."""
 

@@ -47,6 +47,9 @@ class CompletionsAssembler:
     def usage(self) -> dict[str, Any] | None:
         return self._envelope.usage
 
+    def add_raw(self, payload: bytes) -> bool:
+        return False  # no unparsed fast path (yet): every payload is parsed
+
     def add(self, chunk: dict[str, Any]) -> None:
         for choice in self._envelope.read(chunk):
             if type(choice) is not dict:

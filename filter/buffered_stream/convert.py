@@ -108,7 +108,7 @@ class StreamConverter:
         parse there means the body was cut inside it.
         """
         add = self._assembler.add
-        add_raw = getattr(self._assembler, "add_raw", _needs_parsing)
+        add_raw = self._assembler.add_raw
         loads = orjson.loads
         count = self._events
         try:
@@ -141,11 +141,6 @@ class StreamConverter:
                 add(chunk)
         finally:
             self._events = count
-
-
-def _needs_parsing(payload: bytes) -> bool:
-    """``add_raw`` of an assembler that takes no payload unparsed (the method is optional)."""
-    return False
 
 
 def _malformed(event_number: int, what: str) -> ConversionError:
