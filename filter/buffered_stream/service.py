@@ -337,14 +337,15 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
 
     async def Process(
         self, request_iterator: AsyncIterator[pb.ProcessingRequest], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.ProcessingResponse]:
+    ) -> None:
         exchange = Exchange(self._routes)
         self.in_flight += 1
         metrics.IN_FLIGHT.inc()
+        read, write, eof = context.read, context.write, grpc.aio.EOF
         try:
-            async for request in request_iterator:
+            while (request := await read()) is not eof:
                 try:
-                    yield exchange.handle(request)
+                    await write(exchange.handle(request))
                 except StreamedFailure as failure:
                     # Envoy logs these details: name the kind only, never upstream text.
                     await context.abort(grpc.StatusCode.UNAVAILABLE, f"buffered_stream: {failure.error.kind}")
