@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from support.backend import Completion, Json, Sse
+from support.backend import Completion
 from support.net import http_request
 from support.stack import Harness, Stack
 

