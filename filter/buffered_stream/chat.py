@@ -468,9 +468,7 @@ class ChatAssembler:
                 pieces = texts.get(key)
                 if pieces is None:
                     pieces = texts[key] = self._new_text(state, key)
-                pieces.append(value)
-                if len(pieces) >= COMPACT_EVERY:
-                    pieces.compact()
+                pieces.add(value)
             elif value is None:
                 if key != "role" and key not in texts:
                     texts[key] = self._new_text(state, key)
@@ -508,9 +506,7 @@ class ChatAssembler:
         found = _arguments_piece(state, deltas[0]) if len(deltas) == 1 else None
         if found is not None:
             arguments, piece = found
-            arguments.append(piece)
-            if len(arguments) >= COMPACT_EVERY:
-                arguments.compact()
+            arguments.add(piece)
             return
         for position, delta in enumerate(deltas):
             if type(delta) is not dict:
@@ -647,9 +643,7 @@ def _add_function(call: _ToolCall, function: dict[str, Any]) -> None:
             if type(value) is not str:
                 raise malformed("tool call 'arguments' is not a string")
             arguments = call.arguments
-            arguments.append(value)
-            if len(arguments) >= COMPACT_EVERY:
-                arguments.compact()
+            arguments.add(value)
         elif key == "name":
             if type(value) is not str:
                 raise malformed("tool call 'name' is not a string")
@@ -683,9 +677,7 @@ def _add_audio(state: _Choice, audio: Any) -> None:
             if type(value) is not str:
                 raise malformed("audio 'transcript' is not a string")
             transcript = state.audio_transcript
-            transcript.append(value)
-            if len(transcript) >= COMPACT_EVERY:
-                transcript.compact()
+            transcript.add(value)
             state.audio["transcript"] = None
         else:
             state.audio[key] = value

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from .chat import MAX_CHOICES, Envelope, copy_logprobs, malformed, merge_last, merge_logprobs, too_many
-from .pieces import COMPACT_EVERY, Pieces
+from .pieces import Pieces
 from .profiles import Profile
 
 
@@ -65,10 +65,7 @@ class CompletionsAssembler:
                     if value is not None:
                         if type(value) is not str:
                             raise malformed("'text' is not a string")
-                        text = state.text
-                        text.append(value)
-                        if len(text) >= COMPACT_EVERY:
-                            text.compact()
+                        state.text.add(value)
                 elif key == "finish_reason":
                     if value:
                         if type(value) is not str:
