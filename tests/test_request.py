@@ -36,7 +36,7 @@ def test_rewrite_sets_stream_and_usage_and_keeps_every_other_key_in_order():
     sent = orjson.loads(plan.body)
     assert sent == {**body, "stream": True, "stream_options": {"include_usage": True}}
     assert list(sent)[:5] == list(body)
-    assert plan.model == "m" and plan.schema == CHAT and plan.client_asked_usage is False
+    assert plan.model == "m" and plan.schema == CHAT
 
 
 @pytest.mark.parametrize("stream", [False, None])
@@ -47,7 +47,6 @@ def test_explicit_false_or_null_stream_is_converted(stream):
 def test_client_stream_options_are_kept():
     plan = rewrite({"model": "m", "stream_options": {"continuous_usage_stats": True, "include_usage": True}})
     assert orjson.loads(plan.body)["stream_options"] == {"continuous_usage_stats": True, "include_usage": True}
-    assert plan.client_asked_usage is True
 
 
 @pytest.mark.parametrize(

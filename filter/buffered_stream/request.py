@@ -39,7 +39,6 @@ class Rewrite:
     body: bytes
     schema: str
     model: str | None
-    client_asked_usage: bool
     hints: dict[str, Any]
 
 
@@ -78,14 +77,12 @@ def plan_request(schema: str, body: bytes, models: tuple[str, ...] = ()) -> Rewr
     if _asks_for_unstreamable(request):
         return UNSTREAMABLE
     options = request.get("stream_options")
-    client_asked_usage = isinstance(options, dict) and options.get("include_usage") is True
     request["stream"] = True
     request["stream_options"] = {**options, "include_usage": True} if isinstance(options, dict) else {"include_usage": True}
     return Rewrite(
         body=orjson.dumps(request),
         schema=schema,
         model=model if isinstance(model, str) else None,
-        client_asked_usage=client_asked_usage,
         hints={key: request[key] for key in _ANSWER_HINT_KEYS if key in request},
     )
 
