@@ -153,7 +153,6 @@ class ServiceSettings:
     metrics_listen: str | None = "127.0.0.1:9464"
     log_level: str = "info"
     drain_seconds: float = 30.0
-    log_content: bool = False
     defaults: RouteSettings = field(default_factory=RouteSettings)
 
     @property
@@ -162,7 +161,7 @@ class ServiceSettings:
         return max(64 * MiB, (self.defaults.max_body_bytes or 0) + MiB)
 
 
-_SERVICE_KEYS = {"listen", "metrics_listen", "log_level", "drain_seconds", "log_content", "defaults"}
+_SERVICE_KEYS = {"listen", "metrics_listen", "log_level", "drain_seconds", "defaults"}
 
 
 def load_service_settings(path: str | None, **overrides: Any) -> ServiceSettings:
