@@ -161,7 +161,7 @@ class ServiceSettings:
         return max(64 * MiB, (self.defaults.max_body_bytes or 0) + MiB)
 
 
-_SERVICE_KEYS = {"listen", "metrics_listen", "log_level", "drain_seconds", "defaults"}
+_SERVICE_KEYS = {f.name for f in dataclasses.fields(ServiceSettings)}
 
 
 def load_service_settings(path: str | None, **overrides: Any) -> ServiceSettings:
