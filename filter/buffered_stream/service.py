@@ -25,7 +25,7 @@ from google.protobuf import json_format, struct_pb2, text_format
 
 from . import metrics
 from .convert import StreamConverter
-from .errors import ConversionError
+from .errors import MALFORMED, TRUNCATED, ConversionError
 from .request import Rewrite, plan_request, schema_for_path
 from .settings import NAMESPACE, RouteSettings, ServiceSettings, SettingsError, route_settings_from_metadata
 
@@ -243,9 +243,9 @@ class Exchange:
         )
         metrics.CONVERTING.inc()
         if found.get("content-encoding", "identity") != "identity":
-            return self._fail(ConversionError("malformed", 502, "upstream stream is content-encoded; cannot convert it"))
+            return self._fail(ConversionError(MALFORMED, 502, "upstream stream is content-encoded; cannot convert it"))
         if headers.end_of_stream:
-            return self._fail(ConversionError("truncated", 502, "upstream answered 200 text/event-stream with no body"))
+            return self._fail(ConversionError(TRUNCATED, 502, "upstream answered 200 text/event-stream with no body"))
         self.phase = Phase.RESPONSE_BODY
         mode = self.route.mode
         return pb.ProcessingResponse(
@@ -270,16 +270,19 @@ class Exchange:
         metrics.RESPONSE_BYTES.inc(len(body.body))
         buffered = self.route is not None and self.route.mode == "buffered"
         started = time.perf_counter()
+        answer: bytes | None = None
         try:
             converter.feed(body.body)
-            if not (body.end_of_stream or converter.done or buffered):
-                self._assembly_seconds += time.perf_counter() - started
-                return DROP_RESPONSE_CHUNK
-            answer = converter.finish()
+            # Buffered mode has the whole body; streamed ends at end of stream or [DONE], whichever
+            # comes first (a body followed by trailers never carries end_of_stream).
+            if buffered or body.end_of_stream or converter.done:
+                answer = converter.finish()
         except ConversionError as exc:
             self._assembly_seconds += time.perf_counter() - started
             return self._fail(exc, committed=not buffered)
         self._assembly_seconds += time.perf_counter() - started
+        if answer is None:
+            return DROP_RESPONSE_CHUNK
         self.phase = Phase.DONE
         self.finish(metrics.CONVERTED)
         set_headers = [_header("content-length", str(len(answer)))] if buffered else []
