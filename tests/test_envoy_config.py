@@ -86,15 +86,14 @@ def test_ext_proc_filter_settings() -> None:
     assert cfg.status_on_error.code == 502
     assert cfg.message_timeout.seconds == 5
     assert cfg.max_message_timeout.seconds >= cfg.message_timeout.seconds
-    assert mode_tuple(cfg.processing_mode) == ("SEND", "BUFFERED", "SEND", "NONE", "SKIP", "SKIP")
+    assert mode_tuple(cfg.processing_mode) == ("SKIP", "BUFFERED", "SEND", "NONE", "SKIP", "SKIP")
     assert cfg.allow_mode_override is True
     assert [mode_tuple(m) for m in cfg.allowed_override_modes] == [
-        ("SEND", "NONE", "SKIP", "NONE", "SKIP", "SKIP"),  # skip after request headers
-        ("SEND", "BUFFERED", "SEND", "BUFFERED", "SKIP", "SKIP"),  # convert, buffered
-        ("SEND", "BUFFERED", "SEND", "STREAMED", "SKIP", "SKIP"),  # convert, streamed
-        ("SEND", "BUFFERED", "SEND", "NONE", "SKIP", "SKIP"),  # pass through at response headers
+        ("SKIP", "BUFFERED", "SEND", "BUFFERED", "SKIP", "SKIP"),  # convert, buffered
+        ("SKIP", "BUFFERED", "SEND", "STREAMED", "SKIP", "SKIP"),  # convert, streamed
     ]
-    assert list(cfg.request_attributes) == ["xds.route_metadata", "xds.route_name"]
+    # With the request headers skipped, the first message must say where the request goes.
+    assert list(cfg.request_attributes) == ["xds.route_metadata", "xds.route_name", "request.path", "request.method"]
     assert list(cfg.metadata_options.receiving_namespaces.untyped) == ["buffered_stream"]
 
 

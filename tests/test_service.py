@@ -43,6 +43,15 @@ def request_headers(metadata: str = ENABLED, method: str = "POST", path: str = "
     )
 
 
+def first_body(data: bytes, metadata: str = ENABLED, method: str = "POST", path: str = "/v1/chat/completions") -> pb.ProcessingRequest:
+    """The first message when the filter skips request headers (the shipped config)."""
+    attributes = struct_pb2.Struct()
+    attributes.update({"xds.route_metadata": metadata, "xds.route_name": "chat", "request.path": path, "request.method": method})
+    return pb.ProcessingRequest(
+        request_body=pb.HttpBody(body=data, end_of_stream=True), attributes={"envoy.filters.http.ext_proc": attributes}
+    )
+
+
 def body(data: bytes, end_of_stream: bool = True, response: bool = False) -> pb.ProcessingRequest:
     message = pb.HttpBody(body=data, end_of_stream=end_of_stream)
     return pb.ProcessingRequest(response_body=message) if response else pb.ProcessingRequest(request_body=message)
@@ -168,3 +177,39 @@ def test_finish_counts_once(exchange: Exchange) -> None:
     exchange.finish("aborted")
     exchange.finish("converted")
     assert exchange.outcome == "aborted"
+
+
+# -- the shipped config: request headers skipped, the route's attributes come with the body ----
+
+
+def test_converted_without_request_headers(exchange: Exchange) -> None:
+    reply = exchange.handle(first_body(CHAT_BODY)).request_body.response
+    assert orjson.loads(reply.body_mutation.body)["stream"] is True
+    assert set_headers(reply.header_mutation) == {"content-length": str(len(reply.body_mutation.body))}
+    assert exchange.handle(response_headers()).mode_override.response_body_mode == ProcessingMode.BUFFERED
+    answer = exchange.handle(body(SSE, response=True)).response_body.response.body_mutation.body
+    assert orjson.loads(answer)["choices"][0]["message"]["content"] == "Hello"
+    assert exchange.outcome == "converted"
+
+
+@pytest.mark.parametrize(
+    ("first", "outcome"),
+    [
+        (first_body(CHAT_BODY, path="/v1/embeddings"), "passthrough_path"),
+        (first_body(CHAT_BODY, metadata=""), "passthrough_disabled"),
+        (first_body(orjson.dumps({"model": "m", "stream": True})), "passthrough_stream_requested"),
+    ],
+)
+def test_body_first_requests_left_alone(exchange: Exchange, first: pb.ProcessingRequest, outcome: str) -> None:
+    assert exchange.handle(first) == pb.ProcessingResponse(request_body=pb.BodyResponse())
+    assert exchange.handle(response_headers()) == pb.ProcessingResponse(response_headers=pb.HeadersResponse())
+    assert exchange.outcome == outcome
+
+
+def test_request_without_body_reaches_the_service_at_response_headers(exchange: Exchange) -> None:
+    first = response_headers("200", "application/json")
+    attributes = struct_pb2.Struct()
+    attributes.update({"xds.route_metadata": ENABLED, "request.path": "/v1/chat/completions", "request.method": "GET"})
+    first.attributes["envoy.filters.http.ext_proc"].CopyFrom(attributes)
+    assert exchange.handle(first) == pb.ProcessingResponse(response_headers=pb.HeadersResponse())
+    assert (exchange.phase, exchange.outcome) == (Phase.DONE, "passthrough_path")

@@ -34,12 +34,15 @@ log = logging.getLogger(__name__)
 ATTRIBUTES_KEY = "envoy.filters.http.ext_proc"
 ROUTE_METADATA_ATTRIBUTE = "xds.route_metadata"
 ROUTE_NAME_ATTRIBUTE = "xds.route_name"
+# Asked for when the filter skips the request headers: the body message then says where it goes.
+PATH_ATTRIBUTE = "request.path"
+METHOD_ATTRIBUTE = "request.method"
 
 
 class Phase(enum.Enum):
     """Where one HTTP request is in its life, as seen by the processor."""
 
-    REQUEST_HEADERS = "request_headers"  # waiting for the request headers
+    REQUEST_HEADERS = "request_headers"  # waiting for the first message (headers, or the body when skipped)
     REQUEST_BODY = "request_body"  # an LLM request on an enabled route: waiting for its body
     RESPONSE_HEADERS = "response_headers"  # request forwarded (rewritten or not)
     RESPONSE_BODY = "response_body"  # converting the upstream stream
@@ -55,6 +58,7 @@ SKIP_REST = pb.ProcessingResponse(
 CONTINUE_REQUEST_HEADERS = pb.ProcessingResponse(request_headers=pb.HeadersResponse())
 CONTINUE_REQUEST_BODY = pb.ProcessingResponse(request_body=pb.BodyResponse())
 CONTINUE_RESPONSE_HEADERS = pb.ProcessingResponse(response_headers=pb.HeadersResponse())
+_CONTINUE = {"request_body": CONTINUE_REQUEST_BODY, "response_headers": CONTINUE_RESPONSE_HEADERS}
 DROP_RESPONSE_CHUNK = pb.ProcessingResponse(
     response_body=pb.BodyResponse(response=pb.CommonResponse(body_mutation=pb.BodyMutation(clear_body=True)))
 )
@@ -126,8 +130,8 @@ class Exchange:
     """One HTTP request's ext_proc conversation: explicit phase, exactly-once finish."""
 
     __slots__ = (
-        "_routes", "phase", "route", "route_name", "schema", "rewrite", "skip_reason", "converter", "outcome",
-        "_assembly_seconds",
+        "_routes", "phase", "route", "route_name", "method", "path", "schema", "rewrite", "skip_reason",
+        "converter", "outcome", "_assembly_seconds",
     )
 
     def __init__(self, routes: RouteSettingsCache) -> None:
@@ -135,7 +139,9 @@ class Exchange:
         self.phase = Phase.REQUEST_HEADERS
         self.route: RouteSettings | None = None
         self.route_name = ""
-        self.schema = ""
+        self.method = ""
+        self.path = ""
+        self.schema: str | None = None
         self.rewrite: Rewrite | None = None
         self.skip_reason = ""
         self.converter: StreamConverter | None = None
@@ -167,8 +173,12 @@ class Exchange:
     def handle(self, request: pb.ProcessingRequest) -> pb.ProcessingResponse:
         kind = request.WhichOneof("request")
         metrics.MESSAGES_BY_PHASE[kind].inc()
+        if self.phase is Phase.REQUEST_HEADERS:
+            early = self._start(request, kind)
+            if early is not None:
+                return early
         if kind == "request_headers":
-            return self._on_request_headers(request)
+            return self._on_request_headers(request.request_headers)
         if kind == "request_body":
             return self._on_request_body(request.request_body)
         if kind == "response_headers":
@@ -179,15 +189,16 @@ class Exchange:
         field = "request_trailers" if kind == "request_trailers" else "response_trailers"
         return pb.ProcessingResponse(**{field: pb.TrailersResponse()})
 
-    def _on_request_headers(self, request: pb.ProcessingRequest) -> pb.ProcessingResponse:
+    def _start(self, request: pb.ProcessingRequest, kind: str) -> pb.ProcessingResponse | None:
+        """The first message carries the route's attributes: settle the route, or answer at once."""
         attributes = request.attributes.get(ATTRIBUTES_KEY)
         metadata_text = ""
         if attributes is not None:
             fields = attributes.fields
-            if ROUTE_NAME_ATTRIBUTE in fields:
-                self.route_name = fields[ROUTE_NAME_ATTRIBUTE].string_value
-            if ROUTE_METADATA_ATTRIBUTE in fields:
-                metadata_text = fields[ROUTE_METADATA_ATTRIBUTE].string_value
+            metadata_text = fields[ROUTE_METADATA_ATTRIBUTE].string_value if ROUTE_METADATA_ATTRIBUTE in fields else ""
+            self.route_name = fields[ROUTE_NAME_ATTRIBUTE].string_value if ROUTE_NAME_ATTRIBUTE in fields else ""
+            self.path = fields[PATH_ATTRIBUTE].string_value if PATH_ATTRIBUTE in fields else ""
+            self.method = fields[METHOD_ATTRIBUTE].string_value if METHOD_ATTRIBUTE in fields else ""
         try:
             self.route = self._routes.get(metadata_text)
         except SettingsError as exc:
@@ -196,21 +207,28 @@ class Exchange:
             return _immediate(ConversionError(metrics.SETTINGS_ERROR, 500, f"buffered-stream route settings: {exc}"))
         if not self.route.enabled:
             self._pass("disabled")
-            return SKIP_REST
-        headers = request.request_headers
+            return SKIP_REST if kind == "request_headers" else _CONTINUE.get(kind)
+        self.phase = Phase.REQUEST_BODY
+        if kind != "request_headers":  # the filter skips request headers: judge the path by attributes
+            self.schema = schema_for_path(self.path) if self.method == "POST" else None
+        return None
+
+    def _on_request_headers(self, headers: pb.HttpHeaders) -> pb.ProcessingResponse:
         found = _headers(headers, ":method", ":path", "content-type")
         schema = schema_for_path(found.get(":path", ""))
         content_type = found.get("content-type", "application/json")
         if found.get(":method") != "POST" or schema is None or "json" not in content_type or headers.end_of_stream:
             self._pass("path")
             return SKIP_REST
-        self.phase = Phase.REQUEST_BODY
         self.schema = schema
         return CONTINUE_REQUEST_HEADERS
 
     def _on_request_body(self, body: pb.HttpBody) -> pb.ProcessingResponse:
         assert self.route is not None
         self.phase = Phase.RESPONSE_HEADERS
+        if self.schema is None:
+            self.skip_reason = "path"
+            return CONTINUE_REQUEST_BODY
         plan = plan_request(self.schema, body.body, self.route.models)
         if not isinstance(plan, Rewrite):
             self.skip_reason = plan.reason
@@ -228,7 +246,7 @@ class Exchange:
     def _on_response_headers(self, headers: pb.HttpHeaders) -> pb.ProcessingResponse:
         assert self.route is not None
         if self.rewrite is None:
-            self._pass(self.skip_reason)
+            self._pass(self.skip_reason or "path")
             return CONTINUE_RESPONSE_HEADERS
         found = _headers(headers, ":status", "content-type", "content-encoding")
         if found.get(":status") != "200" or not found.get("content-type", "").startswith("text/event-stream"):
