@@ -156,15 +156,24 @@ class BenchHttp(asyncio.Protocol):
                     self.transport.close()
                 return
             head = bytes(self.buffer[:end]).split(b"\r\n")
-            length = 0
+            length, chunked = 0, False
             for line in head[1:]:
                 name, _, value = line.partition(b":")
-                if name.strip().lower() == b"content-length":
+                name = name.strip().lower()
+                if name == b"content-length":
                     length = int(value)
-            if len(self.buffer) < end + 4 + length:
-                return
-            body = bytes(self.buffer[end + 4 : end + 4 + length])
-            del self.buffer[: end + 4 + length]
+                elif name == b"transfer-encoding":
+                    chunked = b"chunked" in value.lower()
+            if chunked:  # Envoy sends a rewritten body chunked when it had no headers to fix
+                found = _dechunk(self.buffer, end + 4)
+                if found is None:
+                    return
+                body, consumed = found
+            else:
+                if len(self.buffer) < end + 4 + length:
+                    return
+                body, consumed = bytes(self.buffer[end + 4 : end + 4 + length]), end + 4 + length
+            del self.buffer[:consumed]
             method, path = head[0].split(b" ")[:2]
             if self._respond(method, path, body):
                 return
@@ -232,6 +241,25 @@ class BenchHttp(asyncio.Protocol):
         self._serve_buffered()
 
 
+def _dechunk(buffer: bytearray, start: int) -> tuple[bytes, int] | None:
+    """A complete chunked body at ``start`` and where it ends, or None while it is incomplete."""
+    body = bytearray()
+    pos = start
+    while True:
+        line_end = buffer.find(b"\r\n", pos)
+        if line_end < 0:
+            return None
+        size = int(bytes(buffer[pos:line_end]).split(b";")[0], 16)
+        pos = line_end + 2
+        if size == 0:
+            trailer_end = buffer.find(b"\r\n", pos)  # no trailers: an empty line ends the body
+            return (bytes(body), trailer_end + 2) if trailer_end >= 0 else None
+        if len(buffer) < pos + size + 2:
+            return None
+        body += buffer[pos : pos + size]
+        pos += size + 2
+
+
 async def serve(host: str, port: int) -> None:
     backend = Backend()
     loop = asyncio.get_running_loop()
@@ -260,3 +288,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+

@@ -129,6 +129,7 @@ def test_converting_routes_have_no_route_timeout_but_an_idle_timeout() -> None:
         assert route["route"]["timeout"] == "0s"
         assert 60 <= seconds(route["route"]["idle_timeout"])
         assert route["route"]["prefix_rewrite"] == route["match"]["path"].removeprefix("/vllm-a")
+        assert route["request_headers_to_remove"] == ["accept-encoding"]  # the SSE must arrive readable
     for route in routes(ENVOY_CONFIG, "llm"):
         assert converts(route) != ext_proc_disabled(route), route["name"]
 

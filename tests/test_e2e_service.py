@@ -292,3 +292,14 @@ def test_buffered_mode_holds_60k_tokens_and_refuses_more_than_16_mib_as_json(sta
     assert refused.status == 500
     assert refused.headers["content-type"] == "application/json"
     assert refused.json()["error"]["code"] == "response_payload_too_large"
+
+
+def test_converted_request_asks_for_an_uncompressed_stream(stack: Stack) -> None:
+    stack.backend.on(Completion(TEXT), model="compressible")
+    result = http_request(
+        f"{stack.url}/v1/chat/completions", "POST", {"model": "compressible", "messages": MESSAGES},
+        headers={"accept-encoding": "gzip, br"},
+    )
+    assert result.status == 200, result.body
+    (upstream,) = [r for r in stack.backend.requests if r.model == "compressible"]
+    assert upstream.stream and "accept-encoding" not in {k.lower() for k in upstream.headers}

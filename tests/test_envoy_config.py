@@ -92,7 +92,9 @@ def test_ext_proc_filter_settings() -> None:
         ("SKIP", "BUFFERED", "SEND", "BUFFERED", "SKIP", "SKIP"),  # convert, buffered
         ("SKIP", "BUFFERED", "SEND", "STREAMED", "SKIP", "SKIP"),  # convert, streamed
     ]
-    # With the request headers skipped, the first message must say where the request goes.
+    # With the request headers skipped, the first message must say where the request goes, and the
+    # service cannot remove accept-encoding itself: the converting routes do.
+    assert all(r["request_headers_to_remove"] == ["accept-encoding"] for r in converting_routes(load_packaged_config()))
     assert list(cfg.request_attributes) == ["xds.route_metadata", "xds.route_name", "request.path", "request.method"]
     assert list(cfg.metadata_options.receiving_namespaces.untyped) == ["buffered_stream"]
 
