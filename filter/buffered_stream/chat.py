@@ -118,6 +118,43 @@ class ExtraKeys:
         return self._extras
 
 
+class Choices(dict):
+    """Per-choice states keyed by ``index`` (a dict: an index of 1e9 allocates nothing), with the
+    number not finished yet. Shared by every choice-based schema."""
+
+    __slots__ = ("_new_state", "unfinished")
+
+    def __init__(self, new_state: Any) -> None:
+        super().__init__()
+        self._new_state = new_state
+        self.unfinished = 0
+
+    @property
+    def finished(self) -> bool:
+        return bool(self) and self.unfinished == 0
+
+    def state_of(self, choice: Any) -> Any:
+        """The state of a stream ``choice`` object, created on its first chunk."""
+        if type(choice) is not dict:
+            raise malformed("a choice is not an object")
+        index = choice.get("index", 0)
+        if type(index) is not int:
+            raise malformed("a choice 'index' is not an integer")
+        state = self.get(index)
+        if state is None:
+            if len(self) >= MAX_CHOICES:
+                raise too_many("choices", MAX_CHOICES)
+            state = self[index] = self._new_state()
+            self.unfinished += 1
+        return state
+
+    def finish(self, state: Any, finish_reason: str) -> None:
+        """Record a finish reason (the last one wins, verbatim)."""
+        if state.finish_reason is None:
+            self.unfinished -= 1
+        state.finish_reason = finish_reason
+
+
 class Envelope:
     """The top-level fields every OpenAI-style chunk carries, and the usage."""
 
@@ -326,7 +363,6 @@ class ChatAssembler:
         "_envelope",
         "_choices",
         "_choice_shape",
-        "_unfinished",
         "_template",
         "_template_hits",
         "_learn_tries",
@@ -338,9 +374,8 @@ class ChatAssembler:
         tool_choice = request.get("tool_choice") if request else None
         self._forced_tool_choice = tool_choice == "required" or isinstance(tool_choice, dict)  # or named
         self._envelope = Envelope()
-        self._choices: dict[int, _Choice] = {}
+        self._choices = Choices(_Choice)
         self._choice_shape = ExtraKeys(_KNOWN_CHOICE_KEYS)
-        self._unfinished = 0
         self._template: TextTemplate | None = None
         self._template_hits = 0
         self._learn_tries = _TEMPLATE_LEARN_TRIES
@@ -348,7 +383,7 @@ class ChatAssembler:
 
     @property
     def finished(self) -> bool:
-        return bool(self._choices) and self._unfinished == 0
+        return self._choices.finished
 
     @property
     def usage(self) -> dict[str, Any] | None:
@@ -412,15 +447,9 @@ class ChatAssembler:
         self._template_hits = 0
 
     def _fold(self, chunk: dict[str, Any]) -> None:
+        state_of = self._choices.state_of
         for choice in self._envelope.read(chunk):
-            if type(choice) is not dict:
-                raise malformed("a choice is not an object")
-            index = choice.get("index", 0)
-            if type(index) is not int:
-                raise malformed("a choice 'index' is not an integer")
-            state = self._choices.get(index)
-            if state is None:
-                state = self._new_choice(index)
+            state = state_of(choice)
             delta = choice.get("delta")
             if delta:
                 if type(delta) is not dict:
@@ -437,9 +466,7 @@ class ChatAssembler:
             if finish_reason is not None:
                 if type(finish_reason) is not str:
                     raise malformed("'finish_reason' is not a string")
-                if state.finish_reason is None:
-                    self._unfinished -= 1
-                state.finish_reason = finish_reason
+                self._choices.finish(state, finish_reason)
             logprobs = choice.get("logprobs")
             if logprobs is not None:
                 state.logprobs = merge_logprobs(state.logprobs if state.logprobs is not _UNSEEN else None, logprobs)
@@ -447,13 +474,6 @@ class ChatAssembler:
                 state.logprobs = None
             if not _KNOWN_CHOICE_KEYS.issuperset(choice):
                 _merge_extras(state.extras, self._choice_shape.extras_of(choice), choice)
-
-    def _new_choice(self, index: int) -> _Choice:
-        if len(self._choices) >= MAX_CHOICES:
-            raise too_many("choices", MAX_CHOICES)
-        state = self._choices[index] = _Choice()
-        self._unfinished += 1
-        return state
 
     def _add_delta(self, state: _Choice, delta: dict[str, Any]) -> None:
         texts = state.texts

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .chat import MAX_CHOICES, Envelope, copy_logprobs, malformed, merge_last, merge_logprobs, too_many
+from .chat import Choices, Envelope, copy_logprobs, malformed, merge_last, merge_logprobs
 from .pieces import Pieces
 from .profiles import Profile
 
@@ -31,17 +31,16 @@ class _Choice:
 class CompletionsAssembler:
     """Legacy completions assembler; ``profile`` None means auto-detect at the end."""
 
-    __slots__ = ("_profile", "_envelope", "_choices", "_unfinished")
+    __slots__ = ("_profile", "_envelope", "_choices")
 
     def __init__(self, profile: Profile | None = None) -> None:
         self._profile = profile
         self._envelope = Envelope()
-        self._choices: dict[int, _Choice] = {}
-        self._unfinished = 0
+        self._choices = Choices(_Choice)
 
     @property
     def finished(self) -> bool:
-        return bool(self._choices) and self._unfinished == 0
+        return self._choices.finished
 
     @property
     def usage(self) -> dict[str, Any] | None:
@@ -51,15 +50,9 @@ class CompletionsAssembler:
         return False  # no unparsed fast path (yet): every payload is parsed
 
     def add(self, chunk: dict[str, Any]) -> None:
+        state_of = self._choices.state_of
         for choice in self._envelope.read(chunk):
-            if type(choice) is not dict:
-                raise malformed("a choice is not an object")
-            index = choice.get("index", 0)
-            if type(index) is not int:
-                raise malformed("a choice 'index' is not an integer")
-            state = self._choices.get(index)
-            if state is None:
-                state = self._new_choice(index)
+            state = state_of(choice)
             for key, value in choice.items():
                 if key == "text":
                     if value is not None:
@@ -70,21 +63,12 @@ class CompletionsAssembler:
                     if value:
                         if type(value) is not str:
                             raise malformed("'finish_reason' is not a string")
-                        if state.finish_reason is None:
-                            self._unfinished -= 1
-                        state.finish_reason = value
+                        self._choices.finish(state, value)
                 elif key == "logprobs":
                     if value is not None:
                         state.logprobs = merge_logprobs(state.logprobs, value)
                 elif key != "index":
                     merge_last(state.extras, key, value)
-
-    def _new_choice(self, index: int) -> _Choice:
-        if len(self._choices) >= MAX_CHOICES:
-            raise too_many("choices", MAX_CHOICES)
-        state = self._choices[index] = _Choice()
-        self._unfinished += 1
-        return state
 
     def result(self) -> dict[str, Any]:
         profile = self._profile
