@@ -39,7 +39,7 @@ def cost(stack: Stack, send: Any) -> dict[str, int]:
 def stacks(module_harness: Harness) -> dict[str, Stack]:
     backend = module_harness.backend()
     backend.on(Completion("one two three four", token_delay=0.02))  # each event its own chunk
-    return {mode: module_harness.stack(backend=backend, mode=mode) for mode in ("buffered", "streamed")}
+    return module_harness.stack_per_mode(backend)
 
 
 def test_converted_buffered_request_costs_three_messages(stacks: dict[str, Stack]) -> None:

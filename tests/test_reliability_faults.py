@@ -45,11 +45,7 @@ def add_small_route(config: dict[str, Any]) -> None:
 @pytest.fixture(scope="module")
 def stacks(module_harness: Harness) -> dict[str, Stack]:
     """One buffered and one streamed stack in front of the same backend."""
-    backend = module_harness.backend()
-    return {
-        mode: module_harness.stack(backend=backend, mode=mode, customize=add_small_route)
-        for mode in ("buffered", "streamed")
-    }
+    return module_harness.stack_per_mode(customize=add_small_route)
 
 
 @pytest.fixture

@@ -34,11 +34,7 @@ def short_idle_timeout(config: dict[str, Any]) -> None:
 @pytest.fixture(scope="module")
 def stacks(module_harness: Harness) -> dict[str, Stack]:
     """One buffered and one streamed stack in front of the same backend, idle timeout 3 s."""
-    backend = module_harness.backend()
-    return {
-        mode: module_harness.stack(backend=backend, mode=mode, customize=short_idle_timeout)
-        for mode in ("buffered", "streamed")
-    }
+    return module_harness.stack_per_mode(customize=short_idle_timeout)
 
 
 def unique_model(prefix: str) -> str:

@@ -269,6 +269,13 @@ class Harness:
             customize(config)
         return Stack(backend, service, self.envoy(config))
 
+    def stack_per_mode(
+        self, backend: ScriptedBackend | None = None, customize: Callable[[dict[str, Any]], None] | None = None
+    ) -> dict[str, Stack]:
+        """One buffered and one streamed stack in front of the same backend."""
+        backend = backend or self.backend()
+        return {mode: self.stack(backend=backend, mode=mode, customize=customize) for mode in ("buffered", "streamed")}
+
     def close(self) -> None:
         while self._started:
             self._started.pop().stop()
