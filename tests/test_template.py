@@ -178,3 +178,11 @@ def test_any_text_stream_and_any_forged_middle_give_the_parsed_outcome(
         payloads.insert(min(position, len(payloads)), prefix + middle + suffix)
     payloads.append(event({}, "stop"))
     assert_same_outcome(payloads)
+
+
+def test_deltas_with_null_tool_calls_are_no_template_and_no_error() -> None:
+    chunk = {**HEAD, "choices": [{"index": 0, "delta": {"tool_calls": None}, "finish_reason": None}]}
+    text = {**HEAD, "choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": "stop"}]}
+    kind, answer = outcome([orjson.dumps(chunk), orjson.dumps(chunk), orjson.dumps(text)], templates=True)
+    assert kind == "answer" and answer["choices"][0]["message"]["content"] == "hi"
+    assert (kind, answer) == outcome([orjson.dumps(chunk), orjson.dumps(chunk), orjson.dumps(text)], templates=False)

@@ -438,7 +438,7 @@ class ChatAssembler:
         if type(value) is str and key != "role":
             path: tuple[str | int, ...] = ("choices", 0, "delta", key)
             found = state.texts[key], value
-        elif key == "tool_calls" and len(value) == 1 and (found := _arguments_piece(state, value[0])):
+        elif key == "tool_calls" and type(value) is list and len(value) == 1 and (found := _arguments_piece(state, value[0])):
             path = ("choices", 0, "delta", "tool_calls", 0, "function", "arguments")
         else:
             return
