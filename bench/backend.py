@@ -24,6 +24,7 @@ import functools
 from dataclasses import dataclass
 
 import orjson
+from http1 import body_framing
 
 WORDS = [" the", " model", " answer", " is", " streamed", ",", " token", " by", " token", ".", "\n", " 42"]
 HEAD = {
@@ -156,14 +157,7 @@ class BenchHttp(asyncio.Protocol):
                     self.transport.close()
                 return
             head = bytes(self.buffer[:end]).split(b"\r\n")
-            length, chunked = 0, False
-            for line in head[1:]:
-                name, _, value = line.partition(b":")
-                name = name.strip().lower()
-                if name == b"content-length":
-                    length = int(value)
-                elif name == b"transfer-encoding":
-                    chunked = b"chunked" in value.lower()
+            length, chunked = body_framing(head[1:])
             if chunked:  # Envoy sends a rewritten body chunked when it had no headers to fix
                 found = _dechunk(self.buffer, end + 4)
                 if found is None:

@@ -15,6 +15,8 @@ import json
 import time
 from urllib.parse import urlsplit
 
+from http1 import body_framing
+
 
 class Tally:
     def __init__(self) -> None:
@@ -28,14 +30,7 @@ async def read_response(reader: asyncio.StreamReader) -> int:
     head = await reader.readuntil(b"\r\n\r\n")
     lines = head.split(b"\r\n")
     status = int(lines[0].split(b" ", 2)[1])
-    length, chunked = 0, False
-    for line in lines[1:]:
-        name, _, value = line.partition(b":")
-        name = name.strip().lower()
-        if name == b"content-length":
-            length = int(value)
-        elif name == b"transfer-encoding" and b"chunked" in value.lower():
-            chunked = True
+    length, chunked = body_framing(lines[1:])
     if not chunked:
         await reader.readexactly(length)
         return status
