@@ -354,32 +354,16 @@ class _Choice:
         self.extras: dict[str, Any] = {}
 
 
-class ChatAssembler:
-    """Chat completions assembler; ``profile`` None means auto-detect at the end."""
+class ChoiceAssembler:
+    """What every choice-based schema's assembler holds: the profile (None: detect it at the end),
+    the top-level ``Envelope`` and the per-choice states."""
 
-    __slots__ = (
-        "_profile",
-        "_forced_tool_choice",
-        "_envelope",
-        "_choices",
-        "_choice_shape",
-        "_template",
-        "_template_hits",
-        "_learn_tries",
-        "_payload",
-    )
+    __slots__ = ("_profile", "_envelope", "_choices")
 
-    def __init__(self, profile: Profile | None = None, request: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, profile: Profile | None, new_choice_state: Any) -> None:
         self._profile = profile
-        tool_choice = request.get("tool_choice") if request else None
-        self._forced_tool_choice = tool_choice == "required" or isinstance(tool_choice, dict)  # or named
         self._envelope = Envelope()
-        self._choices = Choices(_Choice)
-        self._choice_shape = ExtraKeys(_KNOWN_CHOICE_KEYS)
-        self._template: TextTemplate | None = None
-        self._template_hits = 0
-        self._learn_tries = _TEMPLATE_LEARN_TRIES
-        self._payload: bytes | None = None  # the raw form of the chunk ``add`` gets next
+        self._choices = Choices(new_choice_state)
 
     @property
     def finished(self) -> bool:
@@ -388,6 +372,29 @@ class ChatAssembler:
     @property
     def usage(self) -> dict[str, Any] | None:
         return self._envelope.usage
+
+
+class ChatAssembler(ChoiceAssembler):
+    """Chat completions assembler; ``profile`` None means auto-detect at the end."""
+
+    __slots__ = (
+        "_forced_tool_choice",
+        "_choice_shape",
+        "_template",
+        "_template_hits",
+        "_learn_tries",
+        "_payload",
+    )
+
+    def __init__(self, profile: Profile | None = None, request: Mapping[str, Any] | None = None) -> None:
+        super().__init__(profile, _Choice)
+        tool_choice = request.get("tool_choice") if request else None
+        self._forced_tool_choice = tool_choice == "required" or isinstance(tool_choice, dict)  # or named
+        self._choice_shape = ExtraKeys(_KNOWN_CHOICE_KEYS)
+        self._template: TextTemplate | None = None
+        self._template_hits = 0
+        self._learn_tries = _TEMPLATE_LEARN_TRIES
+        self._payload: bytes | None = None  # the raw form of the chunk ``add`` gets next
 
     def add_raw(self, payload: bytes) -> bool:
         """Fold in a payload without parsing it if it repeats the last text chunk but for its

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .chat import Choices, Envelope, copy_logprobs, malformed, merge_last, merge_logprobs
+from .chat import ChoiceAssembler, copy_logprobs, malformed, merge_last, merge_logprobs
 from .pieces import Pieces
 from .profiles import Profile
 
@@ -28,23 +28,13 @@ class _Choice:
         self.extras: dict[str, Any] = {}
 
 
-class CompletionsAssembler:
+class CompletionsAssembler(ChoiceAssembler):
     """Legacy completions assembler; ``profile`` None means auto-detect at the end."""
 
-    __slots__ = ("_profile", "_envelope", "_choices")
+    __slots__ = ()
 
     def __init__(self, profile: Profile | None = None) -> None:
-        self._profile = profile
-        self._envelope = Envelope()
-        self._choices = Choices(_Choice)
-
-    @property
-    def finished(self) -> bool:
-        return self._choices.finished
-
-    @property
-    def usage(self) -> dict[str, Any] | None:
-        return self._envelope.usage
+        super().__init__(profile, _Choice)
 
     def add_raw(self, payload: bytes) -> bool:
         return False  # no unparsed fast path (yet): every payload is parsed
