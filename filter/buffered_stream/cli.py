@@ -116,6 +116,7 @@ async def _run_stack(args: argparse.Namespace, settings: ServiceSettings, workdi
         admin_port=args.admin_port,
         ext_proc_target=settings.listen,
         mode=args.mode,
+        keepalive_seconds=args.keepalive_seconds,
     )
     config_path = write_envoy_config(config, workdir / "envoy.json")
     try:
@@ -185,6 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--backend", help=f"backend base URL, e.g. http://127.0.0.1:8000 (or ${BACKEND_ENV})")
     run.add_argument("--listen", default="127.0.0.1:10000", help="where Envoy listens (default 127.0.0.1:10000)")
     run.add_argument("--mode", choices=("buffered", "streamed"), default="buffered")
+    run.add_argument(
+        "--keepalive-seconds", type=float, default=0.0,
+        help="send the client a newline after this many silent seconds while its answer is assembled (default 0: off)",
+    )
     run.add_argument("--admin-port", type=int, default=9901, help="Envoy admin port on 127.0.0.1")
     run.add_argument("--service-listen", default=None, help="service address (default: a private Unix socket)")
     run.add_argument("--metrics-listen", default=None, help="HOST:PORT for /metrics and /healthz (default 127.0.0.1:9464)")

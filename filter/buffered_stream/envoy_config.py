@@ -18,11 +18,25 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from .settings import FULL_DUPLEX_METADATA
+
 LISTENER_NAME = "ingress"
 BACKEND_CLUSTER = "backend"
 SERVICE_CLUSTER = "buffered_stream"
 METADATA_NAMESPACE = "buffered_stream"
 MODES = ("buffered", "streamed")
+EXT_PROC_FILTER = "envoy.filters.http.ext_proc"
+_PER_ROUTE_TYPE = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute"
+# The response body flows to the service without waiting for its replies, and the service sends
+# body bytes of its own (keep-alive) at its own pace; this body mode requires trailers SEND.
+FULL_DUPLEX_MODE = {
+    "request_header_mode": "SKIP",
+    "request_body_mode": "BUFFERED",
+    "response_header_mode": "SEND",
+    "response_body_mode": "FULL_DUPLEX_STREAMED",
+    "request_trailer_mode": "SKIP",
+    "response_trailer_mode": "SEND",
+}
 
 _TLS_SOCKET = "envoy.transport_sockets.tls"
 _TLS_CONTEXT_TYPE = (
@@ -43,13 +57,15 @@ def build_envoy_config(
     admin_port: int | None = 9901,
     ext_proc_target: str = "127.0.0.1:50051",
     mode: str = "buffered",
+    keepalive_seconds: float = 0.0,
 ) -> dict[str, Any]:
     """The packaged config pointed at ``backend_url`` and the service at ``ext_proc_target``.
 
     ``backend_url`` is ``http://`` or ``https://`` host[:port] (TLS with SNI, verified against
     the system CA bundle, which ``SSL_CERT_FILE`` overrides);
     ``ext_proc_target`` is ``host:port`` or ``unix:/path``; ``admin_port=None`` drops the admin
-    interface; ``mode`` is the conversion mode of the converting routes.
+    interface; ``mode`` is the conversion mode of the converting routes; ``keepalive_seconds``
+    turns keep-alive on for them (see ``enable_keepalive``).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -64,7 +80,28 @@ def build_envoy_config(
     _point_service(cfg, ext_proc_target)
     for route in converting_routes(cfg):
         route["metadata"]["filter_metadata"][METADATA_NAMESPACE]["mode"] = mode
+        if keepalive_seconds:
+            enable_keepalive(route, keepalive_seconds)
     return cfg
+
+
+def enable_keepalive(route: dict[str, Any], seconds: float) -> dict[str, Any]:
+    """Turn keep-alive on for a converting ``route`` (in place): both halves it needs.
+
+    The route metadata tells the service how often to send a byte; the ext_proc per-route
+    override switches the response body to full-duplex, the only Envoy mode in which the service
+    may send body bytes on its own timer, and marks the stream so the service knows it may.
+    """
+    route["metadata"]["filter_metadata"][METADATA_NAMESPACE]["keepalive_seconds"] = seconds
+    key, value = FULL_DUPLEX_METADATA
+    route.setdefault("typed_per_filter_config", {})[EXT_PROC_FILTER] = {
+        "@type": _PER_ROUTE_TYPE,
+        "overrides": {
+            "processing_mode": dict(FULL_DUPLEX_MODE),
+            "grpc_initial_metadata": [{"key": key, "value": value}],
+        },
+    }
+    return route
 
 
 def write_envoy_config(cfg: dict[str, Any], path: str | Path) -> Path:

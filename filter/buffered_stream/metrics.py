@@ -16,6 +16,7 @@ log = logging.getLogger(__name__)
 
 # Outcomes of one HTTP request seen by the service.
 CONVERTED = "converted"
+CONVERTED_KEEPALIVE = "converted_keepalive"  # converted, answer delivered after keep-alive bytes
 ABORTED = "aborted"  # the client or Envoy went away before the end
 SETTINGS_ERROR = "settings_error"
 INTERNAL_ERROR = "internal_error"  # a bug in the service; the request fails, the service goes on
@@ -27,6 +28,9 @@ GRPC_MESSAGES = Counter(
 )
 RESPONSE_CHUNKS = Counter("buffered_stream_response_chunks_total", "Upstream response body messages converted")
 RESPONSE_BYTES = Counter("buffered_stream_response_bytes_total", "Upstream SSE bytes converted")
+KEEPALIVE_BYTES = Counter(
+    "buffered_stream_keepalive_bytes_total", "Whitespace bytes sent to clients while their answer was assembled"
+)
 SSE_EVENTS = Counter("buffered_stream_sse_events_total", "SSE events decoded")
 ASSEMBLY_SECONDS = Histogram(
     "buffered_stream_assembly_seconds",

@@ -10,10 +10,11 @@ the core; nothing here looks inside a completion.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
 import time
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable, Sequence, Union
 
 import grpc
 from envoy.config.core.v3 import base_pb2
@@ -27,7 +28,14 @@ from . import metrics
 from .convert import StreamConverter
 from .errors import MALFORMED, TRUNCATED, ConversionError
 from .request import Rewrite, plan_request, schema_for_path
-from .settings import NAMESPACE, RouteSettings, ServiceSettings, SettingsError, route_settings_from_metadata
+from .settings import (
+    FULL_DUPLEX_METADATA,
+    NAMESPACE,
+    RouteSettings,
+    ServiceSettings,
+    SettingsError,
+    route_settings_from_metadata,
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +72,26 @@ DROP_RESPONSE_CHUNK = pb.ProcessingResponse(
 )
 _BODY_MODES = {"buffered": _Mode.BUFFERED, "streamed": _Mode.STREAMED}
 _JSON_HEADERS = [base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key="content-type", raw_value=b"application/json"))]
+# Full-duplex (keep-alive) routes: the 200 goes downstream at once as JSON; the body follows later.
+JSON_RESPONSE_HEADERS = pb.ProcessingResponse(
+    response_headers=pb.HeadersResponse(
+        response=pb.CommonResponse(
+            header_mutation=pb.HeaderMutation(set_headers=_JSON_HEADERS, remove_headers=("content-length",))
+        )
+    )
+)
+KEEPALIVE_BYTE = b"\n"
+KEEPALIVE_CHUNK = pb.ProcessingResponse(
+    response_body=pb.BodyResponse(
+        response=pb.CommonResponse(
+            body_mutation=pb.BodyMutation(streamed_response=pb.StreamedBodyResponse(body=KEEPALIVE_BYTE))
+        )
+    )
+)
+CONTINUE_RESPONSE_TRAILERS = pb.ProcessingResponse(response_trailers=pb.TrailersResponse())
+
+# What one message gets back: one reply, several in order (rare), or none (full-duplex chunks).
+Replies = Union[pb.ProcessingResponse, tuple[pb.ProcessingResponse, ...], None]
 _NO_ENCODING = ("accept-encoding",)
 
 
@@ -130,12 +158,18 @@ class Exchange:
     """One HTTP request's ext_proc conversation: explicit phase, exactly-once finish."""
 
     __slots__ = (
-        "_routes", "phase", "route", "route_name", "method", "path", "schema", "rewrite", "skip_reason",
-        "converter", "outcome", "_assembly_seconds",
+        "_routes", "_invocation_metadata", "phase", "route", "route_name", "method", "path", "schema", "rewrite",
+        "skip_reason", "converter", "outcome", "_assembly_seconds", "full_duplex", "keepalive_seconds",
+        "keepalive_bytes", "last_sent", "body_started",
     )
 
-    def __init__(self, routes: RouteSettingsCache) -> None:
+    def __init__(
+        self,
+        routes: RouteSettingsCache,
+        invocation_metadata: Callable[[], Sequence[tuple[str, Any]] | None] = lambda: (),
+    ) -> None:
         self._routes = routes
+        self._invocation_metadata = invocation_metadata
         self.phase = Phase.REQUEST_HEADERS
         self.route: RouteSettings | None = None
         self.route_name = ""
@@ -147,6 +181,12 @@ class Exchange:
         self.converter: StreamConverter | None = None
         self.outcome: str | None = None
         self._assembly_seconds = 0.0
+        # Full-duplex delivery (keep-alive routes): the 200 is sent at once, the answer at the end.
+        self.full_duplex = False
+        self.keepalive_seconds = 0.0
+        self.keepalive_bytes = 0
+        self.last_sent = 0.0  # monotonic time of the last byte sent downstream
+        self.body_started = False  # Envoy accepts a body of ours only after the upstream's first chunk
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -160,7 +200,7 @@ class Exchange:
             metrics.CONVERTING.dec()
             metrics.ASSEMBLY_SECONDS.observe(self._assembly_seconds)
             metrics.SSE_EVENTS.inc(self.converter.events)
-        if outcome != metrics.CONVERTED and not outcome.startswith(metrics.PASSTHROUGH_PREFIX):
+        if outcome not in _QUIET_OUTCOMES and not outcome.startswith(metrics.PASSTHROUGH_PREFIX):
             log.info("request finished: outcome=%s route=%s model=%s", outcome, self.route_name,
                      self.rewrite.model if self.rewrite else None)
 
@@ -170,7 +210,7 @@ class Exchange:
 
     # -- messages --------------------------------------------------------------------------------
 
-    def handle(self, request: pb.ProcessingRequest) -> pb.ProcessingResponse:
+    def handle(self, request: pb.ProcessingRequest) -> Replies:
         kind = request.WhichOneof("request")
         metrics.MESSAGES_BY_PHASE[kind].inc()
         if self.phase is Phase.REQUEST_HEADERS:
@@ -185,7 +225,9 @@ class Exchange:
             return self._on_response_headers(request.response_headers)
         if kind == "response_body":
             return self._on_response_body(request.response_body)
-        # Trailers are never asked for; answer them so Envoy is not left waiting.
+        if kind == "response_trailers" and self.full_duplex:
+            return self._on_full_duplex_trailers()
+        # Trailers are never asked for elsewhere; answer them so Envoy is not left waiting.
         field = "request_trailers" if kind == "request_trailers" else "response_trailers"
         return pb.ProcessingResponse(**{field: pb.TrailersResponse()})
 
@@ -265,6 +307,12 @@ class Exchange:
         if headers.end_of_stream:
             return self._fail(ConversionError(TRUNCATED, 502, "upstream answered 200 text/event-stream with no body"))
         self.phase = Phase.RESPONSE_BODY
+        if self._route_is_full_duplex():
+            # The 200 is committed now: from here on a failure can only reset the response.
+            self.full_duplex = True
+            self.keepalive_seconds = self.route.keepalive_seconds
+            self.last_sent = time.monotonic()
+            return JSON_RESPONSE_HEADERS
         mode = self.route.mode
         return pb.ProcessingResponse(
             response_headers=pb.HeadersResponse(
@@ -279,9 +327,32 @@ class Exchange:
             ),
         )
 
-    def _on_response_body(self, body: pb.HttpBody) -> pb.ProcessingResponse:
+    def _route_is_full_duplex(self) -> bool:
+        """Whether the route's ext_proc override made the response body FULL_DUPLEX_STREAMED.
+
+        The override sends our marker with it. That mode cannot be overridden once the body may
+        have started, so the marker decides, not ``keepalive_seconds``: a route that asks for
+        keep-alive without the override converts as usual (Envoy would otherwise pass the raw SSE
+        under our JSON headers) and the operator is told once.
+        """
+        name, value = FULL_DUPLEX_METADATA
+        for item in self._invocation_metadata() or ():
+            if item[0] == name and item[1] == value:
+                return True
+        if self.route is not None and self.route.keepalive_seconds:
+            _warn_not_full_duplex(self.route_name)
+        return False
+
+    def _on_response_body(self, body: pb.HttpBody) -> Replies:
+        if self.full_duplex:
+            return self._on_full_duplex_body(body)
         converter = self.converter
-        if converter is None or self.phase is not Phase.RESPONSE_BODY:
+        if converter is None:
+            # Only a full-duplex (keep-alive) route sends the body of an answer we pass through.
+            # Its body mode cannot be turned off in the headers reply: Envoy may have streamed
+            # chunks here already and would drop them. So every chunk goes back as it came.
+            return _echo(body)
+        if self.phase is not Phase.RESPONSE_BODY:
             # A chunk after the answer was sent (data after [DONE]): drop it.
             return DROP_RESPONSE_CHUNK
         metrics.RESPONSE_CHUNKS.inc()
@@ -314,6 +385,69 @@ class Exchange:
             dynamic_metadata=_usage_metadata(metrics.CONVERTED, converter.usage),
         )
 
+    # -- full-duplex delivery (keep-alive) --------------------------------------------------------
+
+    @property
+    def keepalive_due(self) -> float | None:
+        """Monotonic time the next keep-alive byte is due, or None when none may be sent now."""
+        if not self.keepalive_seconds or not self.body_started or self.phase is not Phase.RESPONSE_BODY:
+            return None
+        return self.last_sent + self.keepalive_seconds
+
+    def keepalive(self) -> pb.ProcessingResponse:
+        """The keep-alive chunk; the caller sends it now."""
+        self.last_sent = time.monotonic()
+        self.keepalive_bytes += 1
+        metrics.KEEPALIVE_BYTES.inc()
+        return KEEPALIVE_CHUNK
+
+    def _on_full_duplex_body(self, body: pb.HttpBody) -> Replies:
+        """Envoy streams the upstream body without waiting for replies: answer only once, at the end."""
+        self.body_started = True
+        converter = self.converter
+        if converter is None or self.phase is not Phase.RESPONSE_BODY:
+            return None  # bytes after the answer (after [DONE]) go nowhere
+        metrics.RESPONSE_CHUNKS.inc()
+        metrics.RESPONSE_BYTES.inc(len(body.body))
+        started = time.perf_counter()
+        try:
+            converter.feed(body.body)
+            answer = converter.finish() if body.end_of_stream or converter.done else None
+        except ConversionError as exc:
+            self._assembly_seconds += time.perf_counter() - started
+            return self._fail(exc, committed=True)
+        self._assembly_seconds += time.perf_counter() - started
+        if answer is None:
+            return None
+        return self._full_duplex_answer(answer)
+
+    def _on_full_duplex_trailers(self) -> Replies:
+        """An upstream body that ends with trailers never says end_of_stream: the trailers end it."""
+        if self.converter is None or self.phase is not Phase.RESPONSE_BODY:
+            return CONTINUE_RESPONSE_TRAILERS
+        try:
+            answer = self.converter.finish()
+        except ConversionError as exc:
+            return self._fail(exc, committed=True)
+        return self._full_duplex_answer(answer, end_of_stream=False), CONTINUE_RESPONSE_TRAILERS
+
+    def _full_duplex_answer(self, answer: bytes, *, end_of_stream: bool = True) -> pb.ProcessingResponse:
+        assert self.converter is not None
+        self.phase = Phase.DONE
+        outcome = metrics.CONVERTED_KEEPALIVE if self.keepalive_bytes else metrics.CONVERTED
+        self.finish(outcome)
+        self.last_sent = time.monotonic()
+        return pb.ProcessingResponse(
+            response_body=pb.BodyResponse(
+                response=pb.CommonResponse(
+                    body_mutation=pb.BodyMutation(
+                        streamed_response=pb.StreamedBodyResponse(body=answer, end_of_stream=end_of_stream)
+                    )
+                )
+            ),
+            dynamic_metadata=_usage_metadata(outcome, self.converter.usage),
+        )
+
     def _fail(self, error: ConversionError, *, committed: bool = False) -> pb.ProcessingResponse:
         """The answer for a stream that cannot become a correct completion.
 
@@ -325,6 +459,34 @@ class Exchange:
         if committed:
             raise StreamedFailure(error)
         return _immediate(error)
+
+
+_QUIET_OUTCOMES = frozenset((metrics.CONVERTED, metrics.CONVERTED_KEEPALIVE))
+_warned_routes: set[str] = set()
+
+
+def _warn_not_full_duplex(route_name: str) -> None:
+    if route_name in _warned_routes or len(_warned_routes) > 1024:
+        return
+    _warned_routes.add(route_name)
+    log.error(
+        "route %r sets keepalive_seconds but its ext_proc override is not full-duplex "
+        "(processing_mode response_body_mode FULL_DUPLEX_STREAMED with grpc_initial_metadata %s: %s); "
+        "converting without keep-alive",
+        route_name, *FULL_DUPLEX_METADATA,
+    )
+
+
+def _echo(body: pb.HttpBody) -> pb.ProcessingResponse:
+    return pb.ProcessingResponse(
+        response_body=pb.BodyResponse(
+            response=pb.CommonResponse(
+                body_mutation=pb.BodyMutation(
+                    streamed_response=pb.StreamedBodyResponse(body=body.body, end_of_stream=body.end_of_stream)
+                )
+            )
+        )
+    )
 
 
 def _immediate(error: ConversionError) -> pb.ProcessingResponse:
@@ -359,14 +521,25 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
     async def Process(
         self, request_iterator: AsyncIterator[pb.ProcessingRequest], context: grpc.aio.ServicerContext
     ) -> None:
-        exchange = Exchange(self._routes)
+        exchange = Exchange(self._routes, context.invocation_metadata)
         self.in_flight += 1
         metrics.IN_FLIGHT.inc()
         read, write, eof = context.read, context.write, grpc.aio.EOF
         try:
-            while (request := await read()) is not eof:
+            while True:
+                if exchange.keepalive_due is None:
+                    request = await read()
+                else:
+                    request = await _read_with_keepalive(read, write, exchange)
+                if request is eof:
+                    break
                 try:
-                    await write(exchange.handle(request))
+                    replies = exchange.handle(request)
+                    if type(replies) is tuple:
+                        for reply in replies:
+                            await write(reply)
+                    elif replies is not None:
+                        await write(replies)
                 except StreamedFailure as failure:
                     # Envoy logs these details: name the kind only, never upstream text.
                     await context.abort(grpc.StatusCode.UNAVAILABLE, f"buffered_stream: {failure.error.kind}")
@@ -381,3 +554,29 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
             metrics.IN_FLIGHT.dec()
             # The stream ended before our final reply: the client went away or Envoy gave up.
             exchange.finish(metrics.ABORTED)
+
+
+async def _read_with_keepalive(
+    read: Callable[[], Any], write: Callable[[pb.ProcessingResponse], Any], exchange: Exchange
+) -> Any:
+    """The next message from Envoy; meanwhile one keep-alive byte each time one falls due.
+
+    This coroutine is the stream's only writer while it waits, so replies and keep-alive bytes
+    never interleave; a request whose keep-alive is not due costs one timer in the loop's heap.
+    """
+    pending = asyncio.ensure_future(read())
+    try:
+        while True:
+            due = exchange.keepalive_due
+            if due is None:
+                return await pending
+            delay = due - time.monotonic()
+            if delay <= 0:
+                await write(exchange.keepalive())
+                continue
+            done, _ = await asyncio.wait((pending,), timeout=delay)
+            if done:
+                return pending.result()
+    except BaseException:
+        pending.cancel()
+        raise

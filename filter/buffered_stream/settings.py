@@ -24,9 +24,15 @@ GATEWAY_NAMESPACE = "envoy-gateway"
 ANNOTATION_PREFIXES = ("buffered-stream.", "gateway.envoyproxy.io/buffered-stream.")
 MODES = ("buffered", "streamed")
 
+# gRPC initial metadata that a route's ext_proc override sends together with the
+# FULL_DUPLEX_STREAMED response body mode: the proof, per request, that keep-alive bytes can flow.
+FULL_DUPLEX_METADATA = ("buffered-stream-response-body", "full-duplex")
+
 MiB = 1 << 20
 BUFFERED_BODY_LIMIT = 16 * MiB
 STREAMED_BODY_LIMIT = 1024 * MiB
+MIN_KEEPALIVE_SECONDS = 0.1
+MAX_KEEPALIVE_SECONDS = 3600.0
 
 
 class SettingsError(ValueError):
@@ -43,6 +49,10 @@ class RouteSettings:
     models: tuple[str, ...] = ()
     max_body_bytes: int | None = None  # None: the mode's default, see body_limit
     max_event_bytes: int = 1 * MiB
+    # Seconds of downstream silence after which a converted answer gets one "\n" (leading JSON
+    # whitespace) so idle timeouts in front of Envoy do not fire; 0: off. Needs the route's ext_proc
+    # override to full-duplex (see envoy_config.enable_keepalive).
+    keepalive_seconds: float = 0.0
 
     @property
     def body_limit(self) -> int:
@@ -62,6 +72,10 @@ class RouteSettings:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise SettingsError(f"{name} must be a positive number of bytes")
+        if self.keepalive_seconds != 0 and not MIN_KEEPALIVE_SECONDS <= self.keepalive_seconds <= MAX_KEEPALIVE_SECONDS:
+            raise SettingsError(
+                f"keepalive_seconds must be 0 (off) or between {MIN_KEEPALIVE_SECONDS:g} and {MAX_KEEPALIVE_SECONDS:g}"
+            )
         if self.max_event_bytes > self.body_limit:
             raise SettingsError("max_event_bytes cannot exceed max_body_bytes")
 
@@ -104,6 +118,15 @@ def _coerce(key: str, value: Any, kind: str, *, where: str, strings: bool) -> An
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
             raise bad("a whole number")
         return int(value)
+    if kind == "float":
+        if strings and isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                raise bad("a number of seconds") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            raise bad("a number of seconds")
+        return float(value)
     if kind == "tuple[str, ...]":
         if strings and isinstance(value, str):
             value = [part.strip() for part in value.split(",") if part.strip()]

@@ -87,6 +87,8 @@ class Completion:
     prompt_tokens: int = 7
     usage: bool = True
     model: str | None = None  # default: echo the request's model
+    #: explicit seconds before each SSE chunk (overrides the two delays above; missing ones are 0)
+    chunk_delays: tuple[float, ...] | None = None
 
     def pair(self, path: str, request: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         """The stream chunks and native answer this completion gives for ``request`` on ``path``."""
@@ -313,11 +315,14 @@ class ScriptedBackend:
             return True
         if isinstance(reply, Completion):
             chunks, native = reply.pair(request.path, request.json)
-            if not request.stream:
-                await asyncio.sleep(reply.first_token_delay + reply.token_delay * len(chunks))
-                reply = Json(native)
+            if reply.chunk_delays is not None:
+                delays = list(reply.chunk_delays)
             else:
                 delays = [reply.first_token_delay] + [reply.token_delay] * len(chunks)
+            if not request.stream:
+                await asyncio.sleep(sum(delays))
+                reply = Json(native)
+            else:
                 reply = Sse([*chunks, "[DONE]"], delay=delays)
         if isinstance(reply, Json):
             await asyncio.sleep(reply.delay)
