@@ -9,29 +9,24 @@ process serves the whole module (it takes seconds to start).
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
-import yaml
 from support.backend import Completion, RecordedRequest, ScriptedBackend, Sse, tokens_of
-from support.net import free_port, http_request, wait_until
-from support.processes import ManagedProcess
+from support.litellm import client as proxy_client
+from support.litellm import find_litellm, proxy_config, running_litellm
 from support.stack import Harness, Stack
 
 from buffered_stream.envoy_config import converting_routes, routes
 
 pytestmark = pytest.mark.e2e
 
-MASTER_KEY = "sk-e2e-master-key"
 MESSAGES = [{"role": "user", "content": "Say something."}]
 TEXT = "Streams keep the connection busy while the answer grows token by token."
 # Converting and /direct/ routes drop a request after this long without an upstream byte.
 ROUTE_IDLE_TIMEOUT = 2.0
-LITELLM_START_TIMEOUT = 120.0
 
 # LiteLLM model name → (backend model name, Envoy path prefix of its api_base).
 MODELS = {
@@ -45,23 +40,12 @@ MODELS = {
 
 
 def litellm_config(envoy_url: str) -> dict[str, Any]:
-    return {
-        "model_list": [
-            {
-                "model_name": name,
-                "litellm_params": {
-                    "model": f"hosted_vllm/{backend_model}",
-                    "api_base": f"{envoy_url}{prefix}",
-                    "api_key": "none",
-                },
-            }
+    return proxy_config(
+        {
+            name: {"model": f"hosted_vllm/{backend_model}", "api_base": f"{envoy_url}{prefix}", "api_key": "none"}
             for name, (backend_model, prefix) in MODELS.items()
-        ],
-        # A timeout must reach the client as the error it is, not be retried into a slower one.
-        "litellm_settings": {"num_retries": 0},
-        "router_settings": {"num_retries": 0},
-        "general_settings": {"master_key": MASTER_KEY},
-    }
+        }
+    )
 
 
 def short_idle_timeouts(config: dict[str, Any]) -> None:
@@ -73,13 +57,6 @@ def short_idle_timeouts(config: dict[str, Any]) -> None:
         route["route"]["idle_timeout"] = f"{ROUTE_IDLE_TIMEOUT}s"
 
 
-def find_litellm() -> Path:
-    litellm = Path(sys.executable).parent / "litellm"
-    if not litellm.exists():
-        pytest.fail(f"no litellm next to {sys.executable}: install the test extra (litellm[proxy])", pytrace=False)
-    return litellm
-
-
 @pytest.fixture(scope="module")
 def litellm_stack(module_harness: Harness) -> Stack:
     return module_harness.stack(customize=short_idle_timeouts)
@@ -88,36 +65,16 @@ def litellm_stack(module_harness: Harness) -> Stack:
 @pytest.fixture(scope="module")
 def litellm_url(litellm_stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A LiteLLM proxy whose models all point at the stack's Envoy."""
-    work_dir = tmp_path_factory.mktemp("litellm")
-    config_path = work_dir / "config.yaml"
-    config_path.write_text(yaml.safe_dump(litellm_config(litellm_stack.url)))
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    process = ManagedProcess(
-        "litellm",
-        [str(find_litellm()), "--config", str(config_path), "--host", "127.0.0.1", "--port", str(port)],
-        work_dir,
-        cwd=work_dir,
-        env={
-            # Offline and quiet: the bundled model cost map, no telemetry, loopback never proxied.
-            "LITELLM_LOCAL_MODEL_COST_MAP": "True",
-            "LITELLM_TELEMETRY": "False",
-            "NO_PROXY": "127.0.0.1,localhost",
-            "no_proxy": "127.0.0.1,localhost",
-        },
-    )
-    with process:
-
-        def alive() -> bool:
-            process.assert_running()
-            return http_request(f"{url}/health/liveliness", timeout=2).status == 200
-
-        wait_until(alive, LITELLM_START_TIMEOUT, interval=0.25, message=lambda: f"litellm up\n{process.logs()}")
+    try:
+        find_litellm()
+    except FileNotFoundError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    with running_litellm(litellm_config(litellm_stack.url), tmp_path_factory.mktemp("litellm")) as url:
         yield url
 
 
 def client(litellm_url: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{litellm_url}/v1", api_key=MASTER_KEY, max_retries=0, timeout=60)
+    return proxy_client(litellm_url)
 
 
 def backend_requests(backend: ScriptedBackend, model: str) -> list[RecordedRequest]:
