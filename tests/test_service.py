@@ -213,3 +213,66 @@ def test_request_without_body_reaches_the_service_at_response_headers(exchange: 
     first.attributes["envoy.filters.http.ext_proc"].CopyFrom(attributes)
     assert exchange.handle(first) == pb.ProcessingResponse(response_headers=pb.HeadersResponse())
     assert (exchange.phase, exchange.outcome) == (Phase.DONE, "passthrough_path")
+
+
+# --- full-duplex (keep-alive) routes ----------------------------------------------------------
+
+KEEPALIVE = ENABLED.replace("} } } }", '} } fields { key: "keepalive_seconds" value { number_value: 0.5 } } } }')
+
+
+def full_duplex_request(metadata: str = KEEPALIVE) -> pb.ProcessingRequest:
+    first = request_headers(metadata)
+    first.protocol_config.response_body_mode = ProcessingMode.FULL_DUPLEX_STREAMED
+    return first
+
+
+def full_duplex_exchange() -> Exchange:
+    exchange = Exchange(RouteSettingsCache(RouteSettings()))
+    exchange.handle(full_duplex_request())
+    exchange.handle(body(CHAT_BODY))
+    return exchange
+
+
+def test_full_duplex_commits_json_headers_and_answers_once_at_the_end() -> None:
+    exchange = full_duplex_exchange()
+    reply = exchange.handle(response_headers())
+    assert reply.response_headers.response.header_mutation.set_headers[0].header.raw_value == b"application/json"
+    assert not reply.HasField("mode_override"), "Envoy cannot leave full-duplex mode: no override"
+    assert exchange.keepalive_due is None, "no keep-alive before the upstream body started"
+
+    half = len(SSE) // 2
+    assert exchange.handle(body(SSE[:half], end_of_stream=False, response=True)) is None
+    assert exchange.keepalive_due is not None
+    exchange.keepalive()
+    final = exchange.handle(body(SSE[half:], response=True))
+    streamed = final.response_body.response.body_mutation.streamed_response
+    assert streamed.end_of_stream
+    assert orjson.loads(streamed.body)["choices"][0]["message"]["content"] == "Hello"
+    assert exchange.outcome == "converted_keepalive"
+    assert exchange.keepalive_due is None
+
+
+def test_full_duplex_failure_after_commit_is_a_reset() -> None:
+    exchange = full_duplex_exchange()
+    exchange.handle(response_headers())
+    with pytest.raises(StreamedFailure):
+        exchange.handle(body(b"data: {not json\n\n", response=True))
+    assert exchange.outcome == "malformed"
+
+
+def test_full_duplex_pass_through_echoes_every_chunk() -> None:
+    exchange = full_duplex_exchange()
+    exchange.handle(response_headers(status="429", content_type="application/json"))
+    reply = exchange.handle(body(b'{"error": {}}', response=True))
+    echoed = reply.response_body.response.body_mutation.streamed_response
+    assert (echoed.body, echoed.end_of_stream) == (b'{"error": {}}', True)
+    assert exchange.keepalive_due is None
+
+
+def test_keepalive_without_full_duplex_converts_as_usual() -> None:
+    exchange = Exchange(RouteSettingsCache(RouteSettings()))
+    exchange.handle(request_headers(KEEPALIVE))
+    exchange.handle(body(CHAT_BODY))
+    reply = exchange.handle(response_headers())
+    assert reply.mode_override.response_body_mode == ProcessingMode.BUFFERED
+    assert exchange.keepalive_due is None

@@ -18,8 +18,6 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from .settings import FULL_DUPLEX_METADATA
-
 LISTENER_NAME = "ingress"
 BACKEND_CLUSTER = "backend"
 SERVICE_CLUSTER = "buffered_stream"
@@ -90,16 +88,12 @@ def enable_keepalive(route: dict[str, Any], seconds: float) -> dict[str, Any]:
 
     The route metadata tells the service how often to send a byte; the ext_proc per-route
     override switches the response body to full-duplex, the only Envoy mode in which the service
-    may send body bytes on its own timer, and marks the stream so the service knows it may.
+    may send body bytes on its own timer (Envoy tells the service the mode with each stream).
     """
     route["metadata"]["filter_metadata"][METADATA_NAMESPACE]["keepalive_seconds"] = seconds
-    key, value = FULL_DUPLEX_METADATA
     route.setdefault("typed_per_filter_config", {})[EXT_PROC_FILTER] = {
         "@type": _PER_ROUTE_TYPE,
-        "overrides": {
-            "processing_mode": dict(FULL_DUPLEX_MODE),
-            "grpc_initial_metadata": [{"key": key, "value": value}],
-        },
+        "overrides": {"processing_mode": dict(FULL_DUPLEX_MODE)},
     }
     return route
 

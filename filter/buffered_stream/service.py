@@ -14,7 +14,7 @@ import asyncio
 import enum
 import logging
 import time
-from typing import Any, AsyncIterator, Callable, Sequence, Union
+from typing import Any, AsyncIterator, Callable, Union
 
 import grpc
 from envoy.config.core.v3 import base_pb2
@@ -28,14 +28,7 @@ from . import metrics
 from .convert import StreamConverter
 from .errors import MALFORMED, TRUNCATED, ConversionError
 from .request import Rewrite, plan_request, schema_for_path
-from .settings import (
-    FULL_DUPLEX_METADATA,
-    NAMESPACE,
-    RouteSettings,
-    ServiceSettings,
-    SettingsError,
-    route_settings_from_metadata,
-)
+from .settings import NAMESPACE, RouteSettings, ServiceSettings, SettingsError, route_settings_from_metadata
 
 log = logging.getLogger(__name__)
 
@@ -158,18 +151,13 @@ class Exchange:
     """One HTTP request's ext_proc conversation: explicit phase, exactly-once finish."""
 
     __slots__ = (
-        "_routes", "_invocation_metadata", "phase", "route", "route_name", "method", "path", "schema", "rewrite",
+        "_routes", "phase", "route", "route_name", "method", "path", "schema", "rewrite",
         "skip_reason", "converter", "outcome", "_assembly_seconds", "full_duplex", "keepalive_seconds",
         "keepalive_bytes", "last_sent", "body_started",
     )
 
-    def __init__(
-        self,
-        routes: RouteSettingsCache,
-        invocation_metadata: Callable[[], Sequence[tuple[str, Any]] | None] = lambda: (),
-    ) -> None:
+    def __init__(self, routes: RouteSettingsCache) -> None:
         self._routes = routes
-        self._invocation_metadata = invocation_metadata
         self.phase = Phase.REQUEST_HEADERS
         self.route: RouteSettings | None = None
         self.route_name = ""
@@ -181,7 +169,8 @@ class Exchange:
         self.converter: StreamConverter | None = None
         self.outcome: str | None = None
         self._assembly_seconds = 0.0
-        # Full-duplex delivery (keep-alive routes): the 200 is sent at once, the answer at the end.
+        # The route's response body mode is FULL_DUPLEX_STREAMED (keep-alive routes): a converted
+        # answer's 200 is sent at once, the answer at the end, whitespace in between.
         self.full_duplex = False
         self.keepalive_seconds = 0.0
         self.keepalive_bytes = 0
@@ -232,7 +221,9 @@ class Exchange:
         return pb.ProcessingResponse(**{field: pb.TrailersResponse()})
 
     def _start(self, request: pb.ProcessingRequest, kind: str) -> pb.ProcessingResponse | None:
-        """The first message carries the route's attributes: settle the route, or answer at once."""
+        """The first message carries the route's attributes and Envoy's body modes: settle the
+        route, or answer at once."""
+        self.full_duplex = request.protocol_config.response_body_mode == _Mode.FULL_DUPLEX_STREAMED
         attributes = request.attributes.get(ATTRIBUTES_KEY)
         metadata_text = ""
         if attributes is not None:
@@ -307,12 +298,14 @@ class Exchange:
         if headers.end_of_stream:
             return self._fail(ConversionError(TRUNCATED, 502, "upstream answered 200 text/event-stream with no body"))
         self.phase = Phase.RESPONSE_BODY
-        if self._route_is_full_duplex():
+        if self.full_duplex:
+            # Envoy cannot take this body mode back once the body may have started: convert in it.
             # The 200 is committed now: from here on a failure can only reset the response.
-            self.full_duplex = True
             self.keepalive_seconds = self.route.keepalive_seconds
             self.last_sent = time.monotonic()
             return JSON_RESPONSE_HEADERS
+        if self.route.keepalive_seconds:
+            _warn_not_full_duplex(self.route_name)
         mode = self.route.mode
         return pb.ProcessingResponse(
             response_headers=pb.HeadersResponse(
@@ -327,31 +320,15 @@ class Exchange:
             ),
         )
 
-    def _route_is_full_duplex(self) -> bool:
-        """Whether the route's ext_proc override made the response body FULL_DUPLEX_STREAMED.
-
-        The override sends our marker with it. That mode cannot be overridden once the body may
-        have started, so the marker decides, not ``keepalive_seconds``: a route that asks for
-        keep-alive without the override converts as usual (Envoy would otherwise pass the raw SSE
-        under our JSON headers) and the operator is told once.
-        """
-        name, value = FULL_DUPLEX_METADATA
-        for item in self._invocation_metadata() or ():
-            if item[0] == name and item[1] == value:
-                return True
-        if self.route is not None and self.route.keepalive_seconds:
-            _warn_not_full_duplex(self.route_name)
-        return False
-
     def _on_response_body(self, body: pb.HttpBody) -> Replies:
-        if self.full_duplex:
-            return self._on_full_duplex_body(body)
         converter = self.converter
-        if converter is None:
-            # Only a full-duplex (keep-alive) route sends the body of an answer we pass through.
-            # Its body mode cannot be turned off in the headers reply: Envoy may have streamed
-            # chunks here already and would drop them. So every chunk goes back as it came.
-            return _echo(body)
+        if self.full_duplex:
+            if converter is None:
+                # An answer we pass through. The body mode cannot be turned off in the headers
+                # reply: Envoy may have streamed chunks here already and would drop them. So every
+                # chunk goes back as it came.
+                return _echo(body)
+            return self._on_full_duplex_body(body)
         if self.phase is not Phase.RESPONSE_BODY:
             # A chunk after the answer was sent (data after [DONE]): drop it.
             return DROP_RESPONSE_CHUNK
@@ -462,18 +439,19 @@ class Exchange:
 
 
 _QUIET_OUTCOMES = frozenset((metrics.CONVERTED, metrics.CONVERTED_KEEPALIVE))
+
+
 _warned_routes: set[str] = set()
 
 
 def _warn_not_full_duplex(route_name: str) -> None:
-    if route_name in _warned_routes or len(_warned_routes) > 1024:
+    """Once per route: keep-alive asked for where Envoy's body mode cannot carry it."""
+    if route_name in _warned_routes or len(_warned_routes) >= 1024:
         return
     _warned_routes.add(route_name)
     log.error(
-        "route %r sets keepalive_seconds but its ext_proc override is not full-duplex "
-        "(processing_mode response_body_mode FULL_DUPLEX_STREAMED with grpc_initial_metadata %s: %s); "
-        "converting without keep-alive",
-        route_name, *FULL_DUPLEX_METADATA,
+        "route %r sets keepalive_seconds, but its ext_proc response body mode is not FULL_DUPLEX_STREAMED; "
+        "converting without keep-alive", route_name,
     )
 
 
@@ -521,7 +499,7 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
     async def Process(
         self, request_iterator: AsyncIterator[pb.ProcessingRequest], context: grpc.aio.ServicerContext
     ) -> None:
-        exchange = Exchange(self._routes, context.invocation_metadata)
+        exchange = Exchange(self._routes)
         self.in_flight += 1
         metrics.IN_FLIGHT.inc()
         read, write, eof = context.read, context.write, grpc.aio.EOF

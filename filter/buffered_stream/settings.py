@@ -24,10 +24,6 @@ GATEWAY_NAMESPACE = "envoy-gateway"
 ANNOTATION_PREFIXES = ("buffered-stream.", "gateway.envoyproxy.io/buffered-stream.")
 MODES = ("buffered", "streamed")
 
-# gRPC initial metadata that a route's ext_proc override sends together with the
-# FULL_DUPLEX_STREAMED response body mode: the proof, per request, that keep-alive bytes can flow.
-FULL_DUPLEX_METADATA = ("buffered-stream-response-body", "full-duplex")
-
 MiB = 1 << 20
 BUFFERED_BODY_LIMIT = 16 * MiB
 STREAMED_BODY_LIMIT = 1024 * MiB
@@ -50,8 +46,8 @@ class RouteSettings:
     max_body_bytes: int | None = None  # None: the mode's default, see body_limit
     max_event_bytes: int = 1 * MiB
     # Seconds of downstream silence after which a converted answer gets one "\n" (leading JSON
-    # whitespace) so idle timeouts in front of Envoy do not fire; 0: off. Needs the route's ext_proc
-    # override to full-duplex (see envoy_config.enable_keepalive).
+    # whitespace) so idle timeouts in front of Envoy do not fire; 0: off. Works where the route's
+    # response body mode is FULL_DUPLEX_STREAMED (see envoy_config.enable_keepalive).
     keepalive_seconds: float = 0.0
 
     @property
