@@ -12,7 +12,7 @@ MESSAGE_PHASES = ("request_headers", "request_body", "response_headers", "respon
 
 
 def service_counters(stack: BenchStack) -> Counter[str]:
-    """``messages:<phase>``, ``messages``, ``chunks``, ``outcome:<name>``, ``in_flight``."""
+    """``messages:<phase>``, ``messages``, ``chunks``, ``keepalive_bytes``, ``outcome:<name>``, ``in_flight``."""
     totals: Counter[str] = Counter()
     for url in stack.metrics_urls:
         for family in text_string_to_metric_families(http_get(f"{url}/metrics").decode()):
@@ -22,6 +22,8 @@ def service_counters(stack: BenchStack) -> Counter[str]:
                     totals["messages"] += sample.value
                 elif sample.name == "buffered_stream_response_chunks_total":
                     totals["chunks"] += sample.value
+                elif sample.name == "buffered_stream_keepalive_bytes_total":
+                    totals["keepalive_bytes"] += sample.value
                 elif sample.name == "buffered_stream_requests_total":
                     totals[f"outcome:{sample.labels['outcome']}"] += sample.value
                 elif sample.name == "buffered_stream_in_flight_requests":

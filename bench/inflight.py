@@ -22,6 +22,7 @@ from counters import service_counters
 from stack import BenchStack, http_get
 
 FILL_TIMEOUT = 60.0  # beyond the time the arrivals take
+HOLD_WINDOW = 10.0  # seconds of service CPU read while everything is held (keep-alive timers run)
 DRAIN_TIMEOUT = 120.0
 
 
@@ -40,6 +41,8 @@ class InflightResult:
     envoy_rss_before: int
     envoy_rss_held: int
     answer_bytes: int
+    held_cpu_share: float  # service CPU / wall time while the requests were held (1.0 = one core)
+    held_keepalives: int  # keep-alive bytes sent meanwhile
 
     @property
     def service_bytes_per_request(self) -> float:
@@ -98,6 +101,10 @@ async def _hold(stack: BenchStack, path: str, mode: str, n: int, tokens: int, ra
     held_by_service = int(service_counters(stack)["in_flight"] - baseline_in_flight)
     await asyncio.sleep(1.0)  # let allocations settle before reading memory
     held = stack.stats()
+    ticks_before = service_counters(stack)["keepalive_bytes"]
+    await asyncio.sleep(HOLD_WINDOW)
+    held_cpu_share = (stack.stats()["service"].cpu_s - held["service"].cpu_s) / HOLD_WINDOW
+    held_keepalives = int(service_counters(stack)["keepalive_bytes"] - ticks_before)
     await _blocking(http_get, f"{stack.backend_url}/release")
     done, pending = await asyncio.wait(clients, timeout=DRAIN_TIMEOUT)
     for task in pending:
@@ -134,6 +141,8 @@ async def _hold(stack: BenchStack, path: str, mode: str, n: int, tokens: int, ra
         envoy_rss_before=before["envoy"].rss,
         envoy_rss_held=held["envoy"].rss,
         answer_bytes=len(expected),
+        held_cpu_share=held_cpu_share,
+        held_keepalives=held_keepalives,
     )
 
 
@@ -149,20 +158,22 @@ def measure_inflight(stack: BenchStack, path: str, mode: str, n: int, tokens: in
 def format_inflight(results: list[InflightResult]) -> str:
     lines = [
         f"{'mode':<9} {'requests':>8} {'held':>6} {'fill s':>6} {'ok':>6} {'failed':>6} "
-        f"{'left open':>9} {'svc RSS MB':>10} {'svc KB/req':>10} {'envoy KB/req':>12} {'answer KB':>9}"
+        f"{'left open':>9} {'svc RSS MB':>10} {'svc KB/req':>10} {'envoy KB/req':>12} {'answer KB':>9} {'svc CPU held':>12}"
     ]
     for r in results:
         lines.append(
             f"{r.mode:<9} {r.requested:>8} {r.held_by_service:>6} {r.fill_seconds:>6.1f} {r.ok:>6} {r.failed:>6} "
             f"{r.left_open:>9} {r.service_rss_held / 2**20:>10.1f} {r.service_bytes_per_request / 1024:>10.1f} "
-            f"{r.envoy_bytes_per_request / 1024:>12.1f} {r.answer_bytes / 1024:>9.1f}"
+            f"{r.envoy_bytes_per_request / 1024:>12.1f} {r.answer_bytes / 1024:>9.1f} {r.held_cpu_share:>12.1%}"
         )
     for r in results:
         budget = 40 * 1024 + 1.2 * r.answer_bytes
         verdict = "MET" if r.service_bytes_per_request <= budget else "MISSED"
         lines.append(f"  {r.mode}: service {r.service_bytes_per_request / 1024:.1f} KB per request in flight "
                      f"(target <= 40 KB + 1.2 x answer = {budget / 1024:.1f} KB): {verdict}; "
-                     f"{r.ok} of {r.requested} answered correctly")
+                     f"{r.ok} of {r.requested} answered correctly; service CPU while held {r.held_cpu_share:.1%} of a core"
+                     + (f" ({r.held_keepalives} keep-alive bytes in {HOLD_WINDOW:g} s: "
+                        f"{1e6 * r.held_cpu_share * HOLD_WINDOW / r.held_keepalives:.0f} us each)" if r.held_keepalives else ""))
         for why, count in r.failures.items():
             lines.append(f"  {r.mode} failed: {count} x {why}")
     return "\n".join(lines)

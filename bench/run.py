@@ -7,6 +7,8 @@ loader drives, for each answer size and concurrency, the same non-stream chat re
 - ``envoy``: Envoy alone (the route with ext_proc disabled; the backend answers native JSON),
 - ``buffered``: converted, response body BUFFERED (one gRPC message for the whole stream),
 - ``streamed``: converted, response body STREAMED (one gRPC message per upstream chunk),
+- ``keepalive``: converted with keep-alive, response body FULL_DUPLEX_STREAMED (one gRPC message
+  per upstream chunk in, one reply per answer plus one per keep-alive byte out),
 
 and the backend directly (its capacity, so a reader can see it was never the limit). The backend
 answers instantly, so these rows are the worst case for the service: all of its work per request
@@ -42,8 +44,9 @@ PATHS = {
     "envoy": "/direct/v1/chat/completions",
     "buffered": "/v1/chat/completions",
     "streamed": "/streamed/v1/chat/completions",
+    "keepalive": "/keepalive/v1/chat/completions",
 }
-CONVERTED = ("buffered", "streamed")
+CONVERTED = ("buffered", "streamed", "keepalive")
 BACKEND_PATHS = {"backend-json": False, "backend-sse": True}  # path label -> stream
 ROLES = ("service", "envoy", "backend")
 CPUS = 2
@@ -205,6 +208,18 @@ def verdicts(cells: list[Cell]) -> list[str]:
                 extra_cpu = c.cpu_s["service"] / c.load.requests - b.cpu_s["service"] / b.load.requests
                 line += f", {1e6 * extra_cpu / (c.chunks_per_request - b.chunks_per_request):.0f} us per extra chunk over buffered"
             out.append(line)
+    for c in cells:
+        # Keep-alive against streamed mode, same size, concurrency and pacing: CPU per answer.
+        if c.path != "keepalive":
+            continue
+        s = next((x for x in cells if x.path == "streamed" and (x.tokens, x.concurrency, x.paced) == (c.tokens, c.concurrency, c.paced)), None)
+        if s is None or not c.load.requests or not s.load.requests:
+            continue
+        ratio = (c.cpu_s["service"] / c.load.requests) / (s.cpu_s["service"] / s.load.requests)
+        if c.chunks_per_request >= 2:
+            out.append(f"keepalive{' paced' if c.paced else ''}, {c.tokens} tok, {c.concurrency} conc: service CPU per answer "
+                       f"{ratio:.2f}x streamed mode (target <= 1.05): {'MET' if ratio <= 1.05 else 'MISSED'}; "
+                       f"{1e6 * c.cpu_s['service'] / c.counted['chunks']:.0f} us per upstream chunk")
     return out
 
 
@@ -219,6 +234,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--inflight", type=int, default=0, metavar="N", help="also hold N converted requests at once (per mode)")
     parser.add_argument("--inflight-tokens", type=int, default=256)
     parser.add_argument("--inflight-rate", type=float, default=250.0, help="new held requests per second (default 250)")
+    parser.add_argument("--keepalive-seconds", type=float, default=5.0, help="keep-alive interval of the keepalive route (default 5)")
     parser.add_argument("--skip-backend", action="store_true", help="do not measure the backend's own capacity")
     parser.add_argument("--paced-concurrency", type=int, default=16,
                         help="concurrency of the paced-stream cells (one upstream chunk per token, 1 ms apart; 0: skip)")
@@ -244,7 +260,8 @@ def main() -> None:
         def new_stack(name: str) -> BenchStack:
             directory = Path(work_dir, name)
             directory.mkdir()
-            return BenchStack(directory, placement, args.services, args.service_pythonpath, not args.service_asyncio)
+            return BenchStack(directory, placement, args.services, args.service_pythonpath, not args.service_asyncio,
+                              args.keepalive_seconds)
 
         foreign = foreign_load()
         print(f"before start: {foreign:.0%} of the machine busy with other processes"

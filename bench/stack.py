@@ -5,7 +5,8 @@ same process, listener, settings and backend connections:
 
 - ``/direct/v1/chat/completions``: the shipped route with ext_proc disabled (Envoy alone);
 - ``/v1/chat/completions``: the shipped converting route, buffered mode;
-- ``/streamed/v1/chat/completions``: the same route in streamed mode (added here).
+- ``/streamed/v1/chat/completions``: the same route in streamed mode (added here);
+- ``/keepalive/v1/chat/completions``: the same route with keep-alive (full-duplex body; added here).
 
 Changes to the shipped ``envoy.yaml``, all applied to both sides: no access log (disk writes
 would be measured too) and circuit breakers raised on both clusters (the defaults allow 1,024
@@ -14,6 +15,7 @@ requests at once per cluster, which caps the in-flight test).
 
 from __future__ import annotations
 
+import copy
 import os
 import sys
 import urllib.request
@@ -25,6 +27,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO_ROOT / "filter"), str(REPO_ROOT / "tests")]
 
 from buffered_stream.envoy_config import (  # noqa: E402
+    enable_keepalive,
     BACKEND_CLUSTER,
     SERVICE_CLUSTER,
     build_envoy_config,
@@ -79,6 +82,7 @@ class BenchStack:
     service_count: int = 1
     service_pythonpath: str | None = None
     service_uvloop: bool = True
+    keepalive_seconds: float = 5.0
     processes: list[ManagedProcess] = field(default_factory=list)
     backend_url: str = ""
     envoy_url: str = ""
@@ -131,7 +135,7 @@ class BenchStack:
 
     def _start_envoy(self) -> None:
         port, admin = free_port(), free_port()
-        config = bench_envoy_config(self.backend_url, port, admin, self.targets)
+        config = bench_envoy_config(self.backend_url, port, admin, self.targets, self.keepalive_seconds)
         path = write_envoy_config(config, self.work_dir / "envoy.json")
         args = [str(find_envoy_binary()), "-c", str(path), "--concurrency", str(self.placement.envoy_workers),
                 "--use-dynamic-base-id", "--log-level", "warning"]
@@ -157,8 +161,10 @@ class BenchStack:
             ProcStat.reset_peak(process.pid)
 
 
-def bench_envoy_config(backend_url: str, port: int, admin_port: int, service_targets: list[str]) -> dict[str, Any]:
-    """The shipped config with a streamed-mode route, no access log, and no circuit breaking."""
+def bench_envoy_config(
+    backend_url: str, port: int, admin_port: int, service_targets: list[str], keepalive_seconds: float = 5.0
+) -> dict[str, Any]:
+    """The shipped config with streamed-mode and keep-alive routes, no access log, no circuit breaking."""
     config = build_envoy_config(
         backend_url=backend_url, listen=("127.0.0.1", port), admin_port=admin_port, ext_proc_target=service_targets[0]
     )
@@ -173,7 +179,12 @@ def bench_envoy_config(backend_url: str, port: int, admin_port: int, service_tar
         "route": {**chat["route"], "prefix_rewrite": "/v1/chat/completions"},
         "metadata": {"filter_metadata": {"buffered_stream": {**chat["metadata"]["filter_metadata"]["buffered_stream"], "mode": "streamed"}}},
     }
+    keepalive = enable_keepalive(
+        {**copy.deepcopy(streamed), "name": "chat_completions_keepalive", "match": {"path": "/keepalive/v1/chat/completions"}},
+        keepalive_seconds,
+    )
     table.insert(0, streamed)
+    table.insert(0, keepalive)
     service = cluster(config, SERVICE_CLUSTER)
     service["load_assignment"]["endpoints"] = [
         {"lb_endpoints": [{"endpoint": {"address": _address(t)}} for t in service_targets]}

@@ -74,6 +74,7 @@ JSON_RESPONSE_HEADERS = pb.ProcessingResponse(
     )
 )
 KEEPALIVE_BYTE = b"\n"
+KEEPALIVE_GRID_SECONDS = 0.25
 KEEPALIVE_CHUNK = pb.ProcessingResponse(
     response_body=pb.BodyResponse(
         response=pb.CommonResponse(
@@ -366,10 +367,16 @@ class Exchange:
 
     @property
     def keepalive_due(self) -> float | None:
-        """Monotonic time the next keep-alive byte is due, or None when none may be sent now."""
-        if not self.keepalive_seconds or not self.body_started or self.phase is not Phase.RESPONSE_BODY:
+        """Monotonic time the next keep-alive byte is due, or None when none may be sent now.
+
+        Due times snap down to a grid (a byte goes out at most a quarter interval early), so the
+        requests held at once wake the process together instead of one wakeup per byte.
+        """
+        seconds = self.keepalive_seconds
+        if not seconds or not self.body_started or self.phase is not Phase.RESPONSE_BODY:
             return None
-        return self.last_sent + self.keepalive_seconds
+        due = self.last_sent + seconds
+        return due - due % min(KEEPALIVE_GRID_SECONDS, seconds / 4)
 
     def keepalive(self) -> pb.ProcessingResponse:
         """The keep-alive chunk; the caller sends it now."""
