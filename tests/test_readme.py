@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import yaml
 from support.manifests import Manifests
 
-from buffered_stream.envoy_config import converting_routes, load_packaged_config
+from buffered_stream.envoy_config import converting_routes, enable_keepalive, load_packaged_config
 from buffered_stream.settings import RouteSettings, load_service_settings, route_settings_from_metadata
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -31,7 +32,7 @@ def test_set_up_commands_are_make_targets() -> None:
 
 
 def test_route_metadata_example_is_valid_and_shaped_like_the_shipped_route() -> None:
-    (route,) = yaml_block("filter_metadata")
+    (route,) = yaml_block('models: ["llama-*"]')
     settings = route_settings_from_metadata(route["metadata"]["filter_metadata"])
     assert settings == RouteSettings(enabled=True, mode="buffered", models=("llama-*",))
     shipped = {r["name"]: r for r in converting_routes(load_packaged_config())}[route["name"]]
@@ -64,3 +65,11 @@ def test_kubernetes_commands_name_real_paths() -> None:
     assert (REPO_ROOT / "deploy" / "kubernetes" / "kustomization.yaml").exists()
     assert "kubectl apply -k deploy/kubernetes" in commands
     assert (REPO_ROOT / "Dockerfile").exists()
+
+
+def test_keepalive_example_is_what_enable_keepalive_writes() -> None:
+    (route,) = yaml_block("FULL_DUPLEX_STREAMED")
+    shipped = copy.deepcopy({r["name"]: r for r in converting_routes(load_packaged_config())}[route["name"]])
+    del shipped["metadata"]["filter_metadata"]["buffered_stream"]["mode"]
+    assert route == enable_keepalive(shipped, 5)
+    assert route_settings_from_metadata(route["metadata"]["filter_metadata"]).keepalive_seconds == 5
