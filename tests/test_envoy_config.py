@@ -72,8 +72,9 @@ def test_root_envoy_yaml_is_the_packaged_config(envoy_binary: Path) -> None:
         {"backend_url": "http://localhost:8001/", "ext_proc_target": "unix:/run/bs/ext_proc.sock"},
         {"backend_url": "https://api.example.com", "admin_port": None},
         {"backend_url": "http://127.0.0.1:8001", "listen": ("127.0.0.1", 0), "admin_port": 0},
+        {"backend_url": "http://127.0.0.1:8001", "keepalive_seconds": 2.5},
     ],
-    ids=["buffered", "streamed", "unix-socket", "https-backend", "port-zero"],
+    ids=["buffered", "streamed", "unix-socket", "https-backend", "port-zero", "keepalive"],
 )
 def test_built_configs_pass_envoy_validation(envoy_binary: Path, tmp_path: Path, kwargs: dict) -> None:
     validate(envoy_binary, write_envoy_config(build_envoy_config(**kwargs), tmp_path / "envoy.json"))
@@ -201,3 +202,13 @@ def test_build_https_backend_uses_tls_with_sni_and_host_rewrite() -> None:
 def test_build_rejects_bad_input(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         build_envoy_config(**kwargs)
+
+
+def test_build_with_keepalive_sets_metadata_and_the_full_duplex_override() -> None:
+    config = build_envoy_config(backend_url="http://127.0.0.1:8001", keepalive_seconds=2.5)
+    for route in converting_routes(config):
+        assert route["metadata"]["filter_metadata"]["buffered_stream"]["keepalive_seconds"] == 2.5
+        mode = route["typed_per_filter_config"]["envoy.filters.http.ext_proc"]["overrides"]["processing_mode"]
+        assert (mode["response_body_mode"], mode["response_trailer_mode"]) == ("FULL_DUPLEX_STREAMED", "SEND")
+    plain = build_envoy_config(backend_url="http://127.0.0.1:8001")
+    assert all("typed_per_filter_config" not in r for r in converting_routes(plain))

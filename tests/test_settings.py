@@ -39,6 +39,13 @@ def test_envoy_gateway_annotations():
     assert settings == RouteSettings(enabled=True, models=("llama-*", "qwen*"), max_body_bytes=2097152)
 
 
+def test_keepalive_seconds_from_metadata_and_annotations():
+    assert route_settings_from_metadata({"buffered_stream": {"keepalive_seconds": 5.0}}).keepalive_seconds == 5.0
+    gateway = {"envoy-gateway": {"resources": [{"annotations": {"gateway.envoyproxy.io/buffered-stream.keepalive_seconds": "2.5"}}]}}
+    assert route_settings_from_metadata(gateway).keepalive_seconds == 2.5
+    assert RouteSettings().keepalive_seconds == 0
+
+
 @pytest.mark.parametrize(
     ("metadata", "message"),
     [
@@ -50,6 +57,11 @@ def test_envoy_gateway_annotations():
         ({"buffered_stream": {"max_body_bytes": 1.5}}, "max_body_bytes must be a whole number"),
         ({"buffered_stream": {"max_body_bytes": 0}}, "max_body_bytes must be a positive"),
         ({"buffered_stream": "on"}, "must be a struct"),
+        ({"buffered_stream": {"keepalive_seconds": "5"}}, "keepalive_seconds must be a number of seconds"),
+        ({"buffered_stream": {"keepalive_seconds": 0.01}}, "keepalive_seconds must be 0 .off. or between 0.1 and 3600"),
+        ({"buffered_stream": {"keepalive_seconds": -1}}, "keepalive_seconds must be 0"),
+        ({"envoy-gateway": {"resources": [{"annotations": {"buffered-stream.keepalive_seconds": "soon"}}]}},
+         "keepalive_seconds must be a number of seconds"),
         ({"envoy-gateway": {"resources": [{"annotations": {"buffered-stream.enabled": "maybe"}}]}}, "HTTPRoute annotations"),
     ],
 )
