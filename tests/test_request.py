@@ -4,7 +4,7 @@ import orjson
 import pytest
 from hypothesis import given, strategies as st
 
-from buffered_stream.request import CHAT, COMPLETIONS, Rewrite, Skip, plan_request, schema_for_path
+from buffered_stream.core.request import CHAT, COMPLETIONS, Rewrite, Skip, plan_request, schema_for_path
 
 
 @pytest.mark.parametrize(

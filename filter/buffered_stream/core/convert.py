@@ -15,7 +15,7 @@ import orjson
 
 from .assembler import Assembler
 from .errors import LIMIT, MALFORMED, TRUNCATED, UPSTREAM_ERROR, ConversionError
-from .schemas import make_assembler
+from .registry import make_assembler
 from .sse import BARE_JSON_EVENT, ERROR_EVENT, SseDecoder
 
 # Room for field names and comments around an event of the maximal size.

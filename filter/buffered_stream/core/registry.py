@@ -11,9 +11,9 @@ from types import MappingProxyType
 from typing import Any
 
 from .assembler import Assembler
-from .chat import ChatAssembler
-from .completions import CompletionsAssembler
-from .profiles import Profile, get_profile
+from ..schemas.chat import ChatAssembler
+from ..schemas.completions import CompletionsAssembler
+from ..schemas.profiles import Profile, get_profile
 
 
 def _chat(profile: Profile | None, request: Mapping[str, Any] | None) -> Assembler:

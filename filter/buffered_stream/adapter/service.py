@@ -24,10 +24,10 @@ from envoy.type.v3 import http_status_pb2
 from google.protobuf import json_format, struct_pb2, text_format
 
 from . import metrics
-from .convert import StreamConverter
-from .errors import MALFORMED, TRUNCATED, ConversionError
-from .request import Rewrite, plan_request, schema_for_path
-from .settings import NAMESPACE, RouteSettings, ServiceSettings, SettingsError, route_settings_from_metadata
+from ..core.convert import StreamConverter
+from ..core.errors import MALFORMED, TRUNCATED, ConversionError
+from ..core.request import Rewrite, plan_request, schema_for_path
+from ..settings import NAMESPACE, RouteSettings, ServiceSettings, SettingsError, route_settings_from_metadata
 
 log = logging.getLogger(__name__)
 

@@ -42,8 +42,8 @@ from typing import Any
 
 import orjson
 
-from .errors import LIMIT, MALFORMED, ConversionError
-from .pieces import COMPACT_EVERY, Pieces
+from ..core.errors import LIMIT, MALFORMED, ConversionError
+from ..core.pieces import COMPACT_EVERY, Pieces
 from .profiles import (
     AUDIO,
     FUNCTION_CALL,
@@ -55,7 +55,7 @@ from .profiles import (
     detect,
     fill_defaults,
 )
-from .template import TextTemplate
+from ..core.template import TextTemplate
 
 MAX_CHOICES = 1024
 MAX_TOOL_CALLS = 4096

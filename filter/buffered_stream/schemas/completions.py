@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from .chat import ChoiceAssembler, copy_logprobs, malformed, merge_last, merge_logprobs
-from .pieces import Pieces
+from ..core.pieces import Pieces
 from .profiles import Profile
 
 
