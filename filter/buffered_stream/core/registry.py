@@ -1,42 +1,96 @@
-"""The API schemas the core can assemble, by name.
+"""The APIs the service converts, by name and by request path.
 
-A schema is just a factory of its assembler; Anthropic Messages or the Responses API become one
-more entry here, with their own module, without touching the pipeline.
+Adding an API is one more ``SchemaSpec`` in ``SPECS``; the converter and the adapter find it here.
+A route's ``profile`` names a backend: ``PROFILE_NAMES`` is every name some API knows, and an API
+with no profile of that backend auto-detects (``SchemaSpec.profile``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
+from ..schemas import chat, completions
 from .assembler import Assembler
-from ..schemas.chat import ChatAssembler
-from ..schemas.completions import CompletionsAssembler
-from ..schemas.profiles import Profile, get_profile
+from .request import Rewrite, Skip
+from .spec import AUTO, SchemaSpec
 
-
-def _chat(profile: Profile | None, request: Mapping[str, Any] | None) -> Assembler:
-    return ChatAssembler(profile, request)
-
-
-def _completions(profile: Profile | None, request: Mapping[str, Any] | None) -> Assembler:
-    return CompletionsAssembler(profile)
-
-
-SCHEMAS: Mapping[str, Callable[[Profile | None, Mapping[str, Any] | None], Assembler]] = MappingProxyType(
-    {"chat": _chat, "completions": _completions}
+SPECS: tuple[SchemaSpec, ...] = (
+    SchemaSpec.from_module(chat.NAME, chat),
+    SchemaSpec.from_module(completions.NAME, completions),
 )
 
+CHAT = chat.NAME
+COMPLETIONS = completions.NAME
+SCHEMAS: Mapping[str, SchemaSpec] = MappingProxyType({spec.name: spec for spec in SPECS})
+PROFILE_NAMES: tuple[str, ...] = (AUTO, *dict.fromkeys(name for spec in SPECS for name in spec.profiles))
 
-def make_assembler(schema: str, profile: str = "auto", request: Mapping[str, Any] | None = None) -> Assembler:
+_BY_PATH: Mapping[str, SchemaSpec] = MappingProxyType({path: spec for spec in SPECS for path in spec.paths})
+if len(_BY_PATH) != sum(len(spec.paths) for spec in SPECS):  # pragma: no cover - a registry typo
+    raise AssertionError("two APIs claim the same path")
+_MAX_PATH_SEGMENTS = max(path.count("/") for path in _BY_PATH)
+
+
+def spec_named(schema: str) -> SchemaSpec:
+    try:
+        return SCHEMAS[schema]
+    except KeyError:
+        raise ValueError(f"unknown schema {schema!r}; valid schemas: {', '.join(SCHEMAS)}") from None
+
+
+def spec_for_path(path: str) -> SchemaSpec | None:
+    """The API a request path is for, or None.
+
+    The query string and a trailing slash are removed; then the path must be one of an API's
+    ``paths`` exactly, or one under a mount prefix (``/openai/v1/chat/completions``): its last
+    segments equal a spec path, the longest match winning (``/v1/chat/completions`` is chat, not
+    ``/completions``). So ``/v1/messages/count_tokens`` never matches ``/v1/messages``, and
+    ``/v1/completionsx`` matches nothing.
+    """
+    path = path.split("?", 1)[0].rstrip("/")
+    spec = _BY_PATH.get(path)
+    if spec is not None:
+        return spec
+    # Tails of at most _MAX_PATH_SEGMENTS segments, longest first.
+    start = len(path)
+    tails = []
+    for _ in range(_MAX_PATH_SEGMENTS):
+        start = path.rfind("/", 0, start)
+        if start <= 0:
+            break
+        tails.append(path[start:])
+    for tail in reversed(tails):
+        spec = _BY_PATH.get(tail)
+        if spec is not None:
+            return spec
+    return None
+
+
+def schema_for_path(path: str) -> str | None:
+    """The name of the API a request path is for (see ``spec_for_path``), or None."""
+    spec = spec_for_path(path)
+    return spec.name if spec is not None else None
+
+
+def plan_request(schema: str, body: bytes, models: tuple[str, ...] = ()) -> Rewrite | Skip:
+    """``schema``'s plan for a request body (see ``SchemaSpec.plan_request``)."""
+    return spec_named(schema).plan_request(body, models)
+
+
+def get_profile(name: str, schema: str = CHAT) -> Any | None:
+    """``schema``'s profile of a route profile name (None: auto-detect); ValueError for a name no
+    API knows."""
+    if name not in PROFILE_NAMES:
+        raise ValueError(f"unknown profile {name!r}; valid profiles: {', '.join(PROFILE_NAMES)}")
+    return spec_named(schema).profile(name)
+
+
+def make_assembler(schema: str, profile: str = AUTO, request: Mapping[str, Any] | None = None) -> Assembler:
     """A fresh assembler for ``schema`` shaped like ``profile``'s native answers.
 
     ``request`` (the client's request body, optional) lets the answer follow choices only the
     request reveals, such as vLLM's ``content: ""`` beside calls forced by ``tool_choice``.
     """
-    try:
-        factory = SCHEMAS[schema]
-    except KeyError:
-        raise ValueError(f"unknown schema {schema!r}; valid schemas: {', '.join(SCHEMAS)}") from None
-    return factory(get_profile(profile), request)
+    spec = spec_named(schema)
+    return spec.make_assembler(get_profile(profile, schema), request)

@@ -2,7 +2,8 @@
 
 Pure functions over bytes. A request is converted only when we are sure the stream carries
 everything the non-stream answer would: anything else is sent upstream untouched and the backend
-decides, so the service can never make a request fail that would have worked without it.
+decides, so the service can never make a request fail that would have worked without it. Each API
+plans its own rewrite (``SchemaSpec.plan_request``); the checks every API shares are here.
 """
 
 from __future__ import annotations
@@ -12,24 +13,6 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 import orjson
-
-CHAT = "chat"
-COMPLETIONS = "completions"
-
-# Request keys the assembly needs to reproduce the native answer exactly (kept, small, per request).
-_ANSWER_HINT_KEYS = ("tool_choice",)
-# Request keys whose answer a stream cannot carry (vLLM / SGLang extensions, OpenAI best_of).
-_UNSTREAMABLE_KEYS = ("prompt_logprobs", "return_prompt_token_ids", "return_meta_info", "use_beam_search")
-
-
-def schema_for_path(path: str) -> str | None:
-    """The API schema of an OpenAI-compatible endpoint path (query string ignored), or None."""
-    path = path.split("?", 1)[0].rstrip("/")
-    if path.endswith("/chat/completions"):
-        return CHAT
-    if path.endswith("/completions"):
-        return COMPLETIONS
-    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,8 +39,9 @@ MODEL_NOT_ENABLED = Skip("model_not_enabled")
 UNSTREAMABLE = Skip("unstreamable")
 
 
-def plan_request(schema: str, body: bytes, models: tuple[str, ...] = ()) -> Rewrite | Skip:
-    """Decide whether to convert a request body of ``schema`` and build the rewritten body.
+def load_non_stream_request(body: bytes, models: tuple[str, ...]) -> dict[str, Any] | Skip:
+    """The parsed request when it is a JSON object asking for no stream (``stream`` absent, false
+    or null) of an enabled model, else why not.
 
     ``models`` is an allow-list of glob patterns matched against the request's ``model``;
     empty means every model.
@@ -74,23 +58,9 @@ def plan_request(schema: str, body: bytes, models: tuple[str, ...] = ()) -> Rewr
     model = request.get("model")
     if models and not (isinstance(model, str) and any(fnmatchcase(model, p) for p in models)):
         return MODEL_NOT_ENABLED
-    if _asks_for_unstreamable(request):
-        return UNSTREAMABLE
-    options = request.get("stream_options")
-    request["stream"] = True
-    request["stream_options"] = {**options, "include_usage": True} if isinstance(options, dict) else {"include_usage": True}
-    return Rewrite(
-        body=orjson.dumps(request),
-        schema=schema,
-        model=model if isinstance(model, str) else None,
-        hints={key: request[key] for key in _ANSWER_HINT_KEYS if key in request},
-    )
+    return request
 
 
-def _asks_for_unstreamable(request: dict[str, Any]) -> bool:
-    for key in _UNSTREAMABLE_KEYS:
-        value = request.get(key)
-        if value is not None and value is not False:
-            return True
-    best_of = request.get("best_of")
-    return isinstance(best_of, int) and best_of > 1 and best_of != request.get("n", 1)
+def model_of(request: dict[str, Any]) -> str | None:
+    model = request.get("model")
+    return model if isinstance(model, str) else None
