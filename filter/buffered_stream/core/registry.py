@@ -26,10 +26,48 @@ COMPLETIONS = completions.NAME
 SCHEMAS: Mapping[str, SchemaSpec] = MappingProxyType({spec.name: spec for spec in SPECS})
 PROFILE_NAMES: tuple[str, ...] = (AUTO, *dict.fromkeys(name for spec in SPECS for name in spec.profiles))
 
-_BY_PATH: Mapping[str, SchemaSpec] = MappingProxyType({path: spec for spec in SPECS for path in spec.paths})
-if len(_BY_PATH) != sum(len(spec.paths) for spec in SPECS):  # pragma: no cover - a registry typo
-    raise AssertionError("two APIs claim the same path")
-_MAX_PATH_SEGMENTS = max(path.count("/") for path in _BY_PATH)
+
+class PathIndex:
+    """Request path -> the API that serves it.
+
+    The query string and a trailing slash are removed; then the path must be one of an API's
+    ``paths`` exactly, or one under a mount prefix (``/openai/v1/chat/completions``): its last
+    segments equal a spec path, the longest match winning (``/v1/chat/completions`` is chat, not
+    ``/completions``). So ``/v1/messages/count_tokens`` never matches ``/v1/messages``, and
+    ``/v1/completionsx`` matches nothing.
+    """
+
+    __slots__ = ("_by_path", "_max_segments")
+
+    def __init__(self, specs: tuple[SchemaSpec, ...]) -> None:
+        self._by_path = {path: spec for spec in specs for path in spec.paths}
+        if len(self._by_path) != sum(len(spec.paths) for spec in specs):
+            raise ValueError("two APIs claim the same path")
+        if any(not path.startswith("/") or path.endswith("/") for path in self._by_path):
+            raise ValueError("an API path must start with '/' and not end with one")
+        self._max_segments = max(path.count("/") for path in self._by_path)
+
+    def find(self, path: str) -> SchemaSpec | None:
+        path = path.split("?", 1)[0].rstrip("/")
+        by_path = self._by_path
+        spec = by_path.get(path)
+        if spec is not None:
+            return spec
+        tails = []  # the path's last 1, 2, ... segments, up to the longest API path
+        start = len(path)
+        for _ in range(self._max_segments):
+            start = path.rfind("/", 0, start)
+            if start <= 0:
+                break
+            tails.append(path[start:])
+        for tail in reversed(tails):
+            spec = by_path.get(tail)
+            if spec is not None:
+                return spec
+        return None
+
+
+_PATHS = PathIndex(SPECS)
 
 
 def spec_named(schema: str) -> SchemaSpec:
@@ -40,31 +78,8 @@ def spec_named(schema: str) -> SchemaSpec:
 
 
 def spec_for_path(path: str) -> SchemaSpec | None:
-    """The API a request path is for, or None.
-
-    The query string and a trailing slash are removed; then the path must be one of an API's
-    ``paths`` exactly, or one under a mount prefix (``/openai/v1/chat/completions``): its last
-    segments equal a spec path, the longest match winning (``/v1/chat/completions`` is chat, not
-    ``/completions``). So ``/v1/messages/count_tokens`` never matches ``/v1/messages``, and
-    ``/v1/completionsx`` matches nothing.
-    """
-    path = path.split("?", 1)[0].rstrip("/")
-    spec = _BY_PATH.get(path)
-    if spec is not None:
-        return spec
-    # Tails of at most _MAX_PATH_SEGMENTS segments, longest first.
-    start = len(path)
-    tails = []
-    for _ in range(_MAX_PATH_SEGMENTS):
-        start = path.rfind("/", 0, start)
-        if start <= 0:
-            break
-        tails.append(path[start:])
-    for tail in reversed(tails):
-        spec = _BY_PATH.get(tail)
-        if spec is not None:
-            return spec
-    return None
+    """The API a request path is for, or None (see ``PathIndex``)."""
+    return _PATHS.find(path)
 
 
 def schema_for_path(path: str) -> str | None:
