@@ -24,9 +24,9 @@ from collections.abc import Callable
 
 import orjson
 
-from buffered_stream.convert import StreamConverter
-from buffered_stream.schemas import make_assembler
-from buffered_stream.sse import SseDecoder
+from buffered_stream.core.convert import StreamConverter
+from buffered_stream.core.registry import make_assembler
+from buffered_stream.core.sse import SseDecoder
 
 PIECE = 16 << 10
 WORDS = [" the", " model", " answer", " is", " streamed", ",", " token", " by", " token", ".", "\n", " 42"]

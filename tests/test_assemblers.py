@@ -11,11 +11,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from buffered_stream.chat import MAX_CHOICES, MAX_TOOL_CALLS, MAX_TOOL_NAME_CHARS, ChatAssembler
-from buffered_stream.completions import CompletionsAssembler
-from buffered_stream.errors import LIMIT, MALFORMED, ConversionError
-from buffered_stream.profiles import PROFILE_NAMES, PROFILES, get_profile
-from buffered_stream.schemas import SCHEMAS, make_assembler
+from buffered_stream.schemas.chat import ChatAssembler
+from buffered_stream.schemas.chat_fold import MAX_TOOL_CALLS, MAX_TOOL_NAME_CHARS
+from buffered_stream.schemas.completions import CompletionsAssembler
+from buffered_stream.core.errors import LIMIT, MALFORMED, ConversionError
+from buffered_stream.schemas.chat_profiles import PROFILES
+from buffered_stream.schemas.openai_base import MAX_CHOICES
+from buffered_stream.core.registry import PROFILE_NAMES, SCHEMAS, get_profile, make_assembler
 
 
 def chunk(*choices: dict[str, Any], **top: Any) -> dict[str, Any]:

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from buffered_stream.convert import StreamConverter
-from buffered_stream.errors import LIMIT, MALFORMED, TRUNCATED, UPSTREAM_ERROR, ConversionError
+from buffered_stream.core.convert import StreamConverter
+from buffered_stream.core.errors import LIMIT, MALFORMED, TRUNCATED, UPSTREAM_ERROR, ConversionError
 
 
 class RecordingAssembler:

@@ -10,18 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-# Modules that talk to Envoy, the network or the process: everything else is core.
-ADAPTER_MODULES = {
-    "__main__",
-    "service",
-    "extproc",
-    "cli",
-    "metrics",
-    "health",
-    "envoy_config",
-    "demo_backend",
-    "server",
-}
+# Every module in these folders is core; the adapter and the tools live elsewhere.
+CORE_PACKAGES = ("core", "schemas")
 FORBIDDEN = ("grpc", "asyncio")
 
 PROBE = """
@@ -39,17 +29,17 @@ print(json.dumps(offenders))
 
 def core_modules() -> tuple[Path, list[str]]:
     package_dir = Path(importlib.util.find_spec("buffered_stream").origin).parent
-    names = [
-        f"buffered_stream.{info.name}"
-        for info in pkgutil.iter_modules([str(package_dir)])
-        if info.name not in ADAPTER_MODULES
-    ]
+    names = []
+    for folder in CORE_PACKAGES:
+        names.append(f"buffered_stream.{folder}")
+        prefix = f"buffered_stream.{folder}."
+        names += [info.name for info in pkgutil.walk_packages([str(package_dir / folder)], prefix)]
     return package_dir.parent, sorted(names)
 
 
 def test_core_modules_are_found() -> None:
     _, names = core_modules()
-    for expected in ("sse", "convert", "errors", "assembler", "request"):
+    for expected in ("core.sse", "core.convert", "core.errors", "core.assembler", "core.request", "schemas.chat"):
         assert f"buffered_stream.{expected}" in names
 
 

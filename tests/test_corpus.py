@@ -16,8 +16,8 @@ from typing import Any
 import orjson
 import pytest
 
-from buffered_stream.convert import StreamConverter
-from buffered_stream.errors import ConversionError
+from buffered_stream.core.convert import StreamConverter
+from buffered_stream.core.errors import ConversionError
 
 CORPUS = Path(__file__).parent / "corpus"
 CASES = sorted(path.name[: -len(".meta.json")] for path in CORPUS.glob("*.meta.json"))

@@ -26,7 +26,7 @@ from support.net import http_request
 from support.probes import outcome_count, raw_post, service_samples, wait_service_idle
 from support.stack import Harness, Stack
 
-from buffered_stream.convert import StreamConverter
+from buffered_stream.core.convert import StreamConverter
 from buffered_stream.envoy_config import converting_routes, enable_keepalive
 
 pytestmark = pytest.mark.e2e

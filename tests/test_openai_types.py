@@ -14,7 +14,7 @@ from openai.types import Completion
 from openai.types.chat import ChatCompletion
 from pydantic import BaseModel, ValidationError
 
-from buffered_stream.convert import StreamConverter
+from buffered_stream.core.convert import StreamConverter
 
 CORPUS = Path(__file__).parent / "corpus"
 TYPES: dict[str, type[BaseModel]] = {"chat": ChatCompletion, "completions": Completion}

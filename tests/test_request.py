@@ -4,7 +4,8 @@ import orjson
 import pytest
 from hypothesis import given, strategies as st
 
-from buffered_stream.request import CHAT, COMPLETIONS, Rewrite, Skip, plan_request, schema_for_path
+from buffered_stream.core.registry import CHAT, COMPLETIONS, plan_request, schema_for_path
+from buffered_stream.core.request import Rewrite, Skip
 
 
 @pytest.mark.parametrize(

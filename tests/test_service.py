@@ -13,7 +13,7 @@ from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import Proces
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from google.protobuf import struct_pb2
 
-from buffered_stream.service import Exchange, Phase, RouteSettingsCache, StreamedFailure
+from buffered_stream.adapter.service import Exchange, Phase, RouteSettingsCache, StreamedFailure
 from buffered_stream.settings import RouteSettings
 
 ENABLED = 'filter_metadata { key: "buffered_stream" value { fields { key: "enabled" value { bool_value: true } } } }'

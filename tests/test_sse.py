@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from buffered_stream.errors import LIMIT, ConversionError
-from buffered_stream.sse import BARE_JSON_EVENT, ERROR_EVENT, SseDecoder
+from buffered_stream.core.errors import LIMIT, ConversionError
+from buffered_stream.core.sse import BARE_JSON_EVENT, ERROR_EVENT, SseDecoder
 
 BIG = 1 << 20
 

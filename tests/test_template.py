@@ -9,9 +9,9 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from buffered_stream.chat import ChatAssembler
-from buffered_stream.convert import StreamConverter
-from buffered_stream.errors import ConversionError
+from buffered_stream.schemas.chat import ChatAssembler
+from buffered_stream.core.convert import StreamConverter
+from buffered_stream.core.errors import ConversionError
 
 HEAD = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 7, "model": "m"}
 

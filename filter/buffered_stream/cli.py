@@ -89,7 +89,7 @@ def _service_settings(args: argparse.Namespace, **overrides) -> ServiceSettings:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    from .server import serve_until_signalled
+    from .adapter.server import serve_until_signalled
 
     settings = _service_settings(args, listen=args.listen, metrics_listen=args.metrics_listen)
     setup_logging(settings.log_level)
@@ -100,7 +100,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 async def _run_stack(args: argparse.Namespace, settings: ServiceSettings, workdir: Path) -> int:
     from .demo_backend import serve_demo
     from .envoy_config import build_envoy_config, write_envoy_config
-    from .server import Service
+    from .adapter.server import Service
 
     backend = args.backend or os.environ.get(BACKEND_ENV)
     tasks: list[asyncio.Task] = []

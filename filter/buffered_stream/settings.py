@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 import orjson
 
-from .profiles import PROFILE_NAMES
+from .core.registry import PROFILE_NAMES
 
 NAMESPACE = "buffered_stream"
 GATEWAY_NAMESPACE = "envoy-gateway"

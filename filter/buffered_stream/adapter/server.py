@@ -20,7 +20,7 @@ from grpc_reflection.v1alpha import reflection
 
 from . import metrics
 from .service import ExternalProcessor
-from .settings import ServiceSettings
+from ..settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,8 @@ asks for. ``Exchange`` holds one request's state with an explicit phase; it deci
 the cheapest reply: skip everything after the request headers (one round trip) when the request
 cannot be ours, pass the response through when the upstream did not stream, and otherwise feed the
 SSE to the core's ``StreamConverter`` and answer with one JSON body. All assembly logic lives in
-the core; nothing here looks inside a completion.
+the core, and everything that differs per API (paths, request plan, assembler, error bodies, usage
+names) comes from the request path's ``SchemaSpec``; nothing here looks inside a completion.
 """
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ from envoy.type.v3 import http_status_pb2
 from google.protobuf import json_format, struct_pb2, text_format
 
 from . import metrics
-from .convert import StreamConverter
-from .errors import MALFORMED, TRUNCATED, ConversionError
-from .request import Rewrite, plan_request, schema_for_path
-from .settings import NAMESPACE, RouteSettings, ServiceSettings, SettingsError, route_settings_from_metadata
+from ..core.convert import StreamConverter
+from ..core.errors import MALFORMED, TRUNCATED, ConversionError
+from ..core.registry import spec_for_path
+from ..core.request import Rewrite
+from ..core.spec import SchemaSpec
+from ..settings import NAMESPACE, RouteSettings, ServiceSettings, SettingsError, route_settings_from_metadata
 
 log = logging.getLogger(__name__)
 
@@ -102,12 +105,19 @@ def _headers(message: pb.HttpHeaders, *wanted: str) -> dict[str, str]:
     return found
 
 
-def _usage_metadata(outcome: str, usage: dict[str, Any] | None) -> struct_pb2.Struct:
+# Dynamic metadata names of the normalised token counts (``SchemaSpec.usage_tokens``), the same
+# for every API so that access logs and rate limits read one set of keys.
+_USAGE_METADATA_KEYS = (("input_tokens", "prompt_tokens"), ("output_tokens", "completion_tokens"), ("total_tokens", "total_tokens"))
+
+
+def _usage_metadata(outcome: str, spec: SchemaSpec | None, usage: dict[str, Any] | None) -> struct_pb2.Struct:
     values: dict[str, Any] = {"outcome": outcome}
-    if usage:
-        for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
-            if isinstance(usage.get(key), int):
-                values[key] = usage[key]
+    if usage and spec is not None:
+        tokens = spec.usage_tokens(usage)
+        for name, key in _USAGE_METADATA_KEYS:
+            count = tokens.get(name)
+            if isinstance(count, int):
+                values[key] = count
     struct = struct_pb2.Struct()
     struct.update({NAMESPACE: values})
     return struct
@@ -152,7 +162,7 @@ class Exchange:
     """One HTTP request's ext_proc conversation: explicit phase, exactly-once finish."""
 
     __slots__ = (
-        "_routes", "phase", "route", "route_name", "method", "path", "schema", "rewrite",
+        "_routes", "phase", "route", "route_name", "method", "path", "spec", "rewrite",
         "skip_reason", "converter", "outcome", "_assembly_seconds", "full_duplex", "keepalive_seconds",
         "keepalive_bytes", "last_sent", "body_started",
     )
@@ -164,7 +174,7 @@ class Exchange:
         self.route_name = ""
         self.method = ""
         self.path = ""
-        self.schema: str | None = None
+        self.spec: SchemaSpec | None = None  # the API of the request path
         self.rewrite: Rewrite | None = None
         self.skip_reason = ""
         self.converter: StreamConverter | None = None
@@ -238,32 +248,32 @@ class Exchange:
         except SettingsError as exc:
             self.phase = Phase.DONE
             self.finish(metrics.SETTINGS_ERROR)
-            return _immediate(ConversionError(metrics.SETTINGS_ERROR, 500, f"buffered-stream route settings: {exc}"))
+            return _immediate(ConversionError(metrics.SETTINGS_ERROR, 500, f"buffered-stream route settings: {exc}"), None)
         if not self.route.enabled:
             self._pass("disabled")
             return SKIP_REST if kind == "request_headers" else _CONTINUE.get(kind)
         self.phase = Phase.REQUEST_BODY
         if kind != "request_headers":  # the filter skips request headers: judge the path by attributes
-            self.schema = schema_for_path(self.path) if self.method == "POST" else None
+            self.spec = spec_for_path(self.path) if self.method == "POST" else None
         return None
 
     def _on_request_headers(self, headers: pb.HttpHeaders) -> pb.ProcessingResponse:
         found = _headers(headers, ":method", ":path", "content-type")
-        schema = schema_for_path(found.get(":path", ""))
+        spec = spec_for_path(found.get(":path", ""))
         content_type = found.get("content-type", "application/json")
-        if found.get(":method") != "POST" or schema is None or "json" not in content_type or headers.end_of_stream:
+        if found.get(":method") != "POST" or spec is None or "json" not in content_type or headers.end_of_stream:
             self._pass("path")
             return SKIP_REST
-        self.schema = schema
+        self.spec = spec
         return CONTINUE_REQUEST_HEADERS
 
     def _on_request_body(self, body: pb.HttpBody) -> pb.ProcessingResponse:
         assert self.route is not None
         self.phase = Phase.RESPONSE_HEADERS
-        if self.schema is None:
+        if self.spec is None:
             self.skip_reason = "path"
             return CONTINUE_REQUEST_BODY
-        plan = plan_request(self.schema, body.body, self.route.models)
+        plan = self.spec.plan_request(body.body, self.route.models)
         if not isinstance(plan, Rewrite):
             self.skip_reason = plan.reason
             return CONTINUE_REQUEST_BODY
@@ -286,8 +296,9 @@ class Exchange:
         if found.get(":status") != "200" or not found.get("content-type", "").startswith("text/event-stream"):
             self._pass("status" if found.get(":status") != "200" else "content_type")
             return CONTINUE_RESPONSE_HEADERS
+        assert self.spec is not None
         self.converter = StreamConverter(
-            self.rewrite.schema,
+            self.spec,
             self.route.profile,
             max_event_bytes=self.route.max_event_bytes,
             max_body_bytes=self.route.body_limit,
@@ -360,7 +371,7 @@ class Exchange:
                     body_mutation=pb.BodyMutation(body=answer),
                 )
             ),
-            dynamic_metadata=_usage_metadata(metrics.CONVERTED, converter.usage),
+            dynamic_metadata=_usage_metadata(metrics.CONVERTED, self.spec, converter.usage),
         )
 
     # -- full-duplex delivery (keep-alive) --------------------------------------------------------
@@ -429,7 +440,7 @@ class Exchange:
                     )
                 )
             ),
-            dynamic_metadata=_usage_metadata(outcome, self.converter.usage),
+            dynamic_metadata=_usage_metadata(outcome, self.spec, self.converter.usage),
         )
 
     def _fail(self, error: ConversionError, *, committed: bool = False) -> pb.ProcessingResponse:
@@ -442,7 +453,7 @@ class Exchange:
         self.finish(error.kind)
         if committed:
             raise StreamedFailure(error)
-        return _immediate(error)
+        return _immediate(error, self.spec)
 
 
 _QUIET_OUTCOMES = frozenset((metrics.CONVERTED, metrics.CONVERTED_KEEPALIVE))
@@ -474,17 +485,18 @@ def _echo(body: pb.HttpBody) -> pb.ProcessingResponse:
     )
 
 
-def _immediate(error: ConversionError) -> pb.ProcessingResponse:
-    """The error answer in place of the upstream's; its ``outcome`` metadata tells Envoy's local
-    reply rewriting that this body is already the final JSON."""
+def _immediate(error: ConversionError, spec: SchemaSpec | None) -> pb.ProcessingResponse:
+    """The error answer in place of the upstream's, in the API's own error shape (the default one
+    before the API is known); its ``outcome`` metadata tells Envoy's local reply rewriting that this
+    body is already the final JSON."""
     return pb.ProcessingResponse(
         immediate_response=pb.ImmediateResponse(
             status=http_status_pb2.HttpStatus(code=error.status),
             headers=pb.HeaderMutation(set_headers=_JSON_HEADERS),
-            body=error.body(),
+            body=error.body() if spec is None else spec.error_body(error),
             details=f"buffered_stream_{error.kind}",
         ),
-        dynamic_metadata=_usage_metadata(error.kind, None),
+        dynamic_metadata=_usage_metadata(error.kind, spec, None),
     )
 
 

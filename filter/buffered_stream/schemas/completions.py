@@ -5,17 +5,48 @@ its four parallel lists (``tokens``, ``token_logprobs``, ``top_logprobs``, ``tex
 concatenated, offsets kept as sent (vLLM streams absolute offsets: rebasing would corrupt them);
 ``finish_reason`` the last non-empty one (TGI sends ``""`` for "not finished"); other choice keys
 (vLLM ``stop_reason``, ``prompt_logprobs``) last non-null, null if only null. The top level follows
-the chat rules (``Envelope``). A single event holding a whole answer, as vLLM's beam search sends,
-therefore comes out unchanged.
+the shared OpenAI rules (``openai_base.Envelope``). A single event holding a whole answer, as
+vLLM's beam search sends, therefore comes out unchanged.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
-from .chat import ChoiceAssembler, copy_logprobs, malformed, merge_last, merge_logprobs
-from .pieces import Pieces
-from .profiles import Profile
+from ..core.pieces import Pieces
+from ..core.request import Rewrite, Skip
+from .openai_base import GENERIC, ChoiceAssembler, OpenAIProfile, copy_logprobs, keys, malformed, merge_last, merge_logprobs
+from .openai_conventions import error_body, error_event, is_end_payload, plan_openai_request, upstream_error, usage_tokens
+
+__all__ = ["CompletionsAssembler", "PROFILES", "NAME", "PATHS", "make_assembler", "plan_request", "upstream_error",
+           "error_event", "error_body", "usage_tokens", "is_end_payload"]
+
+# The native ``text_completion`` shape of each backend: the shared fields are all it needs.
+CompletionsProfile = OpenAIProfile
+
+PROFILES: Mapping[str, CompletionsProfile] = MappingProxyType(
+    {
+        GENERIC: CompletionsProfile(GENERIC),
+        "openai": CompletionsProfile("openai"),
+        # pydantic ``model_dump()``: every optional key, null or empty.
+        "vllm": CompletionsProfile(
+            "vllm",
+            top_keys=keys(service_tier=None, system_fingerprint=None, kv_transfer_params=None),
+            choice_keys=keys(logprobs=None, stop_reason=None, prompt_logprobs=None),
+            usage_keys=keys(prompt_tokens_details=None),
+        ),
+        "sglang": CompletionsProfile(
+            "sglang", created_from_last_chunk=True, choice_keys=keys(logprobs=None, matched_stop=None)
+        ),
+        "tgi": CompletionsProfile("tgi", created_from_last_chunk=True),
+        "llamacpp": CompletionsProfile("llamacpp", created_from_last_chunk=True),
+        "llama-cpp-python": CompletionsProfile("llama-cpp-python"),
+        # Go structs with omitempty: no logprobs key.
+        "ollama": CompletionsProfile("ollama", choice_keys=keys()),
+    }
+)
 
 
 class _Choice:
@@ -33,7 +64,7 @@ class CompletionsAssembler(ChoiceAssembler):
 
     __slots__ = ()
 
-    def __init__(self, profile: Profile | None = None) -> None:
+    def __init__(self, profile: CompletionsProfile | None = None, request: Mapping[str, Any] | None = None) -> None:
         super().__init__(profile, _Choice)
 
     def add_raw(self, payload: bytes) -> bool:
@@ -63,7 +94,7 @@ class CompletionsAssembler(ChoiceAssembler):
     def result(self) -> dict[str, Any]:
         profile = self._profile
         if profile is None:
-            profile = self._envelope.detect({key for state in self._choices.values() for key in state.extras})
+            profile = PROFILES[self._detected_backend()]
         choices = []
         for index in sorted(self._choices):
             state = self._choices[index]
@@ -74,7 +105,18 @@ class CompletionsAssembler(ChoiceAssembler):
                 "finish_reason": state.finish_reason,
                 **state.extras,
             }
-            for key, empty in profile.completion_choice_keys.items():
+            for key, empty in profile.choice_keys.items():
                 choice.setdefault(key, empty)
             choices.append(choice)
-        return self._envelope.answer(profile, "text_completion", choices, profile.completion_top_keys)
+        return self._envelope.answer(profile, "text_completion", choices)
+
+
+# -- the API's hooks (see ``core.spec.SchemaSpec``) -------------------------------------------------
+
+NAME = "completions"
+PATHS = ("/v1/completions", "/completions")
+make_assembler = CompletionsAssembler
+
+
+def plan_request(body: bytes, models: tuple[str, ...]) -> Rewrite | Skip:
+    return plan_openai_request(NAME, body, models)

@@ -1,8 +1,8 @@
 """Errors of the conversion, as values with an HTTP status hint.
 
-Every failure the core can detect is a ``ConversionError``: the adapter turns it into one
-OpenAI-style error answer and a metrics outcome (``kind``), and never needs to know which part of
-the core raised it. Keeping the upstream's own error object lets the client see exactly what the
+Every failure the core can detect is a ``ConversionError``: the adapter turns it into one error
+answer in the API's own shape (``SchemaSpec.error_body``) and a metrics outcome (``kind``), and never
+needs to know which part of the core raised it. Keeping the upstream's own error object lets the client see exactly what the
 backend said.
 """
 
@@ -41,7 +41,8 @@ class ConversionError(Exception):
         self.upstream_error = upstream_error
 
     def body(self) -> bytes:
-        """The OpenAI-style error body; the upstream's own error object wins when there is one."""
+        """The default error body, ``{"error": {...}}`` (the OpenAI family's shape, which is also what
+        the service answers before it knows the API); the upstream's own error object wins."""
         if self.upstream_error is not None:
             return orjson.dumps({"error": self.upstream_error})
         return orjson.dumps(

@@ -1,9 +1,11 @@
-"""The one small interface every API schema's assembler implements.
+"""The one small interface every API's assembler implements.
 
-A schema (chat completions, legacy completions; later Anthropic Messages, Responses) turns the
-decoded JSON payloads of a stream into the single answer that schema's non-stream call returns.
-The pipeline (``convert.StreamConverter``) owns SSE decoding, upstream error detection, ``[DONE]``
-and limits, so an assembler only ever sees well-formed, non-error chunks.
+An API (chat completions, legacy completions; later Anthropic Messages, Responses) turns the
+decoded JSON payloads of a stream into the single answer that API's non-stream call returns.
+The pipeline (``convert.StreamConverter``) owns SSE decoding, size limits, and, through the API's
+``SchemaSpec``, upstream error detection and the end payload, so an assembler only ever sees
+well-formed, non-error chunks. An API whose stream ends with a typed event (no end payload) says
+the answer is complete through ``finished``.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ class Assembler(Protocol):
 
     @property
     def finished(self) -> bool:
-        """True once at least one choice was seen and every seen choice has a finish reason."""
+        """True once the answer is complete (for choice-based APIs: at least one choice was seen and
+        every seen choice has a finish reason)."""
 
     @property
     def usage(self) -> dict[str, Any] | None:

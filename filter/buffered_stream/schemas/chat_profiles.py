@@ -1,0 +1,109 @@
+"""Where a backend's non-stream chat answer differs from what its stream literally says.
+
+The generic assembly rules already give a correct OpenAI answer. A ``ChatProfile`` only records the
+*shape* differences a client could notice when comparing with the backend's own ``stream=false``
+answer: keys the native answer always carries (vLLM and SGLang dump every null field), when
+``content`` is null rather than ``""``, whether tool calls keep the stream's ``index``, and which
+chunk's ``created`` the native answer would have. Values never come from a profile, only keys
+and the null-vs-empty choice, so a wrong profile cannot invent data.
+
+``auto`` starts generic and is resolved once, at the end, from markers that the servers really put
+in their streams (``openai_base.detect_backend``), so it costs nothing per chunk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from .openai_base import GENERIC, OpenAIProfile, keys
+
+# What can stand beside an empty content, deciding whether a server renders it as null.
+TOOL_CALLS = "tool_calls"
+FUNCTION_CALL = "function_call"
+REFUSAL = "refusal"
+REASONING = "reasoning"
+AUDIO = "audio"
+
+REASONING_KEYS = ("reasoning_content", "reasoning")
+
+
+@dataclass(frozen=True, slots=True)
+class ChatProfile(OpenAIProfile):
+    """The native shape of one backend's ``chat.completion``; defaults describe OpenAI's own."""
+
+    # An empty content is null when one of these was produced, else ``""``.
+    null_content_beside: frozenset[str] = frozenset({TOOL_CALLS, FUNCTION_CALL, REFUSAL, AUDIO})
+    # TGI answers tool calls with a message that has no ``content`` key at all.
+    omit_content_beside_tool_calls: bool = False
+    message_keys: Mapping[str, Any] = field(default_factory=keys)
+    # SGLang and Ollama keep ``index`` on the non-stream tool calls; everyone else drops it.
+    keep_tool_call_index: bool = False
+    # TGI: non-stream tool calls have id "0", ``description: null`` and compact JSON arguments.
+    fixed_tool_call_id: str | None = None
+    function_keys: Mapping[str, Any] = field(default_factory=keys)
+    compact_tool_arguments: bool = False
+    # A named or ``required`` tool_choice makes vLLM answer ``content: ""`` beside the calls.
+    forced_tool_choice_content: str | None = None
+
+
+PROFILES: Mapping[str, ChatProfile] = MappingProxyType(
+    {
+        GENERIC: ChatProfile(GENERIC),
+        # A text stream never sends the ``annotations: []`` (nor always ``refusal``) of its answer.
+        "openai": ChatProfile("openai", message_keys=keys(refusal=None, annotations=[])),
+        # pydantic ``model_dump()`` of its response classes: every optional key, null or empty.
+        "vllm": ChatProfile(
+            "vllm",
+            null_content_beside=frozenset({TOOL_CALLS, FUNCTION_CALL, REASONING}),
+            top_keys=keys(service_tier=None, system_fingerprint=None, prompt_logprobs=None, kv_transfer_params=None),
+            choice_keys=keys(logprobs=None, stop_reason=None),
+            message_keys=keys(
+                refusal=None,
+                annotations=None,
+                audio=None,
+                function_call=None,
+                tool_calls=[],
+                reasoning_content=None,
+            ),
+            usage_keys=keys(prompt_tokens_details=None),
+            forced_tool_choice_content="",
+        ),
+        # Dumps nulls too, but content is never null and tool calls keep their index.
+        "sglang": ChatProfile(
+            "sglang",
+            created_from_last_chunk=True,
+            null_content_beside=frozenset(),
+            choice_keys=keys(logprobs=None, matched_stop=None),
+            message_keys=keys(reasoning_content=None, tool_calls=None),
+            keep_tool_call_index=True,
+        ),
+        # Text answers are just {role, content}; tool answers are built anew from the parsed call.
+        "tgi": ChatProfile(
+            "tgi",
+            created_from_last_chunk=True,
+            omit_content_beside_tool_calls=True,
+            fixed_tool_call_id="0",
+            function_keys=keys(description=None),
+            compact_tool_arguments=True,
+        ),
+        # Optional keys (logprobs, reasoning_content, tool_calls) appear only when non-empty.
+        "llamacpp": ChatProfile(
+            "llamacpp",
+            created_from_last_chunk=True,
+            null_content_beside=frozenset({TOOL_CALLS}),
+            choice_keys=keys(),
+        ),
+        # Recorded: its answers have the generic shape (content a string, logprobs always present).
+        "llama-cpp-python": ChatProfile("llama-cpp-python"),
+        # Go structs with omitempty: no logprobs key, content always a string.
+        "ollama": ChatProfile(
+            "ollama",
+            null_content_beside=frozenset(),
+            choice_keys=keys(),
+            keep_tool_call_index=True,
+        ),
+    }
+)

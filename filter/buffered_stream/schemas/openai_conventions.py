@@ -1,0 +1,127 @@
+"""The OpenAI family's conventions around the answer, shared by chat and legacy completions: the
+request rewrite (``stream: true`` plus ``stream_options.include_usage``, so the stream carries the
+usage the non-stream answer has), ``[DONE]`` as the end of the stream, the many shapes of
+in-stream errors its servers send, its error body and its usage token names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from ..core.errors import UPSTREAM_ERROR, ConversionError
+from ..core.request import UNSTREAMABLE, Rewrite, Skip, load_non_stream_request, model_of
+
+# Request keys the assembly needs to reproduce the native answer exactly (kept, small, per request).
+_ANSWER_HINT_KEYS = ("tool_choice",)
+# Request keys whose answer a stream cannot carry (vLLM / SGLang extensions, OpenAI best_of).
+_UNSTREAMABLE_KEYS = ("prompt_logprobs", "return_prompt_token_ids", "return_meta_info", "use_beam_search")
+_END_PAYLOAD = b"[DONE]"
+_DEFAULT_ERROR_STATUS = 502
+_MESSAGE_EXCERPT_CHARS = 100
+
+
+def plan_openai_request(schema: str, body: bytes, models: tuple[str, ...]) -> Rewrite | Skip:
+    """Decide whether to convert a request body of ``schema`` and build the rewritten body."""
+    request = load_non_stream_request(body, models)
+    if isinstance(request, Skip):
+        return request
+    if _asks_for_unstreamable(request):
+        return UNSTREAMABLE
+    options = request.get("stream_options")
+    request["stream"] = True
+    request["stream_options"] = {**options, "include_usage": True} if isinstance(options, dict) else {"include_usage": True}
+    return Rewrite(
+        body=orjson.dumps(request),
+        schema=schema,
+        model=model_of(request),
+        hints={key: request[key] for key in _ANSWER_HINT_KEYS if key in request},
+    )
+
+
+def _asks_for_unstreamable(request: dict[str, Any]) -> bool:
+    for key in _UNSTREAMABLE_KEYS:
+        value = request.get(key)
+        if value is not None and value is not False:
+            return True
+    best_of = request.get("best_of")
+    return isinstance(best_of, int) and best_of > 1 and best_of != request.get("n", 1)
+
+
+def is_end_payload(payload: bytes) -> bool:
+    """``data: [DONE]``: the stream is over (asked only of payloads that are not JSON)."""
+    return payload.strip() == _END_PAYLOAD
+
+
+def upstream_error(chunk: dict[str, Any]) -> ConversionError | None:
+    """The error a chunk reports instead of a completion (``error`` set or ``object: "error"``)."""
+    if chunk.get("error") or chunk.get("object") == "error":
+        return _error_of(chunk)
+    return None
+
+
+def error_event(payload: bytes) -> ConversionError:
+    """``event: error`` or llama.cpp's ``error:`` line: fatal whatever its payload."""
+    try:
+        parsed = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        text = payload.decode("utf-8", "replace").strip()
+        return _error_of({"error": text or "upstream sent an error event"})
+    if isinstance(parsed, dict):
+        if parsed.get("error") or parsed.get("object") == "error":
+            return _error_of(parsed)
+        # llama.cpp sends the error object itself: {"code": .., "message": .., "type": ..}
+        return _error_of({"error": parsed})
+    return _error_of({"error": str(parsed)})
+
+
+def _error_of(chunk: dict[str, Any]) -> ConversionError:
+    """One error answer for every in-stream shape, with the upstream's own error object."""
+    error = chunk.get("error")
+    if isinstance(error, dict):
+        upstream = error
+    elif error:  # TGI {"error": "...", "error_type": ...}, Ollama {"error": "..."}
+        error_type = chunk.get("error_type")
+        upstream = {
+            "message": str(error),
+            "type": error_type if isinstance(error_type, str) else "upstream_error",
+            "param": None,
+            "code": None,
+        }
+    else:  # vLLM's flat {"object": "error", "message": ..., "type": ..., "param": ..., "code": ...}
+        upstream = {key: chunk.get(key) for key in ("message", "type", "param", "code")}
+    status = _http_status(upstream) or _http_status(chunk) or _DEFAULT_ERROR_STATUS
+    message = str(upstream.get("message") or "no message")[:_MESSAGE_EXCERPT_CHARS]
+    return ConversionError(
+        UPSTREAM_ERROR,
+        status,
+        f"upstream reported an error in the stream: {message}",
+        upstream_error=upstream,
+    )
+
+
+def _http_status(obj: dict[str, Any]) -> int | None:
+    """``code`` or ``http_status_code`` when it is an HTTP error status (int or digit string)."""
+    for key in ("code", "http_status_code"):
+        value = obj.get(key)
+        if isinstance(value, str) and len(value) == 3 and value.isascii() and value.isdigit():
+            value = int(value)
+        if type(value) is int and 400 <= value <= 599:
+            return value
+    return None
+
+
+def error_body(error: ConversionError) -> bytes:
+    """``{"error": {...}}``: the upstream's own error object when there is one (the default body)."""
+    return error.body()
+
+
+def usage_tokens(usage: Mapping[str, Any]) -> dict[str, Any]:
+    """The token counts under the normalised names (values as sent: the caller keeps integers)."""
+    return {
+        "input_tokens": usage.get("prompt_tokens"),
+        "output_tokens": usage.get("completion_tokens"),
+        "total_tokens": usage.get("total_tokens"),
+    }
