@@ -62,9 +62,10 @@ ERROR_STATUS: Mapping[str, int] = MappingProxyType(
 UNKNOWN_ERROR_STATUS = 502
 _MESSAGE_EXCERPT_CHARS = 100
 
-# Key orders of the native answers.
-ANTHROPIC_ORDER = ("id", "type", "role", "model", "content", "stop_reason", "stop_sequence", "usage")
-PYDANTIC_ORDER = ("id", "type", "role", "content", "model", "stop_reason", "stop_sequence", "usage")
+# Key orders of the native answers: Anthropic's and Go's structs, and the pydantic models and
+# ordered JSON of vLLM, SGLang and llama.cpp.
+MODEL_FIRST_ORDER = ("id", "type", "role", "model", "content", "stop_reason", "stop_sequence", "usage")
+CONTENT_FIRST_ORDER = ("id", "type", "role", "content", "model", "stop_reason", "stop_sequence", "usage")
 
 _TOOL_USE_SUFFIX = "tool_use"  # tool_use, server_tool_use, mcp_tool_use: their input streams as JSON
 _UNSET = object()
@@ -181,7 +182,7 @@ class MessagesProfile:
     name: str
     doc: str
     # The answer's keys in this order; other keys follow in the order the stream gave them.
-    key_order: tuple[str, ...] = ANTHROPIC_ORDER
+    key_order: tuple[str, ...] = MODEL_FIRST_ORDER
     # Keys the answer always has, with their value when the stream never set them.
     defaults: Mapping[str, Any] = field(
         default_factory=lambda: _keys(type="message", role="assistant", content=[], stop_reason=None, stop_sequence=None)
@@ -212,7 +213,8 @@ PROFILES: Mapping[str, MessagesProfile] = MappingProxyType(
             "anthropic",
             "Anthropic's own API (messages-streaming docs; anthropic-sdk-python "
             "src/anthropic/lib/streaming/_messages.py accumulate_event): the non-stream answer is the "
-            "message_start snapshot with blocks, stop fields and the cumulative usage folded in.",
+            "message_start snapshot with blocks, stop fields and the cumulative usage folded in "
+            "(the generic rules, named for routes to Anthropic).",
         ),
         "vllm": MessagesProfile(
             "vllm",
@@ -221,33 +223,33 @@ PROFILES: Mapping[str, MessagesProfile] = MappingProxyType(
             "so no stop_sequence or cache keys when null. Its stream dumps exclude_unset (message_start "
             "has no type/role) and ends with data: [DONE]; thinking signatures are random uuid hex, "
             "different in each answer.",
-            key_order=PYDANTIC_ORDER,
+            key_order=CONTENT_FIRST_ORDER,
             defaults=_keys(type="message", role="assistant", content=[]),
             drop_none=True,
         ),
         "sglang": MessagesProfile(
             "sglang",
-            "SGLang main: python/sglang/srt/entrypoints/anthropic/serving.py and "
+            "SGLang main (2026): python/sglang/srt/entrypoints/anthropic/serving.py and "
             "response_conversion.py, model_dump(exclude_none=True) of protocol.py's "
             "AnthropicMessagesResponse; its usage split puts input_tokens on message_start only "
             "(message_delta carries output_tokens), and an answer without blocks gets one empty text block.",
-            key_order=PYDANTIC_ORDER,
+            key_order=CONTENT_FIRST_ORDER,
             defaults=_keys(type="message", role="assistant", content=[]),
             drop_none=True,
             empty_content=(_keys(type="text", text=""),),
         ),
         "llamacpp": MessagesProfile(
             "llamacpp",
-            "llama.cpp llama-server (b7xxx, after PR #17570): tools/server/server-task.cpp "
+            "llama.cpp llama-server master (2026; /v1/messages since PR #17570): tools/server/server-task.cpp "
             "to_json_anthropic / to_json_anthropic_stream / cmpl_partial::to_json_anthropic. "
             "nlohmann ordered_json: content before model; usage {cache_read_input_tokens, "
             "input_tokens, output_tokens}, message_delta usage {output_tokens} only; thinking "
             "signature \"\"; tool_use starts without input.",
-            key_order=PYDANTIC_ORDER,
+            key_order=CONTENT_FIRST_ORDER,
         ),
         "ollama": MessagesProfile(
             "ollama",
-            "Ollama v0.33 (since 0.14.0): anthropic/anthropic.go ToMessagesResponse and "
+            "Ollama v0.33.0-rc2 (Anthropic API since 0.14.0): anthropic/anthropic.go ToMessagesResponse and "
             "StreamConverter. Go structs with omitempty: stop_reason/stop_sequence omitted when "
             "empty, thinking without signature, no ping; message_start input_tokens may be an "
             "estimate that message_delta corrects; an answer without blocks has content null.",
