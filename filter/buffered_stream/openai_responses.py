@@ -58,7 +58,7 @@ FAILED = "response.failed"
 ERROR = "error"
 _TERMINAL_STATUS = {COMPLETED: "completed", INCOMPLETE: "incomplete"}
 _SNAPSHOT_EVENTS = frozenset({"response.created", "response.in_progress", "response.queued"})
-# Event types ``upstream_error`` must look at; every other typed event is data.
+# Event types that report an error instead of data.
 _ERROR_TYPES = frozenset({ERROR, FAILED})
 
 
@@ -228,19 +228,19 @@ def upstream_error(chunk: dict[str, Any]) -> ConversionError | None:
     or ``http_status_code``), else 502.
     """
     kind = chunk.get("type")
-    if kind is not None and (type(kind) is not str or kind not in _ERROR_TYPES):
-        return None
-    if kind == ERROR:
-        nested = chunk.get("error")
-        if isinstance(nested, dict):
-            return _error_from(nested, chunk)
-        return _error_from({key: value for key, value in chunk.items() if key not in ("type", "sequence_number")})
-    if kind == FAILED:
+    if type(kind) is str and kind.startswith("response."):
+        if kind != FAILED:
+            return None
         response = chunk.get("response")
         error = response.get("error") if isinstance(response, dict) else None
         if not isinstance(error, dict):
             error = {"message": "upstream response failed", "code": None}
         return _error_from(error)
+    if kind == ERROR:
+        nested = chunk.get("error")
+        if isinstance(nested, dict):
+            return _error_from(nested, chunk)
+        return _error_from({key: value for key, value in chunk.items() if key not in ("type", "sequence_number")})
     error = chunk.get("error")
     if isinstance(error, dict):
         return _error_from(error, chunk)
