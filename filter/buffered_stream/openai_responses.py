@@ -38,7 +38,7 @@ from typing import Any
 import orjson
 
 from .errors import LIMIT, MALFORMED, UPSTREAM_ERROR, ConversionError
-from .pieces import Pieces
+from .pieces import COMPACT_EVERY, Pieces
 from .request import MODEL_NOT_ENABLED, NOT_JSON, NOT_OBJECT, STREAM_REQUESTED, Rewrite, Skip
 
 PATHS = ("/v1/responses",)
@@ -228,6 +228,8 @@ def upstream_error(chunk: dict[str, Any]) -> ConversionError | None:
     or ``http_status_code``), else 502.
     """
     kind = chunk.get("type")
+    if kind == TEXT_DELTA:  # the bulk of every stream
+        return None
     if type(kind) is str and kind.startswith("response."):
         if kind != FAILED:
             return None
@@ -417,7 +419,8 @@ class ResponsesAssembler:
         "_by_id",
         "_last_item",
         "_sequence_numbers",
-        "_handlers",
+        "_delta_key",
+        "_delta_part",
     )
 
     def __init__(self, profile: ResponsesProfile | None = None, hints: Mapping[str, Any] | None = None) -> None:
@@ -431,27 +434,10 @@ class ResponsesAssembler:
         self._by_id: dict[str, _Item] = {}
         self._last_item: _Item | None = None
         self._sequence_numbers = True
-        self._handlers = {
-            TEXT_DELTA: self._text_delta,
-            "response.output_text.done": self._text_done,
-            "response.output_text.annotation.added": self._annotation_added,
-            "response.refusal.delta": self._refusal_delta,
-            "response.refusal.done": self._refusal_done,
-            "response.content_part.added": self._content_part_added,
-            "response.content_part.done": self._content_part_done,
-            "response.output_item.added": self._item_added,
-            "response.output_item.done": self._item_done,
-            "response.function_call_arguments.delta": self._arguments_delta,
-            "response.function_call_arguments.done": self._arguments_done,
-            "response.reasoning_text.delta": self._reasoning_delta,
-            "response.reasoning_text.done": self._reasoning_done,
-            "response.reasoning_summary_part.added": self._summary_part_added,
-            "response.reasoning_summary_part.done": self._summary_part_done,
-            "response.reasoning_summary_text.delta": self._summary_delta,
-            "response.reasoning_summary_text.done": self._summary_done,
-            COMPLETED: self._terminal_event,
-            INCOMPLETE: self._terminal_event,
-        }
+        # The part the last text delta went to, by (output_index, content_index, item_id): the
+        # next delta nearly always goes there too. Any other event clears it.
+        self._delta_key: tuple[Any, Any, Any] | None = None
+        self._delta_part: _Part | None = None
 
     # ----------------------------------------------------------------- the protocol
 
@@ -470,6 +456,29 @@ class ResponsesAssembler:
     def add(self, chunk: dict[str, Any]) -> None:
         if self._terminal is not None:
             return
+        if chunk.get("type") == TEXT_DELTA:  # the hot path: one text piece to the same part as before
+            key = (chunk.get("output_index"), chunk.get("content_index"), chunk.get("item_id"))
+            if key == self._delta_key:
+                part = self._delta_part
+                assert part is not None
+            else:
+                part = self._part(chunk, "content", "output_text", "text")
+                self._delta_key = key
+                self._delta_part = part
+            delta = chunk.get("delta")
+            if type(delta) is not str:
+                raise _malformed("an 'output_text.delta' has no text")
+            text = part.text
+            text.append(delta)
+            if len(text) >= COMPACT_EVERY:
+                text.compact()
+            logprobs = chunk.get("logprobs")
+            if logprobs:
+                if type(logprobs) is not list:
+                    raise _malformed("'logprobs' is not a list")
+                part.logprobs += logprobs
+            return
+        self._delta_key = self._delta_part = None
         if self._sequence_numbers and "sequence_number" not in chunk:
             self._sequence_numbers = False
         kind = chunk.get("type")
@@ -478,14 +487,14 @@ class ResponsesAssembler:
             if error is not None:
                 raise error
             raise _malformed("an event has no string 'type'")
-        handler = self._handlers.get(kind)
+        handler = _HANDLERS.get(kind)
         if handler is not None:
-            handler(chunk)
+            handler(self, chunk)
         elif kind in _SNAPSHOT_EVENTS:
             response = chunk.get("response")
             if not isinstance(response, dict):
                 raise _malformed(f"'{kind}' has no response object")
-            self._snapshot = orjson.dumps(response)
+            self._snapshot = _exact_json(response)
         elif kind in _ERROR_TYPES:
             error = upstream_error(chunk)
             if error is not None:
@@ -521,7 +530,10 @@ class ResponsesAssembler:
         usage = response.get("usage")
         self._usage = usage if isinstance(usage, dict) else None
         self._terminal_status = _TERMINAL_STATUS[chunk["type"]]
-        self._terminal = orjson.dumps(response)
+        self._terminal = _exact_json(response)
+        if self._snapshot is not None:  # keep only what the terminal object lacks (usually nothing)
+            missing = {key: value for key, value in orjson.loads(self._snapshot).items() if key not in response}
+            self._snapshot = _exact_json(missing) if missing else None
         if output:  # the object holds the whole answer: what the deltas built is not needed
             self._items.clear()
             self._by_id.clear()
@@ -555,18 +567,6 @@ class ResponsesAssembler:
         state.summary.clear()
         state.arguments = Pieces()
         state.final_arguments = None
-
-    def _text_delta(self, chunk: dict[str, Any]) -> None:
-        part = self._part(chunk, "content", "output_text", "text")
-        delta = chunk.get("delta")
-        if type(delta) is not str:
-            raise _malformed("an 'output_text.delta' has no text")
-        part.text.add(delta)
-        logprobs = chunk.get("logprobs")
-        if logprobs:
-            if type(logprobs) is not list:
-                raise _malformed("'logprobs' is not a list")
-            part.logprobs += logprobs
 
     def _text_done(self, chunk: dict[str, Any]) -> None:
         self._finish_part(self._part(chunk, "content", "output_text", "text"), chunk, "text")
@@ -715,6 +715,36 @@ class ResponsesAssembler:
         logprobs = chunk.get("logprobs")
         if type(logprobs) is list and logprobs and not part.logprobs:
             part.logprobs = logprobs
+
+
+# What each event type does (a class-level table: per-answer bound methods would cost more memory
+# than a short answer).
+_HANDLERS: dict[str, Any] = {
+    "response.output_text.done": ResponsesAssembler._text_done,
+    "response.output_text.annotation.added": ResponsesAssembler._annotation_added,
+    "response.refusal.delta": ResponsesAssembler._refusal_delta,
+    "response.refusal.done": ResponsesAssembler._refusal_done,
+    "response.content_part.added": ResponsesAssembler._content_part_added,
+    "response.content_part.done": ResponsesAssembler._content_part_done,
+    "response.output_item.added": ResponsesAssembler._item_added,
+    "response.output_item.done": ResponsesAssembler._item_done,
+    "response.function_call_arguments.delta": ResponsesAssembler._arguments_delta,
+    "response.function_call_arguments.done": ResponsesAssembler._arguments_done,
+    "response.reasoning_text.delta": ResponsesAssembler._reasoning_delta,
+    "response.reasoning_text.done": ResponsesAssembler._reasoning_done,
+    "response.reasoning_summary_part.added": ResponsesAssembler._summary_part_added,
+    "response.reasoning_summary_part.done": ResponsesAssembler._summary_part_done,
+    "response.reasoning_summary_text.delta": ResponsesAssembler._summary_delta,
+    "response.reasoning_summary_text.done": ResponsesAssembler._summary_done,
+    COMPLETED: ResponsesAssembler._terminal_event,
+    INCOMPLETE: ResponsesAssembler._terminal_event,
+}
+
+
+def _exact_json(value: Any) -> bytes:
+    """``value`` as JSON in a bytes object of its own size (orjson's result keeps the spare room of
+    its growing buffer, several times the JSON for a long answer)."""
+    return bytes(memoryview(orjson.dumps(value)))
 
 
 def _index(chunk: Mapping[str, Any], key: str) -> int | None:
