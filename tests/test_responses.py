@@ -387,6 +387,13 @@ def test_status_comes_from_the_object_else_from_the_event_type() -> None:
     assert bare.result()["status"] == "incomplete"
 
 
+def test_keys_only_the_created_event_had_are_kept_but_not_its_status() -> None:
+    assembler = ResponsesAssembler(GENERIC)
+    assembler.add({"type": "response.created", "sequence_number": 0, "response": {"id": "r", "model": "m", "status": "in_progress"}})
+    assembler.add({"type": "response.incomplete", "sequence_number": 1, "response": {"id": "r", "output": []}})
+    assert assembler.result() == {"id": "r", "output": [], "model": "m", "status": "incomplete"}
+
+
 def test_unknown_event_types_are_tolerated() -> None:
     assembler = ResponsesAssembler(GENERIC)
     assembler.add({"type": "response.web_search_call.searching", "sequence_number": 0, "output_index": 0, "item_id": "x"})

@@ -532,7 +532,8 @@ class ResponsesAssembler:
         self._terminal_status = _TERMINAL_STATUS[chunk["type"]]
         self._terminal = _exact_json(response)
         if self._snapshot is not None:  # keep only what the terminal object lacks (usually nothing)
-            missing = {key: value for key, value in orjson.loads(self._snapshot).items() if key not in response}
+            snapshot = orjson.loads(self._snapshot)
+            missing = {key: value for key, value in snapshot.items() if key not in response and key != "status"}
             self._snapshot = _exact_json(missing) if missing else None
         if output:  # the object holds the whole answer: what the deltas built is not needed
             self._items.clear()
