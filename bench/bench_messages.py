@@ -23,9 +23,9 @@ import tracemalloc
 import orjson
 from bench_assembly import PIECE, WORDS, best_seconds, peak_memory, pieces
 
-from buffered_stream.anthropic_messages import PROFILES, MessagesAssembler, upstream_error
-from buffered_stream.convert import StreamConverter
-from buffered_stream.sse import SseDecoder
+from buffered_stream.schemas.anthropic_messages import PROFILES, MessagesAssembler, upstream_error
+from buffered_stream.core.convert import StreamConverter
+from buffered_stream.core.sse import SseDecoder
 
 
 def messages_body(tokens: int) -> bytes:

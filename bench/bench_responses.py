@@ -22,8 +22,8 @@ from collections.abc import Callable
 
 import orjson
 
-from buffered_stream.openai_responses import GENERIC, ResponsesAssembler, get_profile
-from buffered_stream.sse import SseDecoder
+from buffered_stream.schemas.openai_responses import GENERIC, ResponsesAssembler, get_profile
+from buffered_stream.core.sse import SseDecoder
 from support.responses_replay import replay
 
 PIECE = 16 << 10

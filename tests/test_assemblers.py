@@ -429,5 +429,5 @@ def test_profiles_only_shape_keys_never_values() -> None:
 def test_unknown_profile_and_schema_name_the_valid_values() -> None:
     with pytest.raises(ValueError, match="valid profiles: auto, generic, openai, vllm"):
         get_profile("vllm2")
-    with pytest.raises(ValueError, match="valid schemas: chat, completions"):
-        make_assembler("messages", "auto")
+    with pytest.raises(ValueError, match="valid schemas: chat, completions, responses, messages"):
+        make_assembler("batches", "auto")

@@ -21,8 +21,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from buffered_stream import anthropic_messages as messages
-from buffered_stream.anthropic_messages import (
+from buffered_stream.schemas import anthropic_messages as messages
+from buffered_stream.schemas.anthropic_messages import (
     MAX_BLOCKS,
     PATHS,
     PROFILES,
@@ -33,10 +33,10 @@ from buffered_stream.anthropic_messages import (
     upstream_error,
     usage_tokens,
 )
-from buffered_stream.convert import StreamConverter
-from buffered_stream.errors import LIMIT, MALFORMED, TRUNCATED, UPSTREAM_ERROR, ConversionError
-from buffered_stream.request import Rewrite, Skip
-from buffered_stream.sse import SseDecoder
+from buffered_stream.core.convert import StreamConverter
+from buffered_stream.core.errors import LIMIT, MALFORMED, TRUNCATED, UPSTREAM_ERROR, ConversionError
+from buffered_stream.core.request import Rewrite, Skip
+from buffered_stream.core.sse import SseDecoder
 
 CORPUS = Path(__file__).parent / "corpus_messages"
 CASES = sorted(path.name[: -len(".meta.json")] for path in CORPUS.glob("*.meta.json"))
@@ -50,32 +50,11 @@ def load(name: str) -> tuple[dict[str, Any], bytes, dict[str, Any] | None]:
 
 
 def replay(meta: dict[str, Any], pieces: list[bytes]) -> dict[str, Any]:
-    """The pipeline a Messages route will run: SSE events, JSON, in-stream errors, the assembler,
-    then the completeness check at end of body (``[DONE]``, which vLLM appends, ends the body)."""
-    decoder = SseDecoder(1 << 20, 2 << 20)
-    assembler = MessagesAssembler(PROFILES[meta["profile"]], {})
-
-    def consume(events: list[tuple[str, bytes]]) -> bool:
-        for _, payload in events:
-            if payload.strip() == b"[DONE]":
-                return True
-            chunk = orjson.loads(payload)
-            error = upstream_error(chunk)
-            if error is not None:
-                raise error
-            assembler.add(chunk)
-        return False
-
-    done = False
+    """The real pipeline a Messages route runs: ``StreamConverter`` with the Messages spec."""
+    converter = StreamConverter(messages.SCHEMA, meta["profile"])
     for piece in pieces:
-        if consume(decoder.feed(piece)):
-            done = True
-            break
-    if not done:
-        consume(decoder.close())
-    if not assembler.finished:
-        raise ConversionError(TRUNCATED, 502, "upstream stream ended before the answer was complete")
-    return assembler.result()
+        converter.feed(piece)
+    return orjson.loads(converter.finish())
 
 
 def comparable(meta: dict[str, Any], answer: dict[str, Any]) -> dict[str, Any]:
@@ -132,15 +111,6 @@ def test_any_split_in_two_gives_the_same_answer(name: str) -> None:
 @pytest.mark.parametrize("name", CASES)
 def test_byte_by_byte_gives_the_same_answer(name: str) -> None:
     check(name, byte_by_byte)
-
-
-@pytest.mark.parametrize("name", [name for name in CASES if "error" not in load(name)[0]])
-def test_todays_stream_converter_already_runs_the_assembler(name: str) -> None:
-    """Until a Messages spec owns its error and end detection, the chat pipeline drives it as is."""
-    meta, body, expected = load(name)
-    converter = StreamConverter("chat", assembler=MessagesAssembler(PROFILES[meta["profile"]], {}))
-    converter.feed(body)
-    assert comparable(meta, orjson.loads(converter.finish())) == comparable(meta, expected)
 
 
 @pytest.mark.parametrize("name", [name for name in CASES if "error" not in load(name)[0]])

@@ -13,7 +13,7 @@ from buffered_stream.core.errors import UPSTREAM_ERROR, ConversionError
 from buffered_stream.core.registry import PROFILE_NAMES, SCHEMAS, SPECS, PathIndex, spec_for_path
 from buffered_stream.core.request import Rewrite, Skip, load_non_stream_request, model_of
 from buffered_stream.core.spec import SchemaSpec
-from buffered_stream.schemas import chat, completions
+from buffered_stream.schemas import anthropic_messages, chat, completions, openai_responses
 
 
 class _TypedEventAssembler:
@@ -63,7 +63,8 @@ def _typed_event_module() -> types.ModuleType:
 
 
 TYPED = SchemaSpec.from_module("typed", _typed_event_module(), _TypedEventAssembler)
-PATHS = PathIndex((*SPECS, TYPED))
+# The real Messages spec claims /v1/messages; this stand-in takes its place to test the mechanism alone.
+PATHS = PathIndex((*(spec for spec in SPECS if spec.name != "messages"), TYPED))
 
 
 @pytest.mark.parametrize(
@@ -112,9 +113,10 @@ def test_two_apis_cannot_claim_one_path() -> None:
 
 
 def test_each_api_is_one_spec_made_from_its_module() -> None:
-    assert list(SCHEMAS) == ["chat", "completions"]
-    for module in (chat, completions):
-        spec = SCHEMAS[module.NAME]
+    assert list(SCHEMAS) == ["chat", "completions", "responses", "messages"]
+    for name, module in (("chat", chat), ("completions", completions), ("responses", openai_responses),
+                         ("messages", anthropic_messages)):
+        spec = SCHEMAS[name]
         assert spec.paths == module.PATHS
         assert spec.profiles is module.PROFILES
         assert spec.plan_request is module.plan_request
@@ -130,8 +132,11 @@ def test_profile_names_are_every_api_profile_and_unknown_ones_auto_detect() -> N
     assert SCHEMAS["chat"].profile("vllm").name == "vllm"
 
 
+OPENAI_FAMILY = [SCHEMAS["chat"], SCHEMAS["completions"]]
+
+
 def test_openai_family_plans_ask_for_usage_and_report_their_schema() -> None:
-    for spec in SPECS:
+    for spec in OPENAI_FAMILY:
         plan = spec.plan_request(b'{"model": "m"}', ())
         assert isinstance(plan, Rewrite) and plan.schema == spec.name
         assert orjson.loads(plan.body)["stream_options"] == {"include_usage": True}
@@ -139,7 +144,7 @@ def test_openai_family_plans_ask_for_usage_and_report_their_schema() -> None:
 
 def test_openai_family_usage_tokens_are_normalised() -> None:
     usage = {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7, "prompt_tokens_details": None}
-    for spec in SPECS:
+    for spec in OPENAI_FAMILY:
         assert spec.usage_tokens(usage) == {"input_tokens": 3, "output_tokens": 4, "total_tokens": 7}
 
 
@@ -190,3 +195,10 @@ def test_in_stream_errors_and_error_events_use_the_api_s_own_reading() -> None:
         converter.feed(b"event: error\ndata: not json at all\n\n")
     assert (caught.value.kind, caught.value.status, caught.value.upstream_error) == (UPSTREAM_ERROR, 502, None)
     assert "not json" not in caught.value.message
+
+
+def test_responses_and_messages_plans_ask_only_for_a_stream() -> None:
+    for name in ("responses", "messages"):
+        plan = SCHEMAS[name].plan_request(b'{"model": "m", "input": "hi"}', ())
+        assert isinstance(plan, Rewrite) and plan.schema == name
+        assert orjson.loads(plan.body) == {"model": "m", "input": "hi", "stream": True}

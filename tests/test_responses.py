@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 from openai.types.responses import Response
 from pydantic import ValidationError
 
-from buffered_stream.errors import LIMIT, MALFORMED, UPSTREAM_ERROR, ConversionError
-from buffered_stream.openai_responses import (
+from buffered_stream.core.errors import LIMIT, MALFORMED, UPSTREAM_ERROR, ConversionError
+from buffered_stream.schemas.openai_responses import (
     BACKGROUND,
     GENERIC,
     MAX_ITEMS,
@@ -37,7 +37,7 @@ from buffered_stream.openai_responses import (
     upstream_error,
     usage_tokens,
 )
-from buffered_stream.request import MODEL_NOT_ENABLED, NOT_JSON, NOT_OBJECT, STREAM_REQUESTED, Rewrite
+from buffered_stream.core.request import MODEL_NOT_ENABLED, NOT_JSON, NOT_OBJECT, STREAM_REQUESTED, Rewrite
 from support.responses_replay import replay
 
 CORPUS = Path(__file__).parent / "corpus_responses"

@@ -100,8 +100,8 @@ class StreamConverter:
                 TRUNCATED, 502, "upstream stream ended before the answer was complete"
             )
         answer = assembler.result()
-        if not assembler.finished and not answer.get("choices"):
-            raise ConversionError(TRUNCATED, 502, "upstream stream ended without any choice")
+        if not assembler.finished and not self._spec.answer_complete(answer):
+            raise ConversionError(TRUNCATED, 502, "upstream stream ended before the answer was complete")
         return orjson.dumps(answer)
 
     def _consume(self, events: list[tuple[str, bytes]], at_end: bool = False) -> None:

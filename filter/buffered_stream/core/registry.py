@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
-from ..schemas import chat, completions
+from ..schemas import anthropic_messages, chat, completions, openai_responses
 from .assembler import Assembler
 from .request import Rewrite, Skip
 from .spec import AUTO, SchemaSpec
@@ -19,6 +19,8 @@ from .spec import AUTO, SchemaSpec
 SPECS: tuple[SchemaSpec, ...] = (
     SchemaSpec.from_module(chat.NAME, chat),
     SchemaSpec.from_module(completions.NAME, completions),
+    SchemaSpec.from_module(openai_responses.SCHEMA, openai_responses),
+    SchemaSpec.from_module(anthropic_messages.SCHEMA, anthropic_messages, anthropic_messages.MessagesAssembler),
 )
 
 CHAT = chat.NAME

@@ -26,6 +26,11 @@ def never_an_end_payload(payload: bytes) -> bool:
     return False
 
 
+def only_when_finished(answer: Mapping[str, Any]) -> bool:
+    """For APIs whose answer is complete only once the assembler saw the stream's terminal event."""
+    return False
+
+
 @dataclass(frozen=True, slots=True)
 class SchemaSpec:
     """What the core and the adapter need to know about one API."""
@@ -51,11 +56,14 @@ class SchemaSpec:
     usage_tokens: Callable[[Mapping[str, Any]], Mapping[str, Any]]
     # A payload that is not JSON and ends the stream (``[DONE]``); asked of no other payload.
     is_end_payload: Callable[[bytes], bool] = never_an_end_payload
+    # After the end payload, may an answer whose assembler is not ``finished`` still be sent? (The
+    # OpenAI family: yes when it has choices; APIs with a terminal event: never.)
+    answer_complete: Callable[[Mapping[str, Any]], bool] = only_when_finished
 
     def profile(self, name: str) -> Any | None:
         """This API's profile of a route's profile name; None (auto-detect) for ``auto`` and for a
         backend this API has no profile of, so one route setting serves every API."""
-        return self.profiles.get(name)
+        return None if name == AUTO else self.profiles.get(name)
 
     def assembler(self, profile: str = AUTO, hints: Mapping[str, Any] | None = None) -> Assembler:
         return self.make_assembler(self.profile(profile), hints)
@@ -65,7 +73,8 @@ class SchemaSpec:
         """The spec of an API module exposing ``PATHS``, ``PROFILES``, ``plan_request``,
         ``upstream_error``, ``error_body``, ``usage_tokens`` and optionally ``make_assembler`` (or
         pass it: a class taking ``(profile, hints)`` fits), ``error_event`` (default: the parsed
-        payload through ``upstream_error``) and ``is_end_payload`` (default: none)."""
+        payload through ``upstream_error``), ``is_end_payload`` (default: none) and
+        ``answer_complete`` (default: only a ``finished`` assembler's answer)."""
         upstream_error = module.upstream_error
         return cls(
             name=name,
@@ -78,6 +87,7 @@ class SchemaSpec:
             error_body=module.error_body,
             usage_tokens=module.usage_tokens,
             is_end_payload=getattr(module, "is_end_payload", never_an_end_payload),
+            answer_complete=getattr(module, "answer_complete", only_when_finished),
         )
 
 

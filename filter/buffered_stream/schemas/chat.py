@@ -20,9 +20,9 @@ from .chat_fast_path import TextFastPath
 from .chat_fold import ChatFold
 from .chat_profiles import PROFILES, ChatProfile
 from .chat_render import render_chat
-from .openai_conventions import error_body, error_event, is_end_payload, plan_openai_request, upstream_error, usage_tokens
+from .openai_conventions import answer_complete, error_body, error_event, is_end_payload, plan_openai_request, upstream_error, usage_tokens
 
-__all__ = ["ChatAssembler", "PROFILES", "NAME", "PATHS", "make_assembler", "plan_request", "upstream_error",
+__all__ = ["ChatAssembler", "PROFILES", "NAME", "PATHS", "make_assembler", "plan_request", "answer_complete", "upstream_error",
            "error_event", "error_body", "usage_tokens", "is_end_payload"]
 
 

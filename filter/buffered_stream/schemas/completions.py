@@ -18,9 +18,9 @@ from typing import Any
 from ..core.pieces import Pieces
 from ..core.request import Rewrite, Skip
 from .openai_base import GENERIC, ChoiceAssembler, OpenAIProfile, copy_logprobs, keys, malformed, merge_last, merge_logprobs
-from .openai_conventions import error_body, error_event, is_end_payload, plan_openai_request, upstream_error, usage_tokens
+from .openai_conventions import answer_complete, error_body, error_event, is_end_payload, plan_openai_request, upstream_error, usage_tokens
 
-__all__ = ["CompletionsAssembler", "PROFILES", "NAME", "PATHS", "make_assembler", "plan_request", "upstream_error",
+__all__ = ["CompletionsAssembler", "PROFILES", "NAME", "PATHS", "make_assembler", "plan_request", "answer_complete", "upstream_error",
            "error_event", "error_body", "usage_tokens", "is_end_payload"]
 
 # The native ``text_completion`` shape of each backend: the shared fields are all it needs.

@@ -62,6 +62,12 @@ def upstream_error(chunk: dict[str, Any]) -> ConversionError | None:
     return None
 
 
+def answer_complete(answer: Mapping[str, Any]) -> bool:
+    """After ``[DONE]``, an answer with choices is complete even if a choice never said why it
+    finished (servers that omit the finish reason); one without any choice is truncated."""
+    return bool(answer.get("choices"))
+
+
 def error_event(payload: bytes) -> ConversionError:
     """``event: error`` or llama.cpp's ``error:`` line: fatal whatever its payload."""
     try:

@@ -37,9 +37,9 @@ from typing import Any
 
 import orjson
 
-from .errors import LIMIT, MALFORMED, UPSTREAM_ERROR, ConversionError
-from .pieces import COMPACT_EVERY, Pieces
-from .request import MODEL_NOT_ENABLED, NOT_JSON, NOT_OBJECT, STREAM_REQUESTED, Rewrite, Skip
+from ..core.errors import LIMIT, MALFORMED, UPSTREAM_ERROR, ConversionError
+from ..core.pieces import COMPACT_EVERY, Pieces
+from ..core.request import MODEL_NOT_ENABLED, NOT_JSON, NOT_OBJECT, STREAM_REQUESTED, Rewrite, Skip
 
 PATHS = ("/v1/responses",)
 SCHEMA = "responses"

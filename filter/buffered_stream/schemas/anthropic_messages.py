@@ -36,12 +36,18 @@ from typing import Any
 
 import orjson
 
-from .errors import LIMIT, MALFORMED, UPSTREAM_ERROR, ConversionError
-from .pieces import COMPACT_EVERY, Pieces
-from .request import MODEL_NOT_ENABLED, NOT_JSON, NOT_OBJECT, STREAM_REQUESTED, Rewrite, Skip
+from ..core.errors import LIMIT, MALFORMED, UPSTREAM_ERROR, ConversionError
+from ..core.pieces import COMPACT_EVERY, Pieces
+from ..core.request import MODEL_NOT_ENABLED, NOT_JSON, NOT_OBJECT, STREAM_REQUESTED, Rewrite, Skip
 
 SCHEMA = "messages"
 PATHS = ("/v1/messages",)
+
+
+def is_end_payload(payload: bytes) -> bool:
+    """vLLM ends its Messages stream with an OpenAI-style ``data: [DONE]`` after ``message_stop``;
+    without ``message_stop`` the answer is still incomplete (truncated)."""
+    return payload.strip() == b"[DONE]"
 
 MAX_BLOCKS = 4096
 
