@@ -20,7 +20,7 @@ import openai
 import orjson
 import pytest
 from support.backend import Completion, Json, RecordedRequest, ScriptedBackend, Sse
-from support.litellm import client, find_litellm, proxy_config, running_litellm
+from support.litellm import MASTER_KEY, client, find_litellm, proxy_config, running_litellm
 from support.stack import Harness, Stack
 
 from buffered_stream.envoy_config import converting_routes, enable_keepalive
@@ -168,3 +168,38 @@ def test_front_placement_slow_text(backend: ScriptedBackend, front: str) -> None
     )
 
     assert essentials(answer.model_dump()) == essentials(native)
+
+
+# --- the other API families behind LiteLLM ----------------------------------------------------
+# LiteLLM (hosted_vllm models) sends an Anthropic /v1/messages call upstream as chat completions,
+# and a Responses call as /v1/responses: both arrive non-stream and are converted.
+
+
+def test_litellm_messages_call_is_converted_as_chat(backend: ScriptedBackend, litellm: str) -> None:
+    reply = Completion("Hello from a stream.")
+    backend.on(reply, model="back-plain")
+    answer = httpx.post(
+        f"{litellm}/v1/messages",
+        json={"model": "back-plain", "max_tokens": 64, "messages": MESSAGES},
+        headers={"authorization": f"Bearer {MASTER_KEY}"},
+        timeout=60,
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["content"] == [{"type": "text", "text": "Hello from a stream."}]
+    upstream = [r for r in backend.requests if r.model == "back-plain"][-1]
+    assert (upstream.path, upstream.stream) == ("/v1/chat/completions", True)
+
+
+def test_litellm_responses_call_is_converted(backend: ScriptedBackend, litellm: str) -> None:
+    folder = CORPUS.parent / "corpus_responses"
+    sse = (folder / "openai-text.sse").read_bytes()
+    native = orjson.loads((folder / "openai-text.json").read_bytes())
+    backend.on(lambda r: Sse([sse]) if r.stream else Json(native), model="back-plain", path="/v1/responses")
+
+    answer = client(litellm).responses.create(model="back-plain", input="Say hello.")
+
+    assert answer.output_text == "".join(
+        part["text"] for item in native["output"] if item["type"] == "message" for part in item["content"]
+    )
+    upstream = [r for r in backend.requests if r.path == "/v1/responses"][-1]
+    assert upstream.stream is True

@@ -131,8 +131,10 @@ def test_envoy_errors_become_json_but_service_replies_stay() -> None:
 def test_routes() -> None:
     cfg = load_packaged_config()
     by_name = {r["name"]: r for r in routes(cfg)}
-    assert [r["name"] for r in converting_routes(cfg)] == ["chat_completions", "completions"]
-    for name, path in (("chat_completions", "/v1/chat/completions"), ("completions", "/v1/completions")):
+    paths = {"chat_completions": "/v1/chat/completions", "completions": "/v1/completions",
+             "responses": "/v1/responses", "messages": "/v1/messages"}
+    assert [r["name"] for r in converting_routes(cfg)] == list(paths)
+    for name, path in paths.items():
         route = by_name[name]
         assert route["match"] == {"path": path}
         assert route["route"]["timeout"] == "0s"
