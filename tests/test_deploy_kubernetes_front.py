@@ -124,7 +124,8 @@ def test_envoy_is_the_only_way_in() -> None:
     llm = listener(ENVOY_CONFIG, "llm")["address"]["socket_address"]
     assert llm["address"] == "0.0.0.0"
     service = find("Service", "litellm-front")
-    assert service["spec"]["selector"].items() <= find("Deployment", "litellm-front")["spec"]["template"]["metadata"]["labels"].items()
+    pod_labels = find("Deployment", "litellm-front")["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
     (port,) = service["spec"]["ports"]
     # A number: Services resolve native sidecars' named ports only from Kubernetes 1.32.
     assert port["targetPort"] == llm["port_value"] == container_ports(CONTAINERS["envoy"])["http"]
