@@ -83,7 +83,7 @@ def test_converting_routes_are_every_completions_path_with_keepalive_and_full_du
     converting = [r for r in routes(ENVOY_CONFIG, "llm") if converts(r)]
     assert {r["match"]["path"] for r in converting} == CONVERTING_PATHS
     for route in converting:
-        # Both halves keep-alive needs, exactly as the project's own helper writes them.
+        # Both halves keep-alive needs, exactly as `enable_keepalive` writes them.
         assert enable_keepalive(without_keepalive(route), KEEPALIVE_SECONDS) == route
         settings = route_settings_from_metadata(route["metadata"]["filter_metadata"])
         assert settings == RouteSettings(enabled=True, keepalive_seconds=KEEPALIVE_SECONDS)
