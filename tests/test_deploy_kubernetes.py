@@ -5,121 +5,58 @@ hardening, pinned images, and the shutdown order that keeps the service alive lo
 from __future__ import annotations
 
 import re
-import subprocess
 import tomllib
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 import yaml
-from support.manifests import Manifests
+from support.manifests import (
+    LITELLM_PROBES,
+    REPO_ROOT,
+    SIDECAR_PROBES,
+    Manifests,
+    Pod,
+    arg_after,
+    assert_admin_reachable_only_through_probe_route,
+    assert_envoy_accepts,
+    assert_ext_proc_is_the_shipped_one,
+    cluster,
+    container_ports,
+    converts,
+    ext_proc_disabled,
+    hcm,
+    listener,
+    route_for,
+    routes,
+    seconds,
+)
 
 from buffered_stream.cli import build_parser
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-MANIFESTS = REPO_ROOT / "deploy" / "kubernetes"
+MANIFESTS = Manifests(REPO_ROOT / "deploy" / "kubernetes")
 SIXTEEN_MIB = 16 * 1024 * 1024
-EXT_PROC = "envoy.filters.http.ext_proc"
-HARDENED = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}}
 
-
-_MANIFESTS = Manifests(MANIFESTS)
-DOCS = _MANIFESTS.docs
-find = _MANIFESTS.find
-
-
-POD = find("Deployment", "litellm")["spec"]["template"]["spec"]
-SIDECARS = {c["name"]: c for c in POD["initContainers"]}
-CONTAINERS = {**SIDECARS, **{c["name"]: c for c in POD["containers"]}}
-ENVOY_CONFIG = yaml.safe_load(find("ConfigMap", "litellm-envoy")["data"]["envoy.yaml"])
+find = MANIFESTS.find
+POD = Pod.of(find("Deployment", "litellm"))
+SIDECARS = POD.sidecars
+CONTAINERS = POD.containers
+ENVOY_CONFIG_TEXT = find("ConfigMap", "litellm-envoy")["data"]["envoy.yaml"]
+ENVOY_CONFIG = yaml.safe_load(ENVOY_CONFIG_TEXT)
 LITELLM_CONFIG = yaml.safe_load(find("ConfigMap", "litellm-config")["data"]["config.yaml"])
 
 
-def listener(config: dict[str, Any], name: str) -> dict[str, Any]:
-    (found,) = [l for l in config["static_resources"]["listeners"] if l["name"] == name]
-    return found
-
-
-def hcm(config: dict[str, Any], listener_name: str) -> dict[str, Any]:
-    return listener(config, listener_name)["filter_chains"][0]["filters"][0]["typed_config"]
-
-
-def ext_proc_filter(config: dict[str, Any], listener_name: str) -> dict[str, Any]:
-    (entry,) = [f for f in hcm(config, listener_name)["http_filters"] if f["name"] == EXT_PROC]
-    return entry["typed_config"]
-
-
-def routes(config: dict[str, Any], listener_name: str) -> list[dict[str, Any]]:
-    return [r for vh in hcm(config, listener_name)["route_config"]["virtual_hosts"] for r in vh["routes"]]
-
-
-def cluster(config: dict[str, Any], name: str) -> dict[str, Any]:
-    (found,) = [c for c in config["static_resources"]["clusters"] if c["name"] == name]
-    return found
-
-
-def endpoint_address(cluster_config: dict[str, Any]) -> dict[str, Any]:
-    (endpoint,) = [e for group in cluster_config["load_assignment"]["endpoints"] for e in group["lb_endpoints"]]
-    return endpoint["endpoint"]["address"]
-
-
-def converts(route: dict[str, Any]) -> bool:
-    return route.get("metadata", {}).get("filter_metadata", {}).get("buffered_stream", {}).get("enabled", False)
-
-
-def ext_proc_disabled(route: dict[str, Any]) -> bool:
-    return route.get("typed_per_filter_config", {}).get(EXT_PROC, {}).get("disabled", False)
-
-
-def route_for(path: str) -> dict[str, Any]:
-    """The first route of the LiteLLM-facing listener that matches ``path``, as Envoy picks it."""
-    for route in routes(ENVOY_CONFIG, "llm"):
-        match = route["match"]
-        if match.get("path") == path or ("prefix" in match and path.startswith(match["prefix"])):
-            return route
-    raise AssertionError(f"no route for {path}")
-
-
-def arg_after(container: dict[str, Any], flag: str) -> str:
-    args = container.get("command", []) + container.get("args", [])
-    return args[args.index(flag) + 1]
-
-
-def seconds(duration: str) -> float:
-    value = re.fullmatch(r"([0-9.]+)s", duration)
-    assert value, duration
-    return float(value.group(1))
-
-
 def test_every_manifest_in_the_directory_is_a_kustomize_resource() -> None:
-    listed = set(yaml.safe_load((MANIFESTS / "kustomization.yaml").read_text())["resources"])
-    on_disk = {p.name for p in MANIFESTS.glob("*.yaml")} - {"kustomization.yaml"}
-    assert listed == on_disk
-    for doc in DOCS:
-        assert doc["apiVersion"] and doc["kind"] and doc["metadata"]["name"]
+    MANIFESTS.assert_every_file_is_a_resource()
 
 
 def test_sidecar_envoy_config_passes_envoy_validation(envoy_binary: Path, tmp_path: Path) -> None:
-    path = tmp_path / "envoy.yaml"
-    path.write_text(find("ConfigMap", "litellm-envoy")["data"]["envoy.yaml"])
-    result = subprocess.run(
-        [str(envoy_binary), "--mode", "validate", "-c", str(path)], capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 0, f"envoy rejected the sidecar config:\n{result.stdout}\n{result.stderr}"
+    assert_envoy_accepts(envoy_binary, ENVOY_CONFIG_TEXT, tmp_path)
 
 
 def test_ext_proc_filter_is_the_shipped_one_except_its_address() -> None:
-    shipped = yaml.safe_load((REPO_ROOT / "envoy.yaml").read_text())
-    sidecar = {k: v for k, v in ext_proc_filter(ENVOY_CONFIG, "llm").items() if k != "grpc_service"}
-    expected = {k: v for k, v in ext_proc_filter(shipped, "ingress").items() if k != "grpc_service"}
-    assert sidecar == expected
     # Envoy's own error replies reach LiteLLM as OpenAI-style JSON, as with the shipped config.
-    assert hcm(ENVOY_CONFIG, "llm")["local_reply_config"] == hcm(shipped, "ingress")["local_reply_config"]
-    assert sidecar["failure_mode_allow"] is False
-    assert sidecar["message_timeout"] == "5s"
-    assert sidecar["allow_mode_override"] is True
-    assert "xds.route_metadata" in sidecar["request_attributes"]
+    assert_ext_proc_is_the_shipped_one(ENVOY_CONFIG, "llm")
 
 
 def test_converting_routes_have_no_route_timeout_but_an_idle_timeout() -> None:
@@ -145,29 +82,17 @@ def test_buffers_hold_a_16_mib_answer_on_both_sides() -> None:
 
 
 def test_envoy_reaches_the_service_over_the_shared_unix_socket() -> None:
-    service_cluster = ext_proc_filter(ENVOY_CONFIG, "llm")["grpc_service"]["envoy_grpc"]["cluster_name"]
-    socket_path = Path(endpoint_address(cluster(ENVOY_CONFIG, service_cluster))["pipe"]["path"])
-    assert "http2_protocol_options" in str(cluster(ENVOY_CONFIG, service_cluster))
-    assert arg_after(SIDECARS["buffered-stream"], "--listen") == f"unix:{socket_path}"
-    (volume,) = [v for v in POD["volumes"] if "emptyDir" in v and v["name"] == "ext-proc-socket"]
-    for name in ("buffered-stream", "envoy"):
-        mounts = {m["name"]: m["mountPath"] for m in CONTAINERS[name]["volumeMounts"]}
-        assert mounts[volume["name"]] == str(socket_path.parent)
+    POD.assert_envoy_reaches_service_over_shared_socket(ENVOY_CONFIG, "llm")
 
 
 def test_only_litellm_is_reachable_from_outside_the_pod() -> None:
     assert listener(ENVOY_CONFIG, "llm")["address"]["socket_address"]["address"] == "127.0.0.1"
-    assert ENVOY_CONFIG["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
-    # The readiness listener forwards GET /ready to the admin API and answers 404 to the rest.
-    ready, rest = routes(ENVOY_CONFIG, "readiness")
-    assert ready["match"]["path"] == "/ready"
-    admin = endpoint_address(cluster(ENVOY_CONFIG, ready["route"]["cluster"]))["socket_address"]
-    assert admin == ENVOY_CONFIG["admin"]["address"]["socket_address"]
-    assert rest["direct_response"]["status"] == 404
+    assert_admin_reachable_only_through_probe_route(ENVOY_CONFIG, "readiness")
+    assert len(routes(ENVOY_CONFIG, "readiness")) == 2  # GET /ready, and 404 for the rest
     service = find("Service", "litellm")
     assert service["spec"]["selector"].items() <= find("Deployment", "litellm")["spec"]["template"]["metadata"]["labels"].items()
     (port,) = service["spec"]["ports"]
-    assert port["targetPort"] in {p["name"] for p in CONTAINERS["litellm"]["ports"]}
+    assert port["targetPort"] in container_ports(CONTAINERS["litellm"])
 
 
 def test_litellm_models_go_through_the_envoy_listener() -> None:
@@ -177,7 +102,7 @@ def test_litellm_models_go_through_the_envoy_listener() -> None:
     for model in LITELLM_CONFIG["model_list"]:
         api_base = urlsplit(model["litellm_params"]["api_base"])
         assert (api_base.hostname, api_base.port) == (address["address"], address["port_value"])
-        route = route_for(api_base.path + "/chat/completions")
+        route = route_for(ENVOY_CONFIG, "llm", api_base.path + "/chat/completions")
         (converting_models if converts(route) else plain_models).append(model["model_name"])
     assert converting_models and plain_models
 
@@ -188,24 +113,10 @@ def test_master_key_comes_from_a_secret() -> None:
     assert "secretKeyRef" in env["valueFrom"]
 
 
-@pytest.mark.parametrize(
-    ("container", "probe", "path"),
-    [
-        ("buffered-stream", "startupProbe", "/healthz"),
-        ("buffered-stream", "readinessProbe", "/healthz"),
-        ("buffered-stream", "livenessProbe", "/metrics"),
-        ("envoy", "startupProbe", "/ready"),
-        ("envoy", "readinessProbe", "/ready"),
-        ("envoy", "livenessProbe", "/ready"),
-        ("litellm", "startupProbe", "/health/liveliness"),
-        ("litellm", "readinessProbe", "/health/readiness"),
-        ("litellm", "livenessProbe", "/health/liveliness"),
-    ],
-)
+@pytest.mark.parametrize(("container", "probe", "path"), SIDECAR_PROBES + LITELLM_PROBES)
 def test_probes(container: str, probe: str, path: str) -> None:
-    spec = CONTAINERS[container][probe]["httpGet"]
-    assert spec["path"] == path
-    assert spec["port"] in {p["name"] for p in CONTAINERS[container]["ports"]}
+    assert CONTAINERS[container][probe]["httpGet"]["path"] == path
+    assert CONTAINERS[container][probe]["httpGet"]["port"] in container_ports(CONTAINERS[container])
 
 
 def test_service_arguments_are_ones_the_cli_accepts() -> None:
@@ -214,52 +125,26 @@ def test_service_arguments_are_ones_the_cli_accepts() -> None:
 
 
 def test_probe_ports_are_the_ones_the_processes_listen_on() -> None:
-    ports = {name: {p["name"]: p["containerPort"] for p in c["ports"]} for name, c in CONTAINERS.items()}
+    ports = {name: container_ports(c) for name, c in CONTAINERS.items()}
     assert arg_after(SIDECARS["buffered-stream"], "--metrics-listen") == f"0.0.0.0:{ports['buffered-stream']['metrics']}"
     assert listener(ENVOY_CONFIG, "readiness")["address"]["socket_address"]["port_value"] == ports["envoy"]["envoy-ready"]
     assert arg_after(CONTAINERS["litellm"], "--port") == str(ports["litellm"]["http"])
 
 
-@pytest.mark.parametrize("name", ["buffered-stream", "envoy", "litellm"])
-def test_resources_and_hardening(name: str) -> None:
-    container = CONTAINERS[name]
-    for bound in ("requests", "limits"):
-        assert set(container["resources"][bound]) == {"cpu", "memory"}
-    assert container["securityContext"] == HARDENED
-
-
-def test_pod_runs_as_non_root() -> None:
-    context = POD["securityContext"]
-    assert context["runAsNonRoot"] is True
-    assert context["runAsUser"] != 0
-    assert context["seccompProfile"] == {"type": "RuntimeDefault"}
-    assert POD["automountServiceAccountToken"] is False
+def test_resources_and_hardening() -> None:
+    POD.assert_hardened()
 
 
 def test_images_are_pinned(envoy_binary: Path) -> None:
-    for container in CONTAINERS.values():
-        image, _, tag = container["image"].rpartition(":")
-        assert image and "/" not in tag and tag not in ("", "latest"), container["image"]
-        assert re.search(r"[0-9]", tag), container["image"]
-    version = subprocess.run([str(envoy_binary), "--version"], capture_output=True, text=True).stdout
-    tested = re.search(r"/([0-9]+\.[0-9]+\.[0-9]+)/", version).group(1)
-    assert CONTAINERS["envoy"]["image"] == f"envoyproxy/envoy:v{tested}"
-    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
-    assert CONTAINERS["buffered-stream"]["image"].endswith(f":{project['version']}")
+    POD.assert_images_pinned(envoy_binary)
 
 
 def test_shutdown_lets_the_service_outlive_envoy_and_envoy_outlive_litellm() -> None:
-    # Native sidecars: started in list order before LiteLLM, stopped in reverse order after it.
-    assert list(SIDECARS) == ["buffered-stream", "envoy"]
-    assert all(c["restartPolicy"] == "Always" for c in SIDECARS.values())
-    assert [c["name"] for c in POD["containers"]] == ["litellm"]
-    for sidecar in SIDECARS.values():
-        assert "httpGet" in sidecar["startupProbe"]
+    POD.assert_sidecars_wrap(["buffered-stream", "envoy"], main="litellm")
     # The grace period covers LiteLLM's preStop, its longest request, then the service's drain.
-    pre_stop = CONTAINERS["litellm"]["lifecycle"]["preStop"]["sleep"]["seconds"]
     longest_request = LITELLM_CONFIG["litellm_settings"]["request_timeout"]
     drain = float(arg_after(SIDECARS["buffered-stream"], "--drain-seconds"))
-    assert POD["terminationGracePeriodSeconds"] > pre_stop + longest_request + drain
+    assert POD.spec["terminationGracePeriodSeconds"] > POD.pre_stop_sleep("litellm") + longest_request + drain
     for model in LITELLM_CONFIG["model_list"]:
         assert model["litellm_params"].get("timeout", 0) <= longest_request
 

@@ -203,3 +203,23 @@ def test_litellm_responses_call_is_converted(backend: ScriptedBackend, litellm: 
     )
     upstream = [r for r in backend.requests if r.path == "/v1/responses"][-1]
     assert upstream.stream is True
+
+def test_front_answer_is_litellms_own_but_for_what_only_one_of_its_shapes_carries(
+    backend: ScriptedBackend, litellm: str, front: str
+) -> None:
+    """In front, the answer comes from LiteLLM's stream: LiteLLM's non-stream answer has a
+    ``provider_specific_fields`` per choice that its stream lacks, and its stream's usage has
+    ``completion_tokens_details`` that its non-stream answer lacks."""
+    backend.on(Completion("hello there friend"), model="front-text")
+
+    def answer(base_url: str) -> dict[str, Any]:
+        raw = client(base_url).chat.completions.with_raw_response.create(model="front-text", messages=MESSAGES)
+        return {k: v for k, v in orjson.loads(raw.http_response.content).items() if k not in ("id", "created")}
+
+    own, assembled = answer(litellm), answer(front)
+
+    (own_choice,), (assembled_choice,) = own["choices"], assembled["choices"]
+    assert set(own_choice) - set(assembled_choice) == {"provider_specific_fields"}
+    assert set(assembled["usage"]) - set(own["usage"]) == {"completion_tokens_details"}
+    del own_choice["provider_specific_fields"], assembled["usage"]["completion_tokens_details"]
+    assert assembled == own
