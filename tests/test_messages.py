@@ -18,6 +18,7 @@ from typing import Any
 import anthropic.types
 import orjson
 import pytest
+from support.corpus import byte_by_byte, case_names, every_split, load_case, whole
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -39,14 +40,13 @@ from buffered_stream.core.request import Rewrite, Skip
 from buffered_stream.core.sse import SseDecoder
 
 CORPUS = Path(__file__).parent / "corpus_messages"
-CASES = sorted(path.name[: -len(".meta.json")] for path in CORPUS.glob("*.meta.json"))
+CASES = case_names(CORPUS)
 
 
 def load(name: str) -> tuple[dict[str, Any], bytes, dict[str, Any] | None]:
-    meta = orjson.loads((CORPUS / f"{name}.meta.json").read_bytes())
-    expected_path = CORPUS / f"{name}.json"
-    expected = orjson.loads(expected_path.read_bytes()) if expected_path.exists() else None
-    return meta, (CORPUS / f"{name}.sse").read_bytes(), expected
+    return load_case(CORPUS, name)
+
+
 
 
 def replay(meta: dict[str, Any], pieces: list[bytes]) -> dict[str, Any]:
@@ -86,16 +86,10 @@ def check(name: str, pieces_of: Any) -> None:
             assert orjson.dumps(answer) == orjson.dumps(native), "same keys, different key order"
 
 
-def whole(body: bytes) -> list[list[bytes]]:
-    return [[body]]
 
 
-def every_split(body: bytes) -> list[list[bytes]]:
-    return [[body[:cut], body[cut:]] for cut in range(len(body) + 1)]
 
 
-def byte_by_byte(body: bytes) -> list[list[bytes]]:
-    return [[body[i : i + 1] for i in range(len(body))]]
 
 
 @pytest.mark.parametrize("name", CASES)

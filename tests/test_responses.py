@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 import pytest
+from support.corpus import byte_by_byte, case_names, every_split, load_case, whole
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from openai.types.responses import Response
@@ -41,15 +42,14 @@ from buffered_stream.core.request import MODEL_NOT_ENABLED, NOT_JSON, NOT_OBJECT
 from support.responses_replay import replay
 
 CORPUS = Path(__file__).parent / "corpus_responses"
-CASES = sorted(path.name[: -len(".meta.json")] for path in CORPUS.glob("*.meta.json"))
-IGNORED = "<ignored>"
+CASES = case_names(CORPUS)
 
 
 def load(name: str) -> tuple[dict[str, Any], bytes, dict[str, Any] | None]:
-    meta = orjson.loads((CORPUS / f"{name}.meta.json").read_bytes())
-    expected_path = CORPUS / f"{name}.json"
-    expected = orjson.loads(expected_path.read_bytes()) if expected_path.exists() else None
-    return meta, (CORPUS / f"{name}.sse").read_bytes(), expected
+    return load_case(CORPUS, name)
+IGNORED = "<ignored>"
+
+
 
 
 def comparable(meta: dict[str, Any], answer: dict[str, Any]) -> dict[str, Any]:
@@ -89,16 +89,10 @@ def check(name: str, pieces_of: Any) -> None:
             assert comparable(meta, answer) == comparable(meta, expected)
 
 
-def whole(body: bytes) -> list[list[bytes]]:
-    return [[body]]
 
 
-def every_split(body: bytes) -> list[list[bytes]]:
-    return [[body[:cut], body[cut:]] for cut in range(len(body) + 1)]
 
 
-def byte_by_byte(body: bytes) -> list[list[bytes]]:
-    return [[body[i : i + 1] for i in range(len(body))]]
 
 
 # --------------------------------------------------------------------------- corpus

@@ -8,6 +8,7 @@ backend said.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -17,6 +18,18 @@ UPSTREAM_ERROR = "upstream_error"  # the backend reported an error inside the st
 TRUNCATED = "truncated"  # the stream ended before the answer was complete
 MALFORMED = "malformed"  # bytes that are not valid SSE / JSON / UTF-8
 LIMIT = "limit"  # a configured size limit was exceeded
+
+
+def http_status_in(obj: Mapping[str, Any]) -> int | None:
+    """An error object's ``code`` or ``http_status_code`` when it is an HTTP error status (an int or
+    a three-digit string): upstream errors keep the status they say."""
+    for key in ("code", "http_status_code"):
+        value = obj.get(key)
+        if isinstance(value, str) and len(value) == 3 and value.isascii() and value.isdigit():
+            value = int(value)
+        if type(value) is int and 400 <= value <= 599:
+            return value
+    return None
 
 
 class ConversionError(Exception):

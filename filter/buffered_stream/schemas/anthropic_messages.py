@@ -30,7 +30,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from fnmatch import fnmatchcase
 from types import MappingProxyType
 from typing import Any
 
@@ -38,7 +37,7 @@ import orjson
 
 from ..core.errors import LIMIT, MALFORMED, UPSTREAM_ERROR, ConversionError
 from ..core.pieces import COMPACT_EVERY, Pieces
-from ..core.request import MODEL_NOT_ENABLED, NOT_JSON, NOT_OBJECT, STREAM_REQUESTED, Rewrite, Skip
+from ..core.request import Rewrite, Skip, load_non_stream_request, model_of
 
 SCHEMA = "messages"
 PATHS = ("/v1/messages",)
@@ -87,25 +86,11 @@ def plan_request(body: bytes, models: tuple[str, ...] = ()) -> Rewrite | Skip:
     patterns for the request's ``model`` (empty: every model). The answer needs nothing from the
     request, so ``hints`` is empty.
     """
-    try:
-        request = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return NOT_JSON
-    if not isinstance(request, dict):
-        return NOT_OBJECT
-    stream = request.get("stream")
-    if stream is not None and stream is not False:
-        return STREAM_REQUESTED
-    model = request.get("model")
-    if models and not (isinstance(model, str) and any(fnmatchcase(model, p) for p in models)):
-        return MODEL_NOT_ENABLED
+    request = load_non_stream_request(body, models)
+    if isinstance(request, Skip):
+        return request
     request["stream"] = True
-    return Rewrite(
-        body=orjson.dumps(request),
-        schema=SCHEMA,
-        model=model if isinstance(model, str) else None,
-        hints={},
-    )
+    return Rewrite(body=orjson.dumps(request), schema=SCHEMA, model=model_of(request), hints={})
 
 
 # --------------------------------------------------------------------------- errors

@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from ..core.errors import UPSTREAM_ERROR, ConversionError
+from ..core.errors import UPSTREAM_ERROR, ConversionError, http_status_in
 from ..core.request import UNSTREAMABLE, Rewrite, Skip, load_non_stream_request, model_of
 
 # Request keys the assembly needs to reproduce the native answer exactly (kept, small, per request).
@@ -98,7 +98,7 @@ def _error_of(chunk: dict[str, Any]) -> ConversionError:
         }
     else:  # vLLM's flat {"object": "error", "message": ..., "type": ..., "param": ..., "code": ...}
         upstream = {key: chunk.get(key) for key in ("message", "type", "param", "code")}
-    status = _http_status(upstream) or _http_status(chunk) or _DEFAULT_ERROR_STATUS
+    status = http_status_in(upstream) or http_status_in(chunk) or _DEFAULT_ERROR_STATUS
     message = str(upstream.get("message") or "no message")[:_MESSAGE_EXCERPT_CHARS]
     return ConversionError(
         UPSTREAM_ERROR,
@@ -106,17 +106,6 @@ def _error_of(chunk: dict[str, Any]) -> ConversionError:
         f"upstream reported an error in the stream: {message}",
         upstream_error=upstream,
     )
-
-
-def _http_status(obj: dict[str, Any]) -> int | None:
-    """``code`` or ``http_status_code`` when it is an HTTP error status (int or digit string)."""
-    for key in ("code", "http_status_code"):
-        value = obj.get(key)
-        if isinstance(value, str) and len(value) == 3 and value.isascii() and value.isdigit():
-            value = int(value)
-        if type(value) is int and 400 <= value <= 599:
-            return value
-    return None
 
 
 def error_body(error: ConversionError) -> bytes:

@@ -31,15 +31,14 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from fnmatch import fnmatchcase
 from types import MappingProxyType
 from typing import Any
 
 import orjson
 
-from ..core.errors import LIMIT, MALFORMED, UPSTREAM_ERROR, ConversionError
+from ..core.errors import LIMIT, MALFORMED, UPSTREAM_ERROR, ConversionError, http_status_in
 from ..core.pieces import COMPACT_EVERY, Pieces
-from ..core.request import MODEL_NOT_ENABLED, NOT_JSON, NOT_OBJECT, STREAM_REQUESTED, Rewrite, Skip
+from ..core.request import Rewrite, Skip, load_non_stream_request, model_of
 
 PATHS = ("/v1/responses",)
 SCHEMA = "responses"
@@ -188,18 +187,9 @@ def plan_request(body: bytes, models: tuple[str, ...] = ()) -> Rewrite | Skip:
     hints carry the request's ``tools`` when one nests tools (Ollama's non-stream answer echoes
     them, its stream does not).
     """
-    try:
-        request = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return NOT_JSON
-    if not isinstance(request, dict):
-        return NOT_OBJECT
-    stream = request.get("stream")
-    if stream is not None and stream is not False:
-        return STREAM_REQUESTED
-    model = request.get("model")
-    if models and not (isinstance(model, str) and any(fnmatchcase(model, p) for p in models)):
-        return MODEL_NOT_ENABLED
+    request = load_non_stream_request(body, models)
+    if isinstance(request, Skip):
+        return request
     background = request.get("background")
     if background is not None and background is not False:
         return BACKGROUND
@@ -211,7 +201,7 @@ def plan_request(body: bytes, models: tuple[str, ...] = ()) -> Rewrite | Skip:
     return Rewrite(
         body=orjson.dumps(request),
         schema=SCHEMA,
-        model=model if isinstance(model, str) else None,
+        model=model_of(request),
         hints=hints,
     )
 
@@ -280,24 +270,13 @@ def _error_from(error: Mapping[str, Any], outer: Mapping[str, Any] | None = None
         "code": error.get("code"),
         **{key: value for key, value in error.items() if key not in ("message", "type", "param", "code")},
     }
-    status = _http_status(error) or (_http_status(outer) if outer else None) or _DEFAULT_ERROR_STATUS
+    status = http_status_in(error) or (http_status_in(outer) if outer else None) or _DEFAULT_ERROR_STATUS
     return ConversionError(
         UPSTREAM_ERROR,
         status,
         f"upstream reported an error in the stream: {upstream['message'][:_MESSAGE_EXCERPT_CHARS]}",
         upstream_error=upstream,
     )
-
-
-def _http_status(obj: Mapping[str, Any]) -> int | None:
-    """``code`` or ``http_status_code`` when it is an HTTP error status (int or digit string)."""
-    for key in ("code", "http_status_code"):
-        value = obj.get(key)
-        if isinstance(value, str) and len(value) == 3 and value.isascii() and value.isdigit():
-            value = int(value)
-        if type(value) is int and 400 <= value <= 599:
-            return value
-    return None
 
 
 def usage_tokens(usage: Mapping[str, Any]) -> dict[str, Any]:
