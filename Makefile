@@ -2,11 +2,12 @@
 #   make run [BACKEND=http://host:port]   Envoy + buffered-stream on http://127.0.0.1:10000
 #                                          (a built-in demo backend when BACKEND is not given)
 #   make test                              install what the tests need, run the whole suite
+#   make test-live                         the same against a real llama.cpp server (built once)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test bench soak clean
+.PHONY: run test test-live record-llama bench soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +26,13 @@ run: $(VENV)/.run-installed
 
 test: $(VENV)/.test-installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The first run builds llama.cpp's llama-server from source into ~/.cache/buffered-stream.
+test-live: $(VENV)/.test-installed
+	$(BIN)/python -m pytest -m live $(PYTEST_ARGS)
+
+record-llama: $(VENV)/.test-installed
+	PYTHONPATH=tests:filter $(BIN)/python -m support.record_llama $(ARGS)
 
 bench: $(VENV)/.test-installed
 	$(BIN)/python bench/run.py $(ARGS)
