@@ -24,7 +24,7 @@ from support.record_llama import CASES, THROWAWAY
 from support.stack import Envoy, Harness, Service
 
 from buffered_stream.envoy_config import build_envoy_config
-from buffered_stream.request import CHAT, COMPLETIONS
+from buffered_stream.core.registry import CHAT, COMPLETIONS
 
 # Not marked e2e, so that `-m e2e` never starts a build; the first build takes longer than the
 # suite's per-test timeout.

@@ -31,9 +31,10 @@ from typing import Any
 
 import orjson
 
-from buffered_stream.convert import StreamConverter
-from buffered_stream.errors import ConversionError
-from buffered_stream.request import CHAT, COMPLETIONS, Rewrite, plan_request
+from buffered_stream.core.convert import StreamConverter
+from buffered_stream.core.errors import ConversionError
+from buffered_stream.core.registry import CHAT, COMPLETIONS, plan_request
+from buffered_stream.core.request import Rewrite
 
 from .llama_server import LLAMA_CPP_BIN, MODEL_ALIAS, server_version, start_llama_server
 from .net import http_request
