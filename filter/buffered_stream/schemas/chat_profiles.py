@@ -8,7 +8,9 @@ chunk's ``created`` the native answer would have. Values never come from a profi
 and the null-vs-empty choice, so a wrong profile cannot invent data.
 
 ``auto`` starts generic and is resolved once, at the end, from markers that the servers really put
-in their streams (``openai_base.detect_backend``), so it costs nothing per chunk.
+in their streams (``openai_base.detect_backend``), so it costs nothing per chunk. For vLLM it then
+picks the release line the stream shows (``vllm_line``; the lines are ``vllm_releases``). Whatever
+the profile, a reasoning key the stream used is the one the answer has.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from types import MappingProxyType
 from typing import Any
 
 from .openai_base import GENERIC, OpenAIProfile, keys
+from .vllm_releases import BEFORE_PROMPT_TOKEN_IDS, BOTH_REASONING_KEYS, CURRENT, OLDEST_WITH_PROMPT_TOKEN_IDS, VllmLine
+from .vllm_releases import LINES as VLLM_LINES
 
 # What can stand beside an empty content, deciding whether a server renders it as null.
 TOOL_CALLS = "tool_calls"
@@ -49,28 +53,45 @@ class ChatProfile(OpenAIProfile):
     forced_tool_choice_content: str | None = None
 
 
+def _vllm_profile(line: VllmLine) -> ChatProfile:
+    """vLLM: pydantic ``model_dump()`` of its response classes, every declared key null or empty
+    (see ``vllm_releases``)."""
+    shape = line.shape
+    return ChatProfile(
+        line.profile,
+        null_content_beside=frozenset({TOOL_CALLS, FUNCTION_CALL, REASONING}),
+        top_keys=keys(**dict.fromkeys(shape.chat_top)),
+        choice_keys=keys(**dict.fromkeys(shape.chat_choice)),
+        message_keys=shape.message,
+        usage_keys=keys(**dict.fromkeys(shape.usage)),
+        forced_tool_choice_content="",
+    )
+
+
+def vllm_line(with_prompt_token_ids: bool, reasoning_keys: Mapping[str, bool]) -> str:
+    """The vLLM release line a stream shows; ``reasoning_keys``: each reasoning key the deltas
+    used, and whether it ever carried text.
+
+    Before 0.10.2 no ``prompt_token_ids``. 0.11.1-0.15 send ``reasoning_content`` on every delta
+    (null, or a copy of ``reasoning``); 0.10.2-0.11.0 send it only with text and never
+    ``reasoning``. Anything else is the current line: from 0.16 on every line streams alike, so
+    a 0.16-0.32 server needs its line named on the route.
+    """
+    if not with_prompt_token_ids:
+        return BEFORE_PROMPT_TOKEN_IDS
+    if "reasoning_content" in reasoning_keys:
+        if "reasoning" in reasoning_keys or not reasoning_keys["reasoning_content"]:
+            return BOTH_REASONING_KEYS
+        return OLDEST_WITH_PROMPT_TOKEN_IDS
+    return CURRENT
+
+
 PROFILES: Mapping[str, ChatProfile] = MappingProxyType(
     {
         GENERIC: ChatProfile(GENERIC),
         # A text stream never sends the ``annotations: []`` (nor always ``refusal``) of its answer.
         "openai": ChatProfile("openai", message_keys=keys(refusal=None, annotations=[])),
-        # pydantic ``model_dump()`` of its response classes: every optional key, null or empty.
-        "vllm": ChatProfile(
-            "vllm",
-            null_content_beside=frozenset({TOOL_CALLS, FUNCTION_CALL, REASONING}),
-            top_keys=keys(service_tier=None, system_fingerprint=None, prompt_logprobs=None, kv_transfer_params=None),
-            choice_keys=keys(logprobs=None, stop_reason=None),
-            message_keys=keys(
-                refusal=None,
-                annotations=None,
-                audio=None,
-                function_call=None,
-                tool_calls=[],
-                reasoning_content=None,
-            ),
-            usage_keys=keys(prompt_tokens_details=None),
-            forced_tool_choice_content="",
-        ),
+        **{line.profile: _vllm_profile(line) for line in VLLM_LINES},
         # Dumps nulls too, but content is never null and tool calls keep their index.
         "sglang": ChatProfile(
             "sglang",
