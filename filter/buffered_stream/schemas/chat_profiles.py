@@ -68,6 +68,17 @@ def _vllm_profile(line: VllmLine) -> ChatProfile:
     )
 
 
+def _sglang_profile(name: str, message_keys: Mapping[str, Any]) -> ChatProfile:
+    return ChatProfile(
+        name,
+        created_from_last_chunk=True,
+        null_content_beside=frozenset(),
+        choice_keys=keys(logprobs=None, matched_stop=None),
+        message_keys=message_keys,
+        keep_tool_call_index=True,
+    )
+
+
 def vllm_line(with_prompt_token_ids: bool, reasoning_keys: Mapping[str, bool]) -> str:
     """The vLLM release line a stream shows; ``reasoning_keys``: each reasoning key the deltas
     used, and whether it ever carried text.
@@ -92,15 +103,12 @@ PROFILES: Mapping[str, ChatProfile] = MappingProxyType(
         # A text stream never sends the ``annotations: []`` (nor always ``refusal``) of its answer.
         "openai": ChatProfile("openai", message_keys=keys(refusal=None, annotations=[])),
         **{line.profile: _vllm_profile(line) for line in VLLM_LINES},
-        # Dumps nulls too, but content is never null and tool calls keep their index.
-        "sglang": ChatProfile(
-            "sglang",
-            created_from_last_chunk=True,
-            null_content_beside=frozenset(),
-            choice_keys=keys(logprobs=None, matched_stop=None),
-            message_keys=keys(reasoning_content=None, tool_calls=None),
-            keep_tool_call_index=True,
-        ),
+        # SGLang >= 0.5.22 (python/sglang/srt/entrypoints/openai/protocol.py, model_dump_json()):
+        # nulls dumped, but a null ``tool_calls`` popped; content never null; calls keep their index.
+        # Its ``metadata: {"weight_version": ...}`` (0.5.3 on) is never streamed: not reproducible.
+        "sglang": _sglang_profile("sglang", keys(reasoning_content=None)),
+        # SGLang up to 0.5.21: ``tool_calls: null`` too (its deltas carry it, so ``auto`` follows).
+        "sglang-0.5.21": _sglang_profile("sglang-0.5.21", keys(reasoning_content=None, tool_calls=None)),
         # Text answers are just {role, content}; tool answers are built anew from the parsed call.
         "tgi": ChatProfile(
             "tgi",

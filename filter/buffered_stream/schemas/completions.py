@@ -42,9 +42,11 @@ PROFILES: Mapping[str, CompletionsProfile] = MappingProxyType(
             )
             for line in VLLM_LINES
         },
-        "sglang": CompletionsProfile(
-            "sglang", created_from_last_chunk=True, choice_keys=keys(logprobs=None, matched_stop=None)
-        ),
+        # Both SGLang lines answer completions alike (null token ids popped).
+        **{
+            name: CompletionsProfile(name, created_from_last_chunk=True, choice_keys=keys(logprobs=None, matched_stop=None))
+            for name in ("sglang", "sglang-0.5.21")
+        },
         "tgi": CompletionsProfile("tgi", created_from_last_chunk=True),
         "llamacpp": CompletionsProfile("llamacpp", created_from_last_chunk=True),
         "llama-cpp-python": CompletionsProfile("llama-cpp-python"),
