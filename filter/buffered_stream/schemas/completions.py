@@ -48,7 +48,7 @@ PROFILES: Mapping[str, CompletionsProfile] = MappingProxyType(
             for name in ("sglang", "sglang-0.5.21")
         },
         "tgi": CompletionsProfile("tgi", created_from_last_chunk=True),
-        "llamacpp": CompletionsProfile("llamacpp", created_from_last_chunk=True),
+        **{name: CompletionsProfile(name, created_from_last_chunk=True) for name in ("llamacpp", "llamacpp-4227c9b")},
         "llama-cpp-python": CompletionsProfile("llama-cpp-python"),
         # Go structs with omitempty: no logprobs key.
         "ollama": CompletionsProfile("ollama", choice_keys=keys()),
