@@ -100,7 +100,8 @@ def vllm_line(with_prompt_token_ids: bool, reasoning_keys: Mapping[str, bool]) -
 PROFILES: Mapping[str, ChatProfile] = MappingProxyType(
     {
         GENERIC: ChatProfile(GENERIC),
-        # A text stream never sends the ``annotations: []`` (nor always ``refusal``) of its answer.
+        # OpenAI (openai-python types/chat/chat_completion_message.py): a text stream never sends the
+        # ``annotations: []`` (nor always ``refusal``) of its answer.
         "openai": ChatProfile("openai", message_keys=keys(refusal=None, annotations=[])),
         **{line.profile: _vllm_profile(line) for line in VLLM_LINES},
         # SGLang >= 0.5.22 (python/sglang/srt/entrypoints/openai/protocol.py, model_dump_json()):
@@ -109,7 +110,8 @@ PROFILES: Mapping[str, ChatProfile] = MappingProxyType(
         "sglang": _sglang_profile("sglang", keys(reasoning_content=None)),
         # SGLang up to 0.5.21: ``tool_calls: null`` too (its deltas carry it, so ``auto`` follows).
         "sglang-0.5.21": _sglang_profile("sglang-0.5.21", keys(reasoning_content=None, tool_calls=None)),
-        # Text answers are just {role, content}; tool answers are built anew from the parsed call.
+        # TGI 3.x, in maintenance (router/src/lib.rs ``OutputMessage``, untagged): text answers are just
+        # {role, content}; tool answers {role, tool_calls} are built anew from the parsed call.
         "tgi": ChatProfile(
             "tgi",
             created_from_last_chunk=True,
@@ -130,9 +132,11 @@ PROFILES: Mapping[str, ChatProfile] = MappingProxyType(
             null_content_beside=frozenset({TOOL_CALLS}),
             choice_keys=keys(),
         ),
-        # Recorded: its answers have the generic shape (content a string, logprobs always present).
+        # llama-cpp-python 0.3.36 (llama_cpp/llama_chat_format.py ``_convert_text_completion_to_chat``),
+        # recorded: the generic shape (content a string, logprobs always present).
         "llama-cpp-python": ChatProfile("llama-cpp-python"),
-        # Go structs with omitempty: no logprobs key, content always a string.
+        # Ollama (openai/openai.go ``ChatCompletion``): Go structs with omitempty, no logprobs key,
+        # content always a string, reasoning only when thinking.
         "ollama": ChatProfile(
             "ollama",
             null_content_beside=frozenset(),
