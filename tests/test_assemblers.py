@@ -402,8 +402,12 @@ def test_tgi_empty_finish_reason_means_not_finished_in_completions() -> None:
         ({"timings": {"predicted_n": 1}}, "llamacpp"),
         ({"id": ""}, "tgi"),
         ({"choice": {"matched_stop": 2}}, "sglang"),
-        ({"choice": {"stop_reason": None}}, "vllm"),
+        ({"choice": {"stop_reason": None}}, "vllm-0.10"),
         ({"prompt_token_ids": [1, 2]}, "vllm"),
+        ({"obfuscation": "x1"}, "openai"),
+        ({"service_tier": "default"}, "openai"),
+        ({"system_fingerprint": "fp_eb9dce56a8"}, "openai"),
+        ({"system_fingerprint": "b4567-2f1ea6e1"}, "generic"),
         ({}, "generic"),
     ],
 )
@@ -411,6 +415,52 @@ def test_auto_resolves_the_profile_from_real_stream_markers(marker: dict[str, An
     extra_choice = marker.pop("choice", {})
     chunks = [chunk({"index": 0, "delta": {"content": ""}, "finish_reason": "stop", **extra_choice}, **marker)]
     assert assemble(chunks, "auto") == assemble(chunks, profile)
+
+
+def _vllm_stream(*deltas: dict[str, Any], prompt_token_ids: bool = True) -> list[dict[str, Any]]:
+    """A vLLM chat stream: ``prompt_token_ids`` on the first chunk from 0.10.2 on."""
+    top = {"prompt_token_ids": None} if prompt_token_ids else {}
+    chunks = [chunk({"index": 0, "delta": {"role": "assistant", "content": "", **deltas[0]}}, **top)]
+    chunks += [chunk({"index": 0, "delta": delta}) for delta in deltas[1:]]
+    chunks.append(chunk({"index": 0, "delta": {"content": ""}, "finish_reason": "stop", "stop_reason": None}))
+    return chunks
+
+
+@pytest.mark.parametrize(
+    ("deltas", "prompt_token_ids", "line"),
+    [
+        # 0.10.0-0.10.1: no prompt_token_ids at all.
+        (({}, {"content": "hi"}), False, "vllm-0.10"),
+        # 0.10.2-0.11.0: reasoning_content deltas only where there is reasoning.
+        (({}, {"reasoning_content": "r"}, {"content": "hi"}), True, "vllm-0.11.0"),
+        # 0.11.1-0.15: reasoning_content on every delta, reasoning beside it.
+        (({"reasoning_content": None}, {"reasoning": "r", "reasoning_content": "r"}, {"content": "hi", "reasoning_content": None}), True, "vllm-0.11.1"),
+        (({"reasoning_content": None}, {"content": "hi", "reasoning_content": None}), True, "vllm-0.11.1"),
+        # 0.16 on: reasoning only; the stream cannot tell 0.16-0.23 from the current line.
+        (({}, {"reasoning": "r"}, {"content": "hi"}), True, "vllm"),
+        (({}, {"content": "hi"}), True, "vllm"),
+    ],
+)
+def test_auto_follows_the_vllm_release_line_its_stream_shows(deltas: tuple[dict[str, Any], ...], prompt_token_ids: bool, line: str) -> None:
+    chunks = _vllm_stream(*deltas, prompt_token_ids=prompt_token_ids)
+    assert assemble(chunks, "auto") == assemble(chunks, line)
+
+
+def test_vllm_lines_differ_in_the_reasoning_key_and_empty_tool_calls() -> None:
+    chunks = _vllm_stream({}, {"content": "hi"})
+    messages = {name: assemble(chunks, name)["choices"][0]["message"] for name in ("vllm", "vllm-0.16", "vllm-0.11.1", "vllm-0.11.0")}
+    assert messages["vllm"] == {"role": "assistant", "content": "hi", "refusal": None, "annotations": None, "audio": None,
+                                "function_call": None, "reasoning": None}
+    assert messages["vllm-0.16"] == {**messages["vllm"], "tool_calls": []}
+    assert messages["vllm-0.11.1"] == {**messages["vllm-0.16"], "reasoning_content": None}
+    assert messages["vllm-0.11.0"] == {key: value for key, value in messages["vllm-0.11.1"].items() if key != "reasoning"}
+
+
+def test_the_stream_reasoning_key_wins_over_the_profile() -> None:
+    old_key = assemble(_vllm_stream({}, {"reasoning_content": "r"}, {"content": "hi"}), "vllm")["choices"][0]["message"]
+    assert old_key["reasoning_content"] == "r" and "reasoning" not in old_key
+    new_key = assemble(_vllm_stream({}, {"reasoning": "r"}, {"content": "hi"}), "vllm-0.11.0")["choices"][0]["message"]
+    assert new_key["reasoning"] == "r" and "reasoning_content" not in new_key
 
 
 def test_profiles_only_shape_keys_never_values() -> None:

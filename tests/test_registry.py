@@ -202,3 +202,11 @@ def test_responses_and_messages_plans_ask_only_for_a_stream() -> None:
         plan = SCHEMAS[name].plan_request(b'{"model": "m", "input": "hi"}', ())
         assert isinstance(plan, Rewrite) and plan.schema == name
         assert orjson.loads(plan.body) == {"model": "m", "input": "hi", "stream": True}
+
+
+def test_chat_and_completions_know_every_vllm_release_line() -> None:
+    from buffered_stream.schemas.vllm_releases import LINES
+
+    for line in LINES:
+        for schema in ("chat", "completions"):
+            assert SCHEMAS[schema].profile(line.profile).name == line.profile

@@ -94,3 +94,11 @@ def test_body_limit_defaults_per_mode():
     assert RouteSettings().body_limit == 16 << 20  # the shipped Envoy buffer
     assert RouteSettings(mode="streamed").body_limit == 1 << 30  # only the answer is held
     assert RouteSettings(mode="streamed", max_body_bytes=5 << 20).body_limit == 5 << 20
+
+
+@pytest.mark.parametrize("profile", ["vllm", "vllm-0.24", "vllm-0.16", "vllm-0.11.1", "vllm-0.11.0", "vllm-0.10", "openai"])
+def test_versioned_profiles_are_route_profile_values(profile):
+    settings = route_settings_from_metadata({"buffered_stream": {"profile": profile}})
+    assert settings.profile == profile
+    gateway = {"envoy-gateway": {"resources": [{"annotations": {"buffered-stream.profile": profile}}]}}
+    assert route_settings_from_metadata(gateway).profile == profile

@@ -186,3 +186,25 @@ def test_deltas_with_null_tool_calls_are_no_template_and_no_error() -> None:
     kind, answer = outcome([orjson.dumps(chunk), orjson.dumps(chunk), orjson.dumps(text)], templates=True)
     assert kind == "answer" and answer["choices"][0]["message"]["content"] == "hi"
     assert (kind, answer) == outcome([orjson.dumps(chunk), orjson.dumps(chunk), orjson.dumps(text)], templates=False)
+
+
+def test_nulls_repeated_beside_the_text_stay_in_the_template() -> None:
+    """vLLM 0.11.1-0.15 send ``reasoning_content: null`` on every delta, SGLang ``role`` and
+    ``reasoning_content`` null: the chunks still repeat but for their text."""
+    vllm = [event({"role": "assistant", "content": "", "reasoning_content": None})]
+    vllm += [event({"reasoning": text, "reasoning_content": text}) for text in ["a", "b"]]
+    vllm += [event({"content": text, "reasoning_content": None}) for text in ["x", "y", "z"]]
+    sglang = [event({"role": "assistant", "content": "", "reasoning_content": None})]
+    sglang += [event({"role": None, "content": text, "reasoning_content": None}) for text in ["x", "y", "z"]]
+    for payloads in (vllm, sglang):
+        kind, answer = assert_same_outcome([*payloads, event({}, "stop")])
+        assert kind == "answer" and answer["choices"][0]["message"]["content"] == "xyz"
+        assembler = ChatAssembler()
+        taken = []
+        for payload in payloads:
+            taken.append(assembler.add_raw(payload))
+            if not taken[-1]:
+                assembler.add(orjson.loads(payload))
+        assert taken[-1], "the last text chunk was taken unparsed"
+    first_null = [event({"role": "assistant", "content": ""}), event({"content": "a", "refusal": None}), event({"content": "b", "refusal": None})]
+    assert assert_same_outcome([*first_null, event({}, "stop")])[1]["choices"][0]["message"]["refusal"] is None

@@ -18,7 +18,7 @@ from typing import Any
 from ..core.request import Rewrite, Skip
 from .chat_fast_path import TextFastPath
 from .chat_fold import ChatFold
-from .chat_profiles import PROFILES, ChatProfile
+from .chat_profiles import PROFILES, REASONING_KEYS, ChatProfile, vllm_line
 from .chat_render import render_chat
 from .openai_conventions import answer_complete, error_body, error_event, is_end_payload, plan_openai_request, upstream_error, usage_tokens
 
@@ -51,8 +51,21 @@ class ChatAssembler(ChatFold):
     def result(self) -> dict[str, Any]:
         profile = self._profile
         if profile is None:
-            profile = PROFILES[self._detected_backend()]
+            profile = PROFILES[self._detected_chat_backend()]
         return render_chat(profile, self._envelope, self._choices, self._forced_tool_choice)
+
+    def _detected_chat_backend(self) -> str:
+        """``auto``: the backend, and for vLLM the release line its stream shows."""
+        backend = self._detected_backend()
+        if backend != "vllm":
+            return backend
+        reasoning_keys: dict[str, bool] = {}
+        for state in self._choices.values():
+            for key in REASONING_KEYS:
+                pieces = state.texts.get(key)
+                if pieces is not None:
+                    reasoning_keys[key] = reasoning_keys.get(key, False) or bool(pieces.text())
+        return vllm_line("prompt_token_ids" in self._envelope.top_extras, reasoning_keys)
 
 
 # -- the API's hooks (see ``core.spec.SchemaSpec``) -------------------------------------------------

@@ -22,6 +22,15 @@ from .openai_base import Choices
 _TEMPLATE_LEARN_TRIES = 4
 
 
+def _unchanged_by_refolding(state: ChoiceState, key: str, value: Any) -> bool:
+    """A role (Ollama and TGI repeat it; the first is kept), or a null for a key already seen:
+    vLLM 0.11.1-0.15 send ``reasoning_content: null`` and SGLang ``role``/``reasoning_content:
+    null`` on every delta."""
+    if key == "role":
+        return type(value) is str or value is None
+    return value is None and key in state.texts
+
+
 class TextFastPath:
     """The current template and what it takes to learn the next one."""
 
@@ -73,11 +82,11 @@ class TextFastPath:
         delta = choice.get("delta")
         if type(delta) is not dict:
             return
-        if len(delta) == 2 and "role" in delta:  # Ollama and TGI repeat the role, which is kept first
-            delta = {key: value for key, value in delta.items() if key != "role"}
+        state: ChoiceState = choices[choice.get("index", 0)]
+        if len(delta) > 1:  # keys that folding again leaves as they are stay in the template
+            delta = {key: value for key, value in delta.items() if not _unchanged_by_refolding(state, key, value)}
         if len(delta) != 1:
             return
-        state: ChoiceState = choices[choice.get("index", 0)]
         ((key, value),) = delta.items()
         found: tuple[Pieces, str] | None
         if type(value) is str and key != "role":

@@ -18,6 +18,8 @@ from typing import Any
 from ..core.pieces import Pieces
 from ..core.request import Rewrite, Skip
 from .openai_base import GENERIC, ChoiceAssembler, OpenAIProfile, copy_logprobs, keys, malformed, merge_last, merge_logprobs
+from .vllm_releases import BEFORE_PROMPT_TOKEN_IDS, CURRENT
+from .vllm_releases import LINES as VLLM_LINES
 from .openai_conventions import answer_complete, error_body, error_event, is_end_payload, plan_openai_request, upstream_error, usage_tokens
 
 __all__ = ["CompletionsAssembler", "PROFILES", "NAME", "PATHS", "make_assembler", "plan_request", "answer_complete", "upstream_error",
@@ -30,18 +32,23 @@ PROFILES: Mapping[str, CompletionsProfile] = MappingProxyType(
     {
         GENERIC: CompletionsProfile(GENERIC),
         "openai": CompletionsProfile("openai"),
-        # pydantic ``model_dump()``: every optional key, null or empty.
-        "vllm": CompletionsProfile(
-            "vllm",
-            top_keys=keys(service_tier=None, system_fingerprint=None, kv_transfer_params=None),
-            choice_keys=keys(logprobs=None, stop_reason=None, prompt_logprobs=None),
-            usage_keys=keys(prompt_tokens_details=None),
-        ),
-        "sglang": CompletionsProfile(
-            "sglang", created_from_last_chunk=True, choice_keys=keys(logprobs=None, matched_stop=None)
-        ),
+        # pydantic ``model_dump()``: every declared key, null or empty (see ``vllm_releases``).
+        **{
+            line.profile: CompletionsProfile(
+                line.profile,
+                top_keys=keys(**dict.fromkeys(line.shape.completion_top)),
+                choice_keys=keys(**dict.fromkeys(line.shape.completion_choice)),
+                usage_keys=keys(**dict.fromkeys(line.shape.usage)),
+            )
+            for line in VLLM_LINES
+        },
+        # Both SGLang lines answer completions alike (null token ids popped).
+        **{
+            name: CompletionsProfile(name, created_from_last_chunk=True, choice_keys=keys(logprobs=None, matched_stop=None))
+            for name in ("sglang", "sglang-0.5.21")
+        },
         "tgi": CompletionsProfile("tgi", created_from_last_chunk=True),
-        "llamacpp": CompletionsProfile("llamacpp", created_from_last_chunk=True),
+        **{name: CompletionsProfile(name, created_from_last_chunk=True) for name in ("llamacpp", "llamacpp-4227c9b")},
         "llama-cpp-python": CompletionsProfile("llama-cpp-python"),
         # Go structs with omitempty: no logprobs key.
         "ollama": CompletionsProfile("ollama", choice_keys=keys()),
@@ -94,7 +101,7 @@ class CompletionsAssembler(ChoiceAssembler):
     def result(self) -> dict[str, Any]:
         profile = self._profile
         if profile is None:
-            profile = PROFILES[self._detected_backend()]
+            profile = PROFILES[self._detected_completions_backend()]
         choices = []
         for index in sorted(self._choices):
             state = self._choices[index]
@@ -109,6 +116,16 @@ class CompletionsAssembler(ChoiceAssembler):
                 choice.setdefault(key, empty)
             choices.append(choice)
         return self._envelope.answer(profile, "text_completion", choices)
+
+    def _detected_completions_backend(self) -> str:
+        """``auto``: the backend; for vLLM, its stream tells only whether it is older than 0.10.2
+        (no ``prompt_token_ids`` on the choices): the rest of its lines stream alike."""
+        backend = self._detected_backend()
+        if backend != "vllm":
+            return backend
+        if any("prompt_token_ids" in state.extras for state in self._choices.values()):
+            return CURRENT
+        return BEFORE_PROMPT_TOKEN_IDS
 
 
 # -- the API's hooks (see ``core.spec.SchemaSpec``) -------------------------------------------------

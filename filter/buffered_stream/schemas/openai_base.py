@@ -47,13 +47,16 @@ def detect_backend(
     first_id: str | None,
     top_extras: Mapping[str, Any],
     choice_extra_keys: set[str],
+    obfuscated: bool = False,
 ) -> str:
     """The backend a finished stream reveals, from markers its server really emits (``auto``
-    costs nothing per chunk); each API maps the name to its own profile.
+    costs nothing per chunk); each API maps the name to its own profile (``vllm``: the API picks
+    the release line its stream shows, see ``vllm_releases``).
 
     Ollama: ``system_fingerprint: "fp_ollama"``. llama.cpp: a ``timings`` object. SGLang:
-    ``matched_stop`` on choices. vLLM: ``stop_reason`` on choices or ``prompt_token_ids``. TGI: only
-    empty ids (``""``). Anything else stays generic.
+    ``matched_stop`` on choices. vLLM: ``stop_reason`` on choices or ``prompt_token_ids``. OpenAI:
+    an ``obfuscation`` key on the chunks, a ``service_tier``, or a ``system_fingerprint`` that
+    starts with ``fp_``. TGI: only empty ids (``""``). Anything else stays generic.
     """
     if top_extras.get("system_fingerprint") == "fp_ollama":
         return "ollama"
@@ -63,6 +66,9 @@ def detect_backend(
         return "sglang"
     if "stop_reason" in choice_extra_keys or "prompt_token_ids" in top_extras:
         return "vllm"
+    fingerprint = top_extras.get("system_fingerprint")
+    if obfuscated or "service_tier" in top_extras or (type(fingerprint) is str and fingerprint.startswith("fp_")):
+        return "openai"
     if first_id == "":
         return "tgi"
     return GENERIC
@@ -172,6 +178,7 @@ class Envelope:
         "_last_usage",
         "_extras",
         "_shape",
+        "obfuscated",
     )
 
     def __init__(self) -> None:
@@ -184,6 +191,7 @@ class Envelope:
         self._last_usage: dict[str, Any] | None = None
         self._extras: dict[str, Any] = {}
         self._shape = ExtraKeys(_KNOWN_TOP_KEYS)
+        self.obfuscated = False  # OpenAI pads its chunks with ``obfuscation``: seen on the first
 
     @property
     def usage(self) -> dict[str, Any] | None:
@@ -213,6 +221,8 @@ class Envelope:
 
     def _settle(self, chunk: dict[str, Any]) -> None:
         """First-seen fields; called only until all are known (TGI's ids stay empty: always)."""
+        if "obfuscation" in chunk:
+            self.obfuscated = True
         if not self._id:
             chunk_id = chunk.get("id")
             if chunk_id is not None:
@@ -231,7 +241,12 @@ class Envelope:
             first_id=self._id,
             top_extras=self._extras,
             choice_extra_keys=choice_extra_keys,
+            obfuscated=self.obfuscated,
         )
+
+    @property
+    def top_extras(self) -> Mapping[str, Any]:
+        return self._extras
 
     def answer(self, profile: OpenAIProfile, obj: str, choices: list[dict[str, Any]]) -> dict[str, Any]:
         answer: dict[str, Any] = {"id": self._id if self._id is not None else "", "object": obj}
