@@ -21,7 +21,8 @@ from buffered_stream.core.errors import ConversionError
 
 CORPUS = Path(__file__).parent / "corpus"
 CASES = sorted(path.name[: -len(".meta.json")] for path in CORPUS.glob("*.meta.json"))
-GENERATED_TOOL_CALL_ID = re.compile(r"call_[0-9a-f]{24}")
+# Tool call ids drawn per request: OpenAI-style servers (call_ + 24 hex), llama.cpp (32 alphanumerics).
+GENERATED_TOOL_CALL_ID = re.compile(r"call_[0-9a-f]{24}|[A-Za-z0-9]{32}")
 
 
 def load(name: str) -> tuple[dict[str, Any], bytes, dict[str, Any] | None]:

@@ -31,17 +31,10 @@ from buffered_stream.core.registry import CHAT, COMPLETIONS
 pytestmark = [pytest.mark.live, pytest.mark.timeout(3600)]
 
 VARYING = ("id", "created", "timings")
-# This llama.cpp answers ``content: ""`` beside tool calls (common/chat.cpp
-# ``common_chat_msg::to_json_oaicompat``); older ones, and the llamacpp profile, say null.
-CONTENT_BESIDE_TOOL_CALLS = pytest.mark.xfail(
-    reason='llama.cpp b11434 answers content "" beside tool calls; the llamacpp profile gives null', strict=True
-)
-
-
 def params(schema: str) -> list[Any]:
     """The recorder's cases of ``schema``, so the corpus and this test exercise the same requests."""
     return [
-        pytest.param(case.request, id=case.name, marks=[CONTENT_BESIDE_TOOL_CALLS] if "tool" in case.name else [])
+        pytest.param(case.request, id=case.name)
         for case in CASES
         if case.schema == schema
     ]
