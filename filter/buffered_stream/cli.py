@@ -110,7 +110,6 @@ def _worker_flags(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    from .adapter.server import serve_until_signalled
     from .adapter.workers import POOL_WORKER_ENV, Supervisor
 
     settings = _service_settings(args, listen=args.listen, metrics_listen=args.metrics_listen)
@@ -118,6 +117,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
     install_fast_loop()
     workers = _worker_count(args)
     if workers == 1:
+        from .adapter.server import serve_until_signalled
+
         asyncio.run(serve_until_signalled(settings, pooled=POOL_WORKER_ENV in os.environ))
         return
     sys.exit(asyncio.run(Supervisor(settings, workers, _worker_flags(args)).run()))

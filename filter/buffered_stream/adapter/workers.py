@@ -1,7 +1,8 @@
 """``serve --workers N``: a supervisor keeps N service processes on one address.
 
 One Python process converts on one core; the pool uses N. Each worker is the ordinary service
-(``serve`` with one worker) started as a fresh interpreter, never forked from this one.
+(``serve`` with one worker) started as a fresh interpreter, never forked from this one; the
+supervisor itself never imports grpc (it stays small, and has no gRPC threads to fork).
 
 - TCP: every worker binds the same port with SO_REUSEPORT and the kernel spreads Envoy's
   connections across them. A dead worker's listening socket closes with it, so new connections
@@ -31,7 +32,6 @@ from dataclasses import dataclass, field
 
 from . import metrics
 from .metrics_sum import sum_expositions
-from .server import split_host_port
 from ..settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -139,7 +139,8 @@ class Supervisor:
 
     async def start(self) -> None:
         if self.settings.metrics_listen:
-            host, port = split_host_port(self.settings.metrics_listen)
+            host, _, port = self.settings.metrics_listen.rpartition(":")
+            host, port = host.strip("[]"), int(port)
             self._http = await metrics.serve_http(host, port, lambda: self.serving, self.exposition)
         self._keepers = [asyncio.create_task(self._keep(w)) for w in self.workers]
         log.info("supervising %d workers on %s", len(self.workers), self.settings.listen)
