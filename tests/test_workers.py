@@ -18,7 +18,7 @@ from support.backend import Completion, ScriptedBackend
 from support.net import http_request, wait_until
 from support.stack import Harness, Service, Stack
 
-from buffered_stream.adapter.metrics_sum import sum_expositions
+from buffered_stream.adapter.metrics_sum import cumulative_samples, sum_expositions
 from buffered_stream.adapter.workers import available_cpus, worker_targets
 
 PATHS = ("/v1/chat/completions", "/v1/completions")
@@ -122,6 +122,23 @@ def test_expositions_add_up_by_name_and_labels() -> None:
     assert summed[("python_info", (("v", "3"),))] == 1
 
 
+def test_an_exited_workers_counters_stay_in_the_sums_and_families_stay_contiguous() -> None:
+    worker = (
+        "# HELP r_total Requests\n# TYPE r_total counter\nr_total 5.0\nr_created 100.0\n"
+        "# HELP g In flight\n# TYPE g gauge\ng 3.0\n"
+        "# HELP h Seconds\n# TYPE h histogram\nh_bucket{le=\"1.0\"} 2.0\nh_bucket{le=\"+Inf\"} 2.0\nh_count 2.0\nh_sum 0.5\n"
+    )
+    retired = cumulative_samples(worker)
+    assert "g 3.0" not in retired and "r_created" not in retired
+    replacement = worker.replace("r_total 5.0", "r_total 1.0")
+    text = sum_expositions([retired, replacement])
+    summed = samples(text)  # the parser rejects a family whose samples are not contiguous
+    assert summed[("r_total", ())] == 6
+    assert summed[("g", ())] == 3  # the replacement's gauge only
+    assert summed[("h_bucket", (("le", "+Inf"),))] == 4
+    assert text.index("# TYPE g gauge") < text.index("\ng 3.0") < text.index("# HELP h Seconds")
+
+
 def test_available_cpus_is_bounded_by_the_cgroup_quota(tmp_path: Path) -> None:
     affinity = len(os.sched_getaffinity(0))
     quota = tmp_path / "cpu.max"
@@ -174,6 +191,8 @@ def test_a_killed_worker_loses_only_its_requests_and_is_restarted(harness: Harne
     stack = harness.stack(backend=backend, workers=2)
     send_mix(stack, completions, count=24, concurrency=24)  # connections to both workers
     victim = worker_pids(stack.service)[0]
+    converted = ("buffered_stream_requests_total", (("outcome", "converted"),))
+    assert samples(stack.service.metrics())[converted] == 24
 
     with ThreadPoolExecutor(1) as background:
         load = background.submit(send_mix, stack, completions, 96, 24)
@@ -190,6 +209,8 @@ def test_a_killed_worker_loses_only_its_requests_and_is_restarted(harness: Harne
     assert gauge(stack.service, "buffered_stream_worker_restarts_total") == 1
     assert victim not in worker_pids(stack.service)
     assert_exact(send_mix(stack, completions, count=48, concurrency=16), completions)
+    # The dead worker's counts stay in the pool's totals (as last scraped: 24 before the kill).
+    assert samples(stack.service.metrics())[converted] >= 24 + 48
 
 
 @pytest.mark.e2e

@@ -10,7 +10,8 @@ supervisor itself never imports grpc (it stays small, and has no gRPC threads to
 - Unix socket ``unix:PATH``: worker ``i`` listens on ``unix:PATH.i`` (a Unix socket cannot be
   shared), and Envoy lists every path as an endpoint (``worker_targets``).
 
-The supervisor serves ``/metrics`` (the workers' samples added up, plus its own pool gauges) and
+The supervisor serves ``/metrics`` (the workers' samples added up, plus its own pool gauges; the
+counters of a worker that exited stay in the sums as last scraped, so totals never go down) and
 ``/healthz`` on the metrics address. Health: 503 until every worker has started once (workers
 report gRPC NOT_SERVING until then, see ``server``), 200 while any worker serves, 503 once
 draining. SIGTERM: every worker gets SIGTERM and drains its own requests; the supervisor exits
@@ -31,7 +32,7 @@ import time
 from dataclasses import dataclass, field
 
 from . import metrics
-from .metrics_sum import sum_expositions
+from .metrics_sum import cumulative_samples, sum_expositions
 from ..settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -117,6 +118,7 @@ class Supervisor:
         self.workers = [Worker(i, worker_listen(settings.listen, i)) for i in range(count)]
         self.worker_args = worker_args  # command-line flags every worker gets (settings, log level...)
         self.started_once = False
+        self.retired = ""  # the counters of workers that exited, as last scraped
         self.draining = False
         self._stop = asyncio.Event()  # set when draining starts: cuts a restart backoff short
         self._http: asyncio.AbstractServer | None = None
@@ -175,6 +177,8 @@ class Supervisor:
                 self._announce(worker)
             code = await worker.process.wait()
             worker.ready = False
+            self.retired = sum_expositions([self.retired, cumulative_samples(worker.last_scrape)])
+            worker.last_scrape = ""
             if self.draining:
                 return
             lived = time.monotonic() - worker.started_at
@@ -240,7 +244,7 @@ class Supervisor:
             "# TYPE buffered_stream_worker_requests_total counter",
             *per_worker,
         ]
-        return (sum_expositions(s for s in scrapes if s) + "\n".join(pool) + "\n").encode()
+        return (sum_expositions([self.retired, *(s for s in scrapes if s)]) + "\n".join(pool) + "\n").encode()
 
     async def _scrape(self, worker: Worker) -> str:
         if not worker.ready:
@@ -249,7 +253,10 @@ class Supervisor:
             status, body = await _http_get("127.0.0.1", worker.metrics_port, "/metrics")
         except (OSError, asyncio.TimeoutError, ValueError, IndexError):
             return ""
-        return body.decode() if status == 200 else ""
+        if status != 200:
+            return ""
+        worker.last_scrape = body.decode()
+        return worker.last_scrape
 
 
 def _requests(text: str) -> float:
