@@ -19,6 +19,9 @@ from .settings import SettingsError, ServiceSettings, load_service_settings
 log = logging.getLogger("buffered_stream")
 
 BACKEND_ENV = "BUFFERED_STREAM_BACKEND"
+# Set by ``serve --workers N`` in each worker's environment (adapter.workers.POOL_WORKER_ENV).
+_worker_env = os.environ.get("BUFFERED_STREAM_POOL_WORKER", "")
+WORKER_INDEX = int(_worker_env) if _worker_env.isdigit() else None
 
 
 class JsonLogFormatter(logging.Formatter):
@@ -31,6 +34,8 @@ class JsonLogFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        if WORKER_INDEX is not None:
+            entry["worker"] = WORKER_INDEX
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry)

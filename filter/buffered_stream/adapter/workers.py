@@ -172,9 +172,14 @@ class Supervisor:
         failures = 0
         while not self.draining:
             await self._spawn(worker)
-            if await self._wait_started(worker):
+            if self.draining:  # the drain began while it was being started: it stops too
+                worker.process.send_signal(signal.SIGTERM)
+            elif await self._wait_started(worker):
                 worker.ready = True
                 self._announce(worker)
+            elif worker.process.returncode is None and not self.draining:
+                log.error("worker %d did not start within %.0f s: killed", worker.index, START_TIMEOUT)
+                worker.process.kill()
             code = await worker.process.wait()
             worker.ready = False
             self.retired = sum_expositions([self.retired, cumulative_samples(worker.last_scrape)])
