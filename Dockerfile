@@ -25,4 +25,6 @@ USER 10001:10001
 # ext_proc gRPC (+ grpc.health.v1), then HTTP /metrics and /healthz.
 EXPOSE 50051 9464
 ENTRYPOINT ["buffered-stream"]
+# `serve` runs one worker process per CPU the container may use (its CPU limit, read from the
+# cgroup); pass --workers N to choose.
 CMD ["serve", "--listen", "0.0.0.0:50051", "--metrics-listen", "0.0.0.0:9464", "--log-level", "info"]

@@ -243,6 +243,7 @@ def parse_args() -> argparse.Namespace:
     for role in ("envoy", "service", "backend", "loader"):
         placement.add_argument(f"--{role}-cpus", default=None, help=f"taskset CPU list for the {role} (default: any)")
     placement.add_argument("--services", type=int, default=1, help="service processes, each an endpoint of the ext_proc cluster")
+    placement.add_argument("--workers", type=int, default=1, help="serve --workers of each service process: workers sharing one port (default 1)")
     placement.add_argument("--service-asyncio", action="store_true", help="run the service on plain asyncio instead of uvloop")
     placement.add_argument("--service-pythonpath", default=None, help="put this directory first on the service's PYTHONPATH (try a patched copy)")
     args = parser.parse_args()
@@ -260,7 +261,7 @@ def main() -> None:
         def new_stack(name: str) -> BenchStack:
             directory = Path(work_dir, name)
             directory.mkdir()
-            return BenchStack(directory, placement, args.services, args.service_pythonpath, not args.service_asyncio,
+            return BenchStack(directory, placement, args.services, args.workers, args.service_pythonpath, not args.service_asyncio,
                               args.keepalive_seconds)
 
         foreign = foreign_load()
@@ -288,7 +289,7 @@ def foreign_load(seconds: float = 1.0) -> float:
 
 def run_load_matrix(stack: BenchStack, args: argparse.Namespace) -> None:
     loop = "asyncio" if args.service_asyncio else "uvloop"
-    print(f"placement: {stack.placement.describe()}; {args.services} service process(es) on {loop}; "
+    print(f"placement: {stack.placement.describe()}; {args.services} service process(es) x {args.workers} worker(s) on {loop}; "
           f"loader {args.loader}; {args.seconds:g} s per cell", flush=True)
     problems = check_answers(stack, args.tokens)
     print("converted answers equal the native ones: " + ("yes" if not problems else "NO\n  " + "\n  ".join(problems)), flush=True)

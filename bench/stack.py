@@ -80,6 +80,7 @@ class BenchStack:
     work_dir: Path
     placement: Placement
     service_count: int = 1
+    workers: int = 1  # per service process: ``serve --workers``, one shared port (SO_REUSEPORT)
     service_pythonpath: str | None = None
     service_uvloop: bool = True
     keepalive_seconds: float = 5.0
@@ -124,7 +125,8 @@ class BenchStack:
         self.targets = []
         for i in range(self.service_count):
             target, metrics = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
-            args = [sys.executable, *entry, "serve", "--listen", target, "--metrics-listen", metrics, "--log-level", "warning"]
+            args = [sys.executable, *entry, "serve", "--listen", target, "--metrics-listen", metrics, "--log-level", "warning",
+                    "--workers", str(self.workers)]
             process = self._spawn(f"service{i}", args, self.placement.service, env={"PYTHONPATH": pythonpath})
             self.services.append(process)
             self.targets.append(target)
@@ -151,14 +153,27 @@ class BenchStack:
         return True
 
     def stats(self) -> dict[str, ProcStat]:
-        """CPU and memory of each measured process; services are summed under "service"."""
+        """CPU and memory of each measured process; services (and their workers) are summed under "service"."""
         found = {"envoy": ProcStat.of(self.envoy.pid), "backend": ProcStat.of(self.backend.pid)}
-        found["service"] = sum((ProcStat.of(p.pid) for p in self.services[1:]), ProcStat.of(self.services[0].pid))
+        pids = self.service_pids()
+        found["service"] = sum((ProcStat.of(pid) for pid in pids[1:]), ProcStat.of(pids[0]))
         return found
 
+    def service_pids(self) -> list[int]:
+        """Every service process, pool workers included."""
+        return [pid for p in self.services for pid in (p.pid, *_children(p.pid))]
+
     def reset_peak_memory(self) -> None:
-        for process in self.services:
-            ProcStat.reset_peak(process.pid)
+        for pid in self.service_pids():
+            ProcStat.reset_peak(pid)
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(c) for c in f.read().split()]
+    except OSError:
+        return []
 
 
 def bench_envoy_config(

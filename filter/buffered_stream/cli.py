@@ -19,6 +19,9 @@ from .settings import SettingsError, ServiceSettings, load_service_settings
 log = logging.getLogger("buffered_stream")
 
 BACKEND_ENV = "BUFFERED_STREAM_BACKEND"
+# Set by ``serve --workers N`` in each worker's environment (adapter.workers.POOL_WORKER_ENV).
+_worker_env = os.environ.get("BUFFERED_STREAM_POOL_WORKER", "")
+WORKER_INDEX = int(_worker_env) if _worker_env.isdigit() else None
 
 
 class JsonLogFormatter(logging.Formatter):
@@ -31,6 +34,8 @@ class JsonLogFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        if WORKER_INDEX is not None:
+            entry["worker"] = WORKER_INDEX
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry)
@@ -88,20 +93,50 @@ def _service_settings(args: argparse.Namespace, **overrides) -> ServiceSettings:
         raise SystemExit(f"buffered-stream: {exc}") from None
 
 
+def _worker_count(args: argparse.Namespace) -> int:
+    from .adapter.workers import POOL_WORKER_ENV, available_cpus
+
+    if POOL_WORKER_ENV in os.environ:  # a pool's worker is one process, whatever it is told
+        return 1
+    if args.workers is None:
+        return available_cpus()
+    if args.workers < 1:
+        raise SystemExit("buffered-stream: --workers must be at least 1")
+    return args.workers
+
+
+def _worker_flags(args: argparse.Namespace) -> list[str]:
+    """The command-line flags a pool passes on to each worker it starts."""
+    flags = []
+    for flag, value in (("--settings", args.settings), ("--log-level", args.log_level), ("--drain-seconds", args.drain_seconds)):
+        if value is not None:
+            flags += [flag, str(value)]
+    return flags
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
-    from .adapter.server import serve_until_signalled
+    from .adapter.workers import POOL_WORKER_ENV, Supervisor
 
     settings = _service_settings(args, listen=args.listen, metrics_listen=args.metrics_listen)
     setup_logging(settings.log_level)
     install_fast_loop()
-    asyncio.run(serve_until_signalled(settings))
+    workers = _worker_count(args)
+    if workers == 1:
+        from .adapter.server import serve_until_signalled
+
+        asyncio.run(serve_until_signalled(settings, pooled=POOL_WORKER_ENV in os.environ))
+        return
+    sys.exit(asyncio.run(Supervisor(settings, workers, _worker_flags(args)).run()))
 
 
 async def _run_stack(args: argparse.Namespace, settings: ServiceSettings, workdir: Path) -> int:
     from .demo_backend import serve_demo
     from .envoy_config import build_envoy_config, write_envoy_config
     from .adapter.server import Service
+    from .adapter.workers import Supervisor, worker_targets
 
+    workers = _worker_count(args)
+    targets = worker_targets(settings.listen, workers)
     backend = args.backend or os.environ.get(BACKEND_ENV)
     tasks: list[asyncio.Task] = []
     if not backend:
@@ -114,7 +149,7 @@ async def _run_stack(args: argparse.Namespace, settings: ServiceSettings, workdi
         backend_url=backend,
         listen=(host or "127.0.0.1", int(port)),
         admin_port=args.admin_port,
-        ext_proc_target=settings.listen,
+        ext_proc_target=targets if len(targets) > 1 else targets[0],
         mode=args.mode,
         keepalive_seconds=args.keepalive_seconds,
     )
@@ -127,7 +162,7 @@ async def _run_stack(args: argparse.Namespace, settings: ServiceSettings, workdi
         envoy_binary, "-c", str(config_path), "--log-level", "warn", "--use-dynamic-base-id"
     )
     # Started after Envoy's fork: gRPC's threads and fork() do not mix. Envoy connects lazily.
-    service = Service(settings)
+    service = Service(settings) if workers == 1 else Supervisor(settings, workers, _worker_flags(args))
     await service.start()
     print(
         f"buffered-stream: Envoy on http://{args.listen} -> {backend}\n"
@@ -176,10 +211,18 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--log-level", default=None, help="debug, info, warning, error (default info)")
         p.add_argument("--drain-seconds", type=float, default=None, help="SIGTERM grace for requests in flight (default 30)")
 
+    def workers_flag(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--workers", type=int, default=None,
+            help="service processes, one per core (default: the CPUs this process may use, cgroup quota included; "
+            "1: a single process, no supervisor)",
+        )
+
     serve = sub.add_parser("serve", help="run the ext_proc gRPC service")
     serve.add_argument("--listen", default=None, help="HOST:PORT or unix:PATH (default 127.0.0.1:50051)")
     serve.add_argument("--metrics-listen", default=None, help="HOST:PORT for /metrics and /healthz (default 127.0.0.1:9464)")
     common(serve)
+    workers_flag(serve)
     serve.set_defaults(func=cmd_serve)
 
     run = sub.add_parser("run", help="run Envoy and the service in front of a backend (a demo one if none)")
@@ -195,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--metrics-listen", default=None, help="HOST:PORT for /metrics and /healthz (default 127.0.0.1:9464)")
     run.add_argument("--demo-delay", type=float, default=0.2, help="seconds between demo tokens")
     common(run)
+    workers_flag(run)
     run.set_defaults(func=cmd_run)
     return parser
 

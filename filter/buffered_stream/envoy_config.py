@@ -53,7 +53,7 @@ def build_envoy_config(
     backend_url: str,
     listen: tuple[str, int] = ("127.0.0.1", 10000),
     admin_port: int | None = 9901,
-    ext_proc_target: str = "127.0.0.1:50051",
+    ext_proc_target: str | list[str] = "127.0.0.1:50051",
     mode: str = "buffered",
     keepalive_seconds: float = 0.0,
 ) -> dict[str, Any]:
@@ -61,7 +61,8 @@ def build_envoy_config(
 
     ``backend_url`` is ``http://`` or ``https://`` host[:port] (TLS with SNI, verified against
     the system CA bundle, which ``SSL_CERT_FILE`` overrides);
-    ``ext_proc_target`` is ``host:port`` or ``unix:/path``; ``admin_port=None`` drops the admin
+    ``ext_proc_target`` is ``host:port`` or ``unix:/path``, or a list of them (one endpoint per
+    service process, e.g. the per-worker sockets of ``serve --workers N --listen unix:PATH``); ``admin_port=None`` drops the admin
     interface; ``mode`` is the conversion mode of the converting routes; ``keepalive_seconds``
     turns keep-alive on for them (see ``enable_keepalive``).
     """
@@ -195,18 +196,25 @@ def _system_ca_bundle() -> str:
     return cafile
 
 
-def _point_service(cfg: dict[str, Any], target: str) -> None:
+def _point_service(cfg: dict[str, Any], target: str | list[str]) -> None:
     c = cluster(cfg, SERVICE_CLUSTER)
+    targets = [target] if isinstance(target, str) else list(target)
+    if not targets:
+        raise ValueError("ext_proc target list is empty")
+    addresses = [_service_address(c, t) for t in targets]
+    c["load_assignment"]["endpoints"] = [{"lb_endpoints": [{"endpoint": {"address": a}} for a in addresses]}]
+
+
+def _service_address(c: dict[str, Any], target: str) -> dict[str, Any]:
     if target.startswith("unix:"):
         path = target.removeprefix("unix:")
         if not path:
             raise ValueError("ext_proc target unix: needs a socket path")
-        _set_endpoint(c, {"pipe": {"path": path}})
-        return
+        return {"pipe": {"path": path}}
     host, sep, port = target.rpartition(":")
     if not sep or not host or not port.isdigit():
         raise ValueError(f"ext_proc target must be host:port or unix:/path, got {target!r}")
     host = host.strip("[]")
-    _set_endpoint(c, _socket_address(host, int(port)))
     if not _is_ip(host):
         c["type"] = "STRICT_DNS"
+    return _socket_address(host, int(port))

@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from buffered_stream.adapter.workers import worker_targets
 from buffered_stream.cli import find_envoy
 from buffered_stream.envoy_config import build_envoy_config, write_envoy_config
 
@@ -109,17 +110,21 @@ class Service:
         unix_socket: bool = False,
         extra_args: tuple[str, ...] = (),
         name: str = "service",
+        workers: int = 1,
     ) -> None:
         if unix_socket:
             # sun_path is ~100 bytes: a short private directory, not the (long) pytest tmp dir.
             self._socket_dir: str | None = tempfile.mkdtemp(prefix="bs-")
             self.target = f"unix:{self._socket_dir}/ext_proc.sock"
+        # ``targets``: what Envoy lists; a pool on a Unix socket has one path per worker.
         else:
             self._socket_dir = None
             self.target = f"127.0.0.1:{free_port()}"
+        self.targets = worker_targets(self.target, workers)
         self.metrics_url = f"http://127.0.0.1:{free_port()}"
         args = [
             sys.executable, "-m", "buffered_stream", "serve",
+            "--workers", str(workers),
             "--listen", self.target,
             "--metrics-listen", self.metrics_url.removeprefix("http://"),
             "--log-level", "info",
@@ -262,7 +267,7 @@ class Harness:
             backend_url=backend_url or backend.url,
             listen=("127.0.0.1", 0),
             admin_port=0,
-            ext_proc_target=service.target,
+            ext_proc_target=service.targets if len(service.targets) > 1 else service.target,
             mode=mode,
         )
         if customize:

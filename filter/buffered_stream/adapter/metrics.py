@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Callable
+from typing import Awaitable, Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
 
@@ -53,8 +53,16 @@ def count_outcome(outcome: str) -> None:
     child.inc()
 
 
-async def serve_http(host: str, port: int, is_serving: Callable[[], bool]) -> asyncio.AbstractServer:
-    """``GET /metrics`` (Prometheus text) and ``GET /healthz`` (200 serving / 503 draining)."""
+async def serve_http(
+    host: str,
+    port: int,
+    is_serving: Callable[[], bool],
+    exposition: Callable[[], Awaitable[bytes]] | None = None,
+) -> asyncio.AbstractServer:
+    """``GET /metrics`` (Prometheus text) and ``GET /healthz`` (200 serving / 503 draining).
+
+    ``exposition`` replaces this process's own metrics (a worker pool's supervisor sums its workers').
+    """
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -64,7 +72,8 @@ async def serve_http(host: str, port: int, is_serving: Callable[[], bool]) -> as
             parts = request_line.split()
             path = parts[1].split(b"?")[0] if len(parts) >= 2 else b""
             if path == b"/metrics":
-                status, ctype, body = "200 OK", CONTENT_TYPE_LATEST, generate_latest(REGISTRY)
+                body = await exposition() if exposition else generate_latest(REGISTRY)
+                status, ctype = "200 OK", CONTENT_TYPE_LATEST
             elif path == b"/healthz":
                 serving = is_serving()
                 status = "200 OK" if serving else "503 Service Unavailable"

@@ -3,6 +3,10 @@
 Drain order on SIGTERM: health turns NOT_SERVING at once (load balancers and probes stop sending
 new requests), requests in flight keep being served until they end or ``drain_seconds`` pass, and
 only then does the server close. Requests are never cut because the process was asked to stop.
+
+A pooled worker (``serve --workers N``, see ``workers``) shares its TCP port with the other
+workers (SO_REUSEPORT) and reports NOT_SERVING until its supervisor says the whole pool is up
+(SIGUSR1), so a probe never sees a half-started pool as ready.
 """
 
 from __future__ import annotations
@@ -37,8 +41,9 @@ def split_host_port(address: str) -> tuple[str, int]:
 class Service:
     """The service's lifetime: ``start()``, then ``drain()`` when asked to stop."""
 
-    def __init__(self, settings: ServiceSettings) -> None:
+    def __init__(self, settings: ServiceSettings, *, pooled: bool = False) -> None:
         self.settings = settings
+        self.pooled = pooled
         self.processor = ExternalProcessor(settings)
         self.health = health_aio.HealthServicer()
         self.serving = False
@@ -52,7 +57,8 @@ class Service:
             options=[
                 ("grpc.max_receive_message_length", size),
                 ("grpc.max_send_message_length", size),
-                ("grpc.so_reuseport", 0),
+                # Alone, a second process on the same port is an error; pooled, it is the design.
+                ("grpc.so_reuseport", 1 if self.pooled else 0),
             ]
         )
         external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(self.processor, server)
@@ -70,8 +76,12 @@ class Service:
         if self.settings.metrics_listen:
             host, port = split_host_port(self.settings.metrics_listen)
             self._http = await metrics.serve_http(host, port, lambda: self.serving)
-        await self._set_serving(True)
+        await self._set_serving(not self.pooled)
         log.info("ext_proc service listening on %s", listen)
+
+    async def pool_ready(self) -> None:
+        """The supervisor saw every worker start: serve health as SERVING."""
+        await self._set_serving(True)
 
     async def _set_serving(self, serving: bool) -> None:
         self.serving = serving
@@ -93,15 +103,31 @@ class Service:
         log.info("stopped")
 
 
-async def serve_until_signalled(settings: ServiceSettings, started: asyncio.Event | None = None) -> None:
-    """Run the service until SIGTERM or SIGINT, then drain."""
-    service = Service(settings)
-    await service.start()
-    if started is not None:
-        started.set()
+async def serve_until_signalled(
+    settings: ServiceSettings, started: asyncio.Event | None = None, *, pooled: bool = False
+) -> None:
+    """Run the service until SIGTERM or SIGINT, then drain; ``pooled``: a supervised worker."""
+    service = Service(settings, pooled=pooled)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    if pooled:
+        # Installed before the port opens: the supervisor signals only once it can connect.
+        ready = asyncio.Event()
+        loop.add_signal_handler(signal.SIGUSR1, ready.set)
+    await service.start()
+    if pooled:
+        waiter = asyncio.create_task(_serve_when(ready, stop, service))
+    if started is not None:
+        started.set()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    if pooled:
+        waiter.cancel()
     await service.drain()
+
+
+async def _serve_when(ready: asyncio.Event, stop: asyncio.Event, service: Service) -> None:
+    await ready.wait()
+    if not stop.is_set():
+        await service.pool_ready()
