@@ -61,6 +61,11 @@ class SseDecoder:
         """Bytes received that are not yet part of a dispatched event (bounded by the limit)."""
         return self._held_size
 
+    @property
+    def at_event_start(self) -> bool:
+        """Nothing is held: the next byte fed starts a new event (or a blank or comment line)."""
+        return not self._held and not self._cr_pending
+
     def feed(self, data: bytes) -> list[Event]:
         """Take the next chunk of the body; return the events it completed, in order."""
         if self._cr_pending and data:
