@@ -90,17 +90,21 @@ class TextTemplate:
         start, size, count = pos, _FIRST_RUN_BYTES, 0
         while True:
             stop = start + size
-            payloads = body[start + len(field) : stop].split(separator)
-            payloads.pop()  # cut anywhere or followed by something else: the next round's (or no one's)
+            region = body[start + len(field) : stop]
+            payloads = region.split(separator)
+            last = payloads.pop()  # cut anywhere or followed by something else: the next round's (or no one's)
             middles = _middles(payloads, prefix, suffix)
-            texts = _decode_middles(middles, max_middle)
+            # No middle can be too long when the whole region is not.
+            texts = _decode_middles(middles, max_middle if len(region) > max_middle else None)
             if texts:
                 pieces.append("".join(texts))
                 if len(pieces) >= COMPACT_EVERY:
                     pieces.compact()
                 count += len(texts)
-                start += len(texts) * (len(field) + 2) + sum(map(len, payloads[: len(texts)]))
-            if not texts or len(texts) < len(payloads) or stop >= len(body):
+            if len(texts) < len(payloads) or not texts:
+                return start + len(texts) * (len(field) + 2) + sum(map(len, payloads[: len(texts)])), count
+            start += len(region) - len(last)  # where the event of the last payload starts
+            if stop >= len(body):
                 return start, count
             size = _MAX_RUN_BYTES
 
@@ -152,7 +156,7 @@ def _middles(payloads: list[bytes], prefix: bytes, suffix: bytes) -> list[bytes]
     return middles
 
 
-def _decode_middles(middles: list[bytes], max_middle: int) -> list[str]:
+def _decode_middles(middles: list[bytes], max_middle: int | None) -> list[str]:
     """The texts of the leading middles that are each the inside of one JSON string (and short
     enough for an event), decoded at once when the array's framing cannot be fooled: no middle
     holds a quote or ends with a backslash."""
@@ -160,7 +164,7 @@ def _decode_middles(middles: list[bytes], max_middle: int) -> list[str]:
         return []
     joined = b'","'.join(middles)
     if (
-        max(map(len, middles)) <= max_middle
+        (max_middle is None or max(map(len, middles)) <= max_middle)
         and joined.count(b'"') == 2 * (len(middles) - 1)
         and b'\\"' not in joined
         and not joined.endswith(b"\\")
@@ -172,7 +176,7 @@ def _decode_middles(middles: list[bytes], max_middle: int) -> list[str]:
     texts = []
     loads = orjson.loads
     for middle in middles:
-        if len(middle) > max_middle:
+        if max_middle is not None and len(middle) > max_middle:
             break
         try:
             texts.append(loads(b'"' + middle + b'"'))
