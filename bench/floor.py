@@ -11,13 +11,16 @@ check passes). No routes, settings, metrics, logging or per-request state beyond
   full-duplex headers on keep-alive routes);
 - response body: nothing until the end of the body, then the answer (buffered: one message).
 
-``bench/run.py --floor`` runs it as a second stack beside the shipped one and prints both.
+``bench/run.py --floor`` runs it as a second stack beside the shipped one and prints both. With
+``BENCH_FLOOR_CONVERTS=1`` in the environment the floor runs the real pipeline on every body: the
+floor plus exactly one conversion, which isolates what the conversion costs inside a live process.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from pathlib import Path
 from typing import Any, AsyncIterator
@@ -55,6 +58,8 @@ def _headers_reply(mode: int) -> pb.ProcessingResponse:
     )
 
 
+# BENCH_FLOOR_CONVERTS=1: run the real pipeline on every body (the floor plus exactly one conversion).
+CONVERT_EVERY_TIME = os.environ.get("BENCH_FLOOR_CONVERTS") == "1"
 BUFFERED_HEADERS = _headers_reply(Mode.BUFFERED)
 STREAMED_HEADERS = _headers_reply(Mode.STREAMED)
 
@@ -119,7 +124,7 @@ class FloorProcessor(pb_grpc.ExternalProcessorServicer):
             if kind == "response_body":
                 chunk = request.response_body
                 last = chunk.end_of_stream
-                if conversation.answer is None:
+                if conversation.answer is None or CONVERT_EVERY_TIME:
                     body += chunk.body
                     if last or not streamed:
                         conversation.learn(bytes(body))
