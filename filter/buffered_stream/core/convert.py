@@ -33,7 +33,7 @@ class StreamConverter:
     """Feed the upstream body in any chunking, then ``finish()`` for the answer's bytes."""
 
     __slots__ = ("_spec", "_assembler", "_decoder", "_max_body", "_max_event", "_body_bytes", "_events", "_done",
-                 "_add_run")
+                 "_add_run", "_window")
 
     def __init__(
         self,
@@ -61,6 +61,7 @@ class StreamConverter:
         self._max_event = max_event_bytes
         # The assembler's whole-body fast path (see ``_feed_whole``), where it has one.
         self._add_run = getattr(assembler, "add_run", None) if whole_body else None
+        self._window = 1  # bytes the decoder takes next between runs (see ``_feed_whole``)
         self._body_bytes = 0
         self._events = 0
         self._done = False
@@ -105,10 +106,11 @@ class StreamConverter:
     def _feed_whole(self, data: bytes) -> None:
         """Many events at once (buffered mode): at each event boundary the assembler takes the run
         of events it can prove without parsing (``add_run``); the rest goes through the decoder a
-        window ending at an event boundary at a time, the window doubling while no run is found.
+        window ending at an event boundary at a time, the window doubling while no run is found
+        (and staying doubled across feeds).
         Every event is taken exactly as the per-event path would take it, only faster."""
         decoder, add_run, max_event = self._decoder, self._add_run, self._max_event
-        pos, size, total = 0, 1, len(data)
+        pos, size, total = 0, self._window, len(data)
         while pos < total:
             if decoder.at_event_start:
                 end, count = add_run(data, pos, max_event)
@@ -122,6 +124,7 @@ class StreamConverter:
             if self._done:
                 return
             pos, size = cut, min(size * 2, _WINDOW_BYTES)
+        self._window = size  # a stream whose runs never start stays at full windows from feed to feed
 
     def finish(self) -> bytes:
         """End of body: the answer as JSON bytes, or ``ConversionError`` if it is incomplete."""
