@@ -25,6 +25,8 @@ patched copy of the package) are listed by ``--help``.
 from __future__ import annotations
 
 import argparse
+import statistics
+from collections import Counter
 import tempfile
 import time
 from contextlib import closing
@@ -73,6 +75,11 @@ class Cell:
     service_peak_rss: int
     counted: dict[str, float]
     machine_cpu_s: float  # every process on the machine, ours included
+    variant: str = ""  # "floor": the minimal servicer of bench/floor.py instead of the service
+
+    @property
+    def label(self) -> str:
+        return self.path + (" paced" if self.paced else "") + (f" {self.variant}" if self.variant else "")
 
     @property
     def foreign_busy(self) -> float:
@@ -96,7 +103,8 @@ class Cell:
 
 
 def measure(
-    stack: BenchStack, args: argparse.Namespace, path: str, url: str, body: bytes, tokens: int, concurrency: int, paced: bool = False
+    stack: BenchStack, args: argparse.Namespace, path: str, url: str, body: bytes, tokens: int, concurrency: int, paced: bool = False,
+    variant: str = "",
 ) -> Cell:
     before, counted_before = stack.stats(), service_counters(stack)
     stack.reset_peak_memory()
@@ -106,7 +114,8 @@ def measure(
     after, counted_after = stack.stats(), service_counters(stack)
     cpu = {role: after[role].cpu_s - before[role].cpu_s for role in ROLES}
     cpu["loader"] = load.loader_cpu_s
-    return Cell(path, tokens, concurrency, paced, load, cpu, after["service"].peak_rss, delta(counted_after, counted_before), machine_cpu)
+    return Cell(path, tokens, concurrency, paced, load, cpu, after["service"].peak_rss, delta(counted_after, counted_before), machine_cpu,
+                variant)
 
 
 def check_answers(stack: BenchStack, sizes: list[int]) -> list[str]:
@@ -160,7 +169,7 @@ def format_table(cells: list[Cell]) -> str:
         converted = c.path in CONVERTED and base is not None
         service = c.path in CONVERTED
         lines.append(
-            f"{c.path + (' paced' if c.paced else ''):<15} {c.tokens:>4} {c.concurrency:>4} {c.load.rps:>7.0f} {c.load.p50_ms:>7.2f} {c.load.p99_ms:>7.2f} "
+            f"{c.label:<15} {c.tokens:>4} {c.concurrency:>4} {c.load.rps:>7.0f} {c.load.p50_ms:>7.2f} {c.load.p99_ms:>7.2f} "
             f"{c.load.errors:>4} "
             f"{c.cpu_per_1k('service') if service else 0:>8.3f} {c.cpu_per_1k('envoy'):>10.3f} "
             f"{c.cpu_per_1k('backend'):>9.3f} {c.cpu_per_1k('loader'):>9.3f} {c.machine_busy:>5.0%} {c.foreign_busy:>5.0%} "
@@ -180,8 +189,35 @@ def format_message_costs(costs: list[tuple[str, dict[str, float], float]]) -> st
     return "\n".join(lines)
 
 
+def floor_verdicts(cells: list[Cell]) -> list[str]:
+    """Service CPU of the shipped service against the floor (bench/floor.py), medians of the
+    interleaved repeats: per conversion (buffered) and per upstream chunk (streamed, keep-alive)."""
+    out = []
+    keys = sorted({(c.path, c.tokens, c.concurrency) for c in cells if c.variant == "floor"}, key=lambda k: (k[1], k[2], PATHS_ORDER[k[0]]))
+    for path, tokens, concurrency in keys:
+        shipped = [c for c in cells if (c.path, c.tokens, c.concurrency, c.variant, c.paced) == (path, tokens, concurrency, "", False)]
+        floor = [c for c in cells if (c.path, c.tokens, c.concurrency, c.variant) == (path, tokens, concurrency, "floor")]
+        if not shipped or not floor or not all(c.load.requests for c in shipped + floor):
+            continue
+        ms = statistics.median(1e3 * c.cpu_s["service"] / c.load.requests for c in shipped)
+        floor_ms = statistics.median(1e3 * c.cpu_s["service"] / c.load.requests for c in floor)
+        line = (f"{path}, {tokens} tok, {concurrency} conc: service CPU per conversion {ms:.2f} ms, floor {floor_ms:.2f} ms, "
+                f"+{ms - floor_ms:.2f} ms (median of {len(shipped)}/{len(floor)})")
+        if path == "buffered" and tokens == 256:
+            line += f" (target <= floor + 0.3): {'MET' if ms - floor_ms <= 0.3 else 'MISSED'}"
+        chunks = statistics.median(c.chunks_per_request for c in shipped)
+        if path != "buffered" and chunks >= 2:
+            line += f"; per upstream chunk {1e3 * ms / chunks:.0f} us, floor {1e3 * floor_ms / chunks:.0f} us"
+        out.append(line)
+    return out
+
+
+PATHS_ORDER = {path: i for i, path in enumerate(PATHS)}
+
+
 def verdicts(cells: list[Cell]) -> list[str]:
     """The targets, with where this run landed."""
+    cells = [c for c in cells if not c.variant]
     find = {(c.path, c.tokens, c.concurrency): c for c in cells if not c.paced}
     out = []
     b16, e16 = find.get(("buffered", 256, 16)), find.get(("envoy", 256, 16))
@@ -235,6 +271,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--inflight-tokens", type=int, default=256)
     parser.add_argument("--inflight-rate", type=float, default=250.0, help="new held requests per second (default 250)")
     parser.add_argument("--keepalive-seconds", type=float, default=5.0, help="keep-alive interval of the keepalive route (default 5)")
+    parser.add_argument("--floor", action="store_true",
+                        help="also run bench/floor.py (a minimal servicer, constant replies) as a second stack; its cells "
+                             "interleave with the service's")
+    parser.add_argument("--repeat", type=int, default=1, help="measure each converted cell this many times (medians reported)")
     parser.add_argument("--skip-backend", action="store_true", help="do not measure the backend's own capacity")
     parser.add_argument("--paced-concurrency", type=int, default=16,
                         help="concurrency of the paced-stream cells (one upstream chunk per token, 1 ms apart; 0: skip)")
@@ -258,17 +298,17 @@ def main() -> None:
     placement = Placement(args.envoy_cpus, args.service_cpus, args.backend_cpus, args.loader_cpus, args.envoy_workers)
     with tempfile.TemporaryDirectory(prefix="bench-") as work_dir:
 
-        def new_stack(name: str) -> BenchStack:
+        def new_stack(name: str, floor: bool = False) -> BenchStack:
             directory = Path(work_dir, name)
             directory.mkdir()
-            return BenchStack(directory, placement, args.services, args.workers, args.service_pythonpath, not args.service_asyncio,
-                              args.keepalive_seconds)
+            return BenchStack(directory, placement, args.services, args.workers, args.service_pythonpath,
+                              not args.service_asyncio, args.keepalive_seconds, floor)
 
         foreign = foreign_load()
         print(f"before start: {foreign:.0%} of the machine busy with other processes"
               + (" -- the numbers below will be noisy" if foreign > 0.05 else ""), flush=True)
-        with closing(new_stack("load")) as stack:
-            run_load_matrix(stack.start(), args)
+        with closing(new_stack("load")) as stack, closing(new_stack("floor", floor=True)) as floor:
+            run_load_matrix(stack.start(), args, floor.start() if args.floor else None)
         if args.inflight:
             print(f"\nin flight: {args.inflight} converted requests of {args.inflight_tokens} tokens held at once "
                   f"(arriving {args.inflight_rate:g}/s), each mode on a freshly started stack:", flush=True)
@@ -287,14 +327,18 @@ def foreign_load(seconds: float = 1.0) -> float:
     return (machine_busy_seconds() - before) / (CPUS * seconds)
 
 
-def run_load_matrix(stack: BenchStack, args: argparse.Namespace) -> None:
+def run_load_matrix(stack: BenchStack, args: argparse.Namespace, floor: BenchStack | None = None) -> None:
     loop = "asyncio" if args.service_asyncio else "uvloop"
     print(f"placement: {stack.placement.describe()}; {args.services} service process(es) x {args.workers} worker(s) on {loop}; "
           f"loader {args.loader}; {args.seconds:g} s per cell", flush=True)
     problems = check_answers(stack, args.tokens)
     print("converted answers equal the native ones: " + ("yes" if not problems else "NO\n  " + "\n  ".join(problems)), flush=True)
+    if floor is not None:
+        problems = check_answers(floor, args.tokens)  # also builds the floor's constant replies
+        print("floor answers equal the native ones: " + ("yes" if not problems else "NO\n  " + "\n  ".join(problems)), flush=True)
     for path in args.paths:  # warm every path up (connections, caches) before measuring
-        run_load(args.loader, f"{stack.envoy_url}{PATHS[path]}", chat_request(args.tokens[0]), 16, 1)
+        for each in (stack, floor) if floor is not None else (stack,):
+            run_load(args.loader, f"{each.envoy_url}{PATHS[path]}", chat_request(args.tokens[0]), 16, 1)
     cells: list[Cell] = []
     if not args.skip_backend:
         for tokens in args.tokens:
@@ -305,8 +349,17 @@ def run_load_matrix(stack: BenchStack, args: argparse.Namespace) -> None:
     for tokens in args.tokens:
         for concurrency in args.concurrency:
             for path in args.paths:
-                url = f"{stack.envoy_url}{PATHS[path]}"
-                cells.append(measure(stack, args, path, url, chat_request(tokens), tokens, concurrency))
+                for _ in range(args.repeat if path in CONVERTED else 1):
+                    url = f"{stack.envoy_url}{PATHS[path]}"
+                    cells.append(measure(stack, args, path, url, chat_request(tokens), tokens, concurrency))
+                    if floor is not None and path in CONVERTED:
+                        floor_url = f"{floor.envoy_url}{PATHS[path]}"
+                        cell = measure(floor, args, path, floor_url, chat_request(tokens), tokens, concurrency, variant="floor")
+                        # The floor counts nothing: the same requests bring the same messages and chunks.
+                        shipped = cells[-1]
+                        scale = cell.load.requests / shipped.load.requests if shipped.load.requests else 0.0
+                        cell.counted = Counter({key: value * scale for key, value in shipped.counted.items()})
+                        cells.append(cell)
             print(f"  measured {tokens} tok, {concurrency} conc", flush=True)
     if args.paced_concurrency:
         # Real servers send one chunk per token: Envoy alone passes the paced SSE through, the
@@ -323,6 +376,9 @@ def run_load_matrix(stack: BenchStack, args: argparse.Namespace) -> None:
           "xthr, +p50, +p99: against envoy alone at the same size and concurrency (paced: envoy alone passes "
           "the same paced SSE through, stream: true).")
     print("\n" + "\n".join(verdicts(cells)))
+    if floor is not None:
+        print("\nagainst the floor (bench/floor.py: the same messages, constant replies):")
+        print("\n".join(floor_verdicts(cells)))
     print("\ngRPC messages per HTTP request (the service's own counters):")
     print(format_message_costs(message_costs(stack)))
 

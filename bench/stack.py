@@ -35,7 +35,7 @@ from buffered_stream.envoy_config import (  # noqa: E402
     routes,
     write_envoy_config,
 )
-from support.net import free_port, wait_until  # noqa: E402
+from support.net import free_port, port_open, wait_until  # noqa: E402
 from support.processes import ManagedProcess  # noqa: E402
 from support.stack import find_envoy_binary  # noqa: E402
 
@@ -84,6 +84,7 @@ class BenchStack:
     service_pythonpath: str | None = None
     service_uvloop: bool = True
     keepalive_seconds: float = 5.0
+    floor: bool = False  # run bench/floor.py (constant replies) instead of the service
     processes: list[ManagedProcess] = field(default_factory=list)
     backend_url: str = ""
     envoy_url: str = ""
@@ -125,12 +126,20 @@ class BenchStack:
         self.targets = []
         for i in range(self.service_count):
             target, metrics = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
-            args = [sys.executable, *entry, "serve", "--listen", target, "--metrics-listen", metrics, "--log-level", "warning",
-                    "--workers", str(self.workers)]
+            if self.floor:
+                args = [sys.executable, str(BENCH_DIR / "floor.py"), "--listen", target, *([] if self.service_uvloop else ["--asyncio"])]
+            else:
+                args = [sys.executable, *entry, "serve", "--listen", target, "--metrics-listen", metrics, "--log-level", "warning",
+                        "--workers", str(self.workers)]
+                self.metrics_urls.append(f"http://{metrics}")
             process = self._spawn(f"service{i}", args, self.placement.service, env={"PYTHONPATH": pythonpath})
             self.services.append(process)
             self.targets.append(target)
-            self.metrics_urls.append(f"http://{metrics}")
+        if self.floor:
+            for process, target in zip(self.services, self.targets):
+                port = int(target.rpartition(":")[2])
+                wait_until(lambda: self._alive(process) and port_open(port), START_TIMEOUT, message=lambda: f"floor\n{process.logs()}")
+            return
         for process, url in zip(self.services, self.metrics_urls):
             wait_until(lambda: self._alive(process) and http_get(f"{url}/healthz"), START_TIMEOUT,
                        message=lambda: f"service\n{process.logs()}")

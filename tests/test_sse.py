@@ -209,3 +209,54 @@ def test_arbitrary_bytes_decode_or_raise_a_limit_with_bounded_buffering(chunks: 
             assert len(payload) <= 32
     except ConversionError as error:
         assert error.kind == LIMIT
+
+
+def line_by_line(body: bytes) -> list:
+    """The general line loop alone (no fast path), over an LF-only body that ends its last event."""
+    events: list = []
+    SseDecoder(BIG, BIG)._decode_lines(body.split(b"\n"), events)  # noqa: SLF001 - the reference path
+    return events
+
+
+NAMED = b"event: response.created\ndata: {}\n\nevent: response.output_text.delta\ndata: {\"delta\":\"a\"}\n\n"
+
+
+def test_named_events_in_one_chunk_are_decoded_like_line_by_line() -> None:
+    assert decode([NAMED * 50]) == line_by_line(NAMED * 50) == [
+        ("response.created", b"{}"), ("response.output_text.delta", b'{"delta":"a"}')
+    ] * 50
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [b"event:x\ndata: {}", b"event: x\ndata:{}", b"event: x\ndata:  {}", b"event: \xff\ndata: {}", b"event: \ndata: {}",
+     b"data: {}\nevent: x", b"event: x\nid: 1", b"events: x\ndata: {}", b"event: x\n: c", b"event: error\ndata: {}",
+     b": c\ndata: {}", b'event: x\n{"a":1}', b"event: x\nerror: {}"],
+)
+def test_named_events_that_differ_anywhere_are_decoded_like_line_by_line(odd: bytes) -> None:
+    for position in (0, 3, 9):
+        events = [NAMED[:-2]] * 10
+        events.insert(position, odd)
+        body = b"\n\n".join(events) + b"\n\n"
+        assert decode([body]) == line_by_line(body)
+
+
+def test_named_events_obey_the_event_limit() -> None:
+    body = NAMED * 3 + b"event: x\ndata: " + b"y" * 100 + b"\n\n" + NAMED
+    with pytest.raises(ConversionError) as caught:
+        decode([body], max_event=99)
+    assert caught.value.kind == LIMIT
+
+
+_field_lines = st.sampled_from([b"event: ", b"event:", b"data: ", b"data:", b": ", b"id: ", b"{", b"error: "])
+
+
+_values = st.binary(max_size=6).filter(lambda b: b"\n" not in b and b"\r" not in b)
+_named_pair = st.tuples(_values, _values).map(lambda nv: [(b"event: ", nv[0]), (b"data: ", nv[1])])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_named_pair | _named_pair | st.lists(st.tuples(_field_lines, _values), min_size=1, max_size=3), max_size=12))
+def test_any_lf_only_body_decodes_like_line_by_line(events: list[list[tuple[bytes, bytes]]]) -> None:
+    body = b"".join(b"".join(field + value + b"\n" for field, value in lines) + b"\n" for lines in events)
+    assert decode([body]) == line_by_line(body)

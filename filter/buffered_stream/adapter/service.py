@@ -76,6 +76,18 @@ JSON_RESPONSE_HEADERS = pb.ProcessingResponse(
         )
     )
 )
+# A converted answer's headers: JSON, and the route's body mode.
+CONVERTING_RESPONSE_HEADERS = {
+    mode: pb.ProcessingResponse(
+        response_headers=pb.HeadersResponse(
+            response=pb.CommonResponse(
+                header_mutation=pb.HeaderMutation(set_headers=_JSON_HEADERS, remove_headers=("content-length",))
+            )
+        ),
+        mode_override=_Mode(request_body_mode=_Mode.BUFFERED, response_header_mode=_Mode.SEND, response_body_mode=body_mode),
+    )
+    for mode, body_mode in _BODY_MODES.items()
+}
 KEEPALIVE_BYTE = b"\n"
 KEEPALIVE_GRID_SECONDS = 0.25
 KEEPALIVE_CHUNK = pb.ProcessingResponse(
@@ -111,15 +123,18 @@ _USAGE_METADATA_KEYS = (("input_tokens", "prompt_tokens"), ("output_tokens", "co
 
 
 def _usage_metadata(outcome: str, spec: SchemaSpec | None, usage: dict[str, Any] | None) -> struct_pb2.Struct:
-    values: dict[str, Any] = {"outcome": outcome}
+    # Fields are set one by one: ``Struct.update`` walks the values in Python, twice as slow.
+    struct = struct_pb2.Struct()
+    fields = struct.fields[NAMESPACE].struct_value.fields
+    fields["outcome"].string_value = outcome
     if usage and spec is not None:
         tokens = spec.usage_tokens(usage)
         for name, key in _USAGE_METADATA_KEYS:
             count = tokens.get(name)
-            if isinstance(count, int):
-                values[key] = count
-    struct = struct_pb2.Struct()
-    struct.update({NAMESPACE: values})
+            if type(count) is bool:
+                fields[key].bool_value = count
+            elif isinstance(count, int):
+                fields[key].number_value = count
     return struct
 
 
@@ -318,19 +333,7 @@ class Exchange:
             return JSON_RESPONSE_HEADERS
         if self.route.keepalive_seconds:
             _warn_not_full_duplex(self.route_name)
-        mode = self.route.mode
-        return pb.ProcessingResponse(
-            response_headers=pb.HeadersResponse(
-                response=pb.CommonResponse(
-                    header_mutation=pb.HeaderMutation(set_headers=_JSON_HEADERS, remove_headers=("content-length",))
-                )
-            ),
-            mode_override=_Mode(
-                request_body_mode=_Mode.BUFFERED,
-                response_header_mode=_Mode.SEND,
-                response_body_mode=_BODY_MODES[mode],
-            ),
-        )
+        return CONVERTING_RESPONSE_HEADERS[self.route.mode]
 
     def _on_response_body(self, body: pb.HttpBody) -> Replies:
         converter = self.converter

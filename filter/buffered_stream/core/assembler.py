@@ -6,6 +6,10 @@ The pipeline (``convert.StreamConverter``) owns SSE decoding, size limits, and, 
 ``SchemaSpec``, upstream error detection and the end payload, so an assembler only ever sees
 well-formed, non-error chunks. An API whose stream ends with a typed event (no end payload) says
 the answer is complete through ``finished``.
+
+An assembler may also offer ``add_run(body, pos, max_payload) -> (end, events)``: given a whole
+LF-only body (buffered mode) at an event boundary, fold in the run of events from ``pos`` it can
+prove without parsing and say where that run ends; the pipeline takes the rest event by event.
 """
 
 from __future__ import annotations

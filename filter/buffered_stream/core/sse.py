@@ -61,6 +61,11 @@ class SseDecoder:
         """Bytes received that are not yet part of a dispatched event (bounded by the limit)."""
         return self._held_size
 
+    @property
+    def at_event_start(self) -> bool:
+        """Nothing is held: the next byte fed starts a new event (or a blank or comment line)."""
+        return not self._held and not self._cr_pending
+
     def feed(self, data: bytes) -> list[Event]:
         """Take the next chunk of the body; return the events it completed, in order."""
         if self._cr_pending and data:
@@ -91,6 +96,12 @@ class SseDecoder:
                 if end > self._max_event:
                     self._check_size(max(map(len, payloads)))
                 return list(zip(repeat(""), payloads))
+        elif len(lines) % 3 == 2 and not any(lines[2::3]):  # event line, data line, blank line
+            named = _named_events(lines)
+            if named is not None:
+                if end > self._max_event:
+                    self._check_size(max(len(payload) for _, payload in named))
+                return named
         events: list[Event] = []
         self._decode_lines(lines, events)
         return events
@@ -163,6 +174,20 @@ class SseDecoder:
             502,
             f"upstream SSE event of {size} bytes exceeds max_event_bytes={self._max_event}",
         )
+
+
+def _named_events(lines: list[bytes]) -> list[Event] | None:
+    """The events if every one is exactly ``event: NAME`` then ``data: X`` (Responses and Messages
+    streams), else None; like ``_one_line_data``, C-level maps instead of a Python loop."""
+    name_lines, data_lines = lines[0::3], lines[1::3]
+    names = list(map(_removeprefix, name_lines, repeat(b"event: ")))
+    payloads = list(map(_removeprefix, data_lines, repeat(b"data: ")))
+    if any(map(is_, names, name_lines)) or any(map(is_, payloads, data_lines)):
+        return None
+    try:
+        return list(zip(map(bytes.decode, names), payloads))
+    except UnicodeDecodeError:  # the line loop decodes with replacement characters
+        return None
 
 
 def _one_line_data(lines: list[bytes]) -> list[bytes] | None:

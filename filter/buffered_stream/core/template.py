@@ -13,21 +13,32 @@ because
 
 OpenAI ends every chunk with ``"obfuscation":"<random>"``, which no answer keeps: a template can
 leave that last string open too (``padded``), any verbatim ASCII text being as good as another.
+
+A whole body (buffered mode) is matched a run at a time (``run_in``): the body splits at
+``"\n\ndata: "``, each payload must be ``prefix + middle + suffix``, and one ``orjson.loads`` of the
+middles as a JSON array decodes them all. The run is exactly what the SSE decoder and ``text_of``
+would have found event by event because a valid middle holds no raw LF (so every event boundary
+is a split point) and the prefix and suffix hold none either.
 """
 
 from __future__ import annotations
 
+from itertools import repeat
+from operator import is_
 from typing import Any
 
 import orjson
 
-from .pieces import Pieces
+from .pieces import COMPACT_EVERY, Pieces
 
 # Bytes a JSON string cannot hold verbatim: a text without them is found as it is in the bytes.
 _NOT_VERBATIM = bytes(range(0x20)) + b'"\\'
 _PADDING_END = b'"}'
 _PADDING_KEY = b'"obfuscation":"'
 _PROBE = "\x7fprobe\x7f"
+_DATA_FIELDS = (b"data: ", b"data:")  # TGI writes no space
+_FIRST_RUN_BYTES = 4 << 10  # a run may be short: match a little first
+_MAX_RUN_BYTES = 16 << 10
 
 
 class TextTemplate:
@@ -57,6 +68,45 @@ class TextTemplate:
             return None
         padding = payload[start:stop]  # so payload == prefix + text + suffix + padding + '"}'
         return payload[len(prefix) : end] if padding.isascii() and _verbatim(padding) else None
+
+    def run_in(self, body: bytes, pos: int, max_payload: int) -> tuple[int, int]:
+        """Append the texts of the events that start at ``pos`` of an LF-only ``body`` (an event
+        boundary) and are this chunk with another text: ``(end, count)``, ``(pos, 0)`` when none
+        is. The last event a run finds is left to the per-event path, as is any middle that needs
+        a closer look. Copies stay bounded: the body is matched a window at a time."""
+        prefix, suffix = self.prefix, self.suffix
+        if self.padded or b"\n" in prefix or b"\n" in suffix:
+            return pos, 0
+        for field in _DATA_FIELDS:
+            if body.startswith(field + prefix, pos):
+                break
+        else:
+            return pos, 0
+        # Split at each event's start (a short separator: CPython searches long ones slowly),
+        # then strip the template's prefix and suffix from every payload with C-level maps.
+        separator = b"\n\n" + field
+        max_middle = max_payload - len(prefix) - len(suffix)
+        pieces = self.pieces
+        start, size, count = pos, _FIRST_RUN_BYTES, 0
+        while True:
+            stop = start + size
+            region = body[start + len(field) : stop]
+            payloads = region.split(separator)
+            last = payloads.pop()  # cut anywhere or followed by something else: the next round's (or no one's)
+            middles = _middles(payloads, prefix, suffix)
+            # No middle can be too long when the whole region is not.
+            texts = _decode_middles(middles, max_middle if len(region) > max_middle else None)
+            if texts:
+                pieces.append("".join(texts))
+                if len(pieces) >= COMPACT_EVERY:
+                    pieces.compact()
+                count += len(texts)
+            if len(texts) < len(payloads) or not texts:
+                return start + len(texts) * (len(field) + 2) + sum(map(len, payloads[: len(texts)])), count
+            start += len(region) - len(last)  # where the event of the last payload starts
+            if stop >= len(body):
+                return start, count
+            size = _MAX_RUN_BYTES
 
     @classmethod
     def learn(
@@ -91,6 +141,48 @@ class TextTemplate:
         if found != _PROBE or found_padding != _PROBE or probed != chunk:
             return None
         return cls(prefix, suffix, padded, pieces)
+
+
+def _middles(payloads: list[bytes], prefix: bytes, suffix: bytes) -> list[bytes]:
+    """What stands between ``prefix`` and ``suffix`` in the leading payloads that have both
+    (``removeprefix`` and ``removesuffix`` return the very same object when there is nothing to
+    remove)."""
+    stripped = list(map(bytes.removeprefix, payloads, repeat(prefix)))
+    if any(map(is_, stripped, payloads)):
+        stripped = stripped[: list(map(is_, stripped, payloads)).index(True)]
+    middles = list(map(bytes.removesuffix, stripped, repeat(suffix)))
+    if any(map(is_, middles, stripped)):
+        middles = middles[: list(map(is_, middles, stripped)).index(True)]
+    return middles
+
+
+def _decode_middles(middles: list[bytes], max_middle: int | None) -> list[str]:
+    """The texts of the leading middles that are each the inside of one JSON string (and short
+    enough for an event), decoded at once when the array's framing cannot be fooled: no middle
+    holds a quote or ends with a backslash."""
+    if not middles:
+        return []
+    joined = b'","'.join(middles)
+    if (
+        (max_middle is None or max(map(len, middles)) <= max_middle)
+        and joined.count(b'"') == 2 * (len(middles) - 1)
+        and b'\\"' not in joined
+        and not joined.endswith(b"\\")
+    ):
+        try:
+            return orjson.loads(b'["' + joined + b'"]')
+        except orjson.JSONDecodeError:
+            pass
+    texts = []
+    loads = orjson.loads
+    for middle in middles:
+        if max_middle is not None and len(middle) > max_middle:
+            break
+        try:
+            texts.append(loads(b'"' + middle + b'"'))
+        except orjson.JSONDecodeError:
+            break
+    return texts
 
 
 def _verbatim(raw: bytes) -> bool:

@@ -30,7 +30,7 @@ class ChatAssembler(ChatFold):
     """Chat completions assembler; ``profile`` None means auto-detect at the end."""
 
     # ``add_raw`` is the fast path's own bound method: the hottest call pays no hop through here.
-    __slots__ = ("_forced_tool_choice", "_fast_path", "add_raw")
+    __slots__ = ("_forced_tool_choice", "_fast_path", "add_raw", "add_run")
 
     def __init__(self, profile: ChatProfile | None = None, request: Mapping[str, Any] | None = None) -> None:
         super().__init__(profile)
@@ -38,6 +38,7 @@ class ChatAssembler(ChatFold):
         self._forced_tool_choice = tool_choice == "required" or isinstance(tool_choice, dict)  # or named
         self._fast_path = fast_path = TextFastPath()
         self.add_raw = fast_path.add_raw
+        self.add_run = fast_path.add_run
 
     def add(self, chunk: dict[str, Any]) -> None:
         self.fold(chunk)

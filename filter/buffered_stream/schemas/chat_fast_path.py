@@ -66,6 +66,16 @@ class TextFastPath:
             self.payload = payload
         return False
 
+    def add_run(self, body: bytes, pos: int, max_payload: int) -> tuple[int, int]:
+        """Fold in, without parsing, the events of a whole LF-only ``body`` from ``pos`` (an event
+        boundary) that repeat the last text chunk but for their text: ``(end, events)``."""
+        template = self._template
+        if template is None:
+            return pos, 0
+        end, count = template.run_in(body, pos, max_payload)
+        self._template_hits += count
+        return end, count
+
     def forget(self) -> None:
         """Drop the template: the states it appends to may no longer be where its text goes."""
         self._template = None

@@ -1,0 +1,164 @@
+"""A whole body fed at once (buffered mode) gives exactly the outcome of taking it event by event.
+
+The whole-body path matches runs of chat chunks against the learned template and decodes their
+texts in bulk; wherever anything deviates it hands over to the per-event path. Both ways must give
+the same answer, or the same error with the same message (which numbers the failing event).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from buffered_stream.core.convert import StreamConverter
+from buffered_stream.core.errors import ConversionError
+from buffered_stream.schemas.anthropic_messages import SCHEMA as MESSAGES
+from buffered_stream.schemas.openai_responses import SCHEMA as RESPONSES
+
+TESTS = Path(__file__).parent
+CASES = sorted(
+    (folder, path.name[: -len(".meta.json")])
+    for folder in ("corpus", "corpus_messages", "corpus_responses")
+    for path in (TESTS / folder).glob("*.meta.json")
+)
+GENERATED_TOOL_CALL_ID = re.compile(rb"call_[0-9a-f]{24}")
+HEAD = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 7, "model": "m"}
+
+
+def outcome(schema: Any, body: bytes, *, whole_body: bool, profile: str = "auto", **limits: int) -> tuple[str, Any]:
+    """The answer (or error) of ``body`` fed in one piece, or, with ``whole_body`` False, with
+    every event taken one by one."""
+    converter = StreamConverter(schema, profile, whole_body=whole_body, **limits)
+    try:
+        converter.feed(body)
+        answer = GENERATED_TOOL_CALL_ID.sub(b"GENERATED", converter.finish())  # random by design
+        return "answer", (orjson.loads(answer), converter.events)
+    except ConversionError as error:
+        return "error", (error.kind, error.status, str(error))
+
+
+def assert_same_outcome(schema: Any, body: bytes, **options: Any) -> tuple[str, Any]:
+    whole = outcome(schema, body, whole_body=True, **options)
+    assert whole == outcome(schema, body, whole_body=False, **options)
+    return whole
+
+
+@pytest.mark.parametrize(("folder", "name"), CASES)
+def test_every_corpus_case_gives_the_same_outcome_both_ways(folder: str, name: str) -> None:
+    meta = orjson.loads((TESTS / folder / f"{name}.meta.json").read_bytes())
+    schema = {"corpus": meta.get("schema"), "corpus_messages": MESSAGES, "corpus_responses": RESPONSES}[folder]
+    body = (TESTS / folder / f"{name}.sse").read_bytes()
+    assert_same_outcome(schema, body, profile=meta.get("profile", "auto"))
+
+
+def event(delta: dict[str, Any], finish_reason: str | None = None, **top: Any) -> bytes:
+    return orjson.dumps({**HEAD, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}], **top})
+
+
+def sse(payloads: list[bytes], end: bytes = b"data: [DONE]\n\n") -> bytes:
+    return b"".join(b"data: " + payload + b"\n\n" for payload in payloads) + end
+
+
+def text_stream(texts: list[str]) -> list[bytes]:
+    return [event({"role": "assistant", "content": ""}), *(event({"content": text}) for text in texts), event({}, "stop")]
+
+
+def test_a_long_answer_is_taken_in_runs_with_the_same_answer() -> None:
+    texts = [f" word{i}" for i in range(3000)]
+    kind, (answer, events) = assert_same_outcome("chat", sse(text_stream(texts)))
+    assert kind == "answer" and answer["choices"][0]["message"]["content"] == "".join(texts)
+    assert events == len(texts) + 3
+
+
+def test_runs_are_really_taken_without_parsing() -> None:
+    """The template takes every text chunk but the first (learned from) and the last of each run."""
+    converter = StreamConverter("chat")
+    converter.feed(sse(text_stream([f" w{i}" for i in range(2000)])))
+    hits = converter._assembler._fast_path._template_hits  # noqa: SLF001 - the count the fast path keeps
+    assert hits >= 1990
+    converter.finish()
+
+
+@pytest.mark.parametrize(
+    "middle",
+    [
+        b'\\"',  # an escaped quote
+        b"\\\\",  # an escaped backslash at the end of a middle
+        b'a\\\\"',  # ... then a quote that closes the string
+        b"\\",  # a lone backslash: escapes the template's own quote
+        b"\\ud83d",  # half a surrogate pair
+        b"\\u00e9\\n\\t",
+        b'","',  # what joins middles into an array
+        b'"},"x":"',  # breaks out of the string
+        b"\x01",  # a raw control character
+        b"\n\ndata: ",  # a forged event boundary
+        b"\ndata: ",
+        b"x" * 3000,  # longer than max_event_bytes below
+    ],
+)
+def test_a_forged_middle_anywhere_in_a_run_gives_the_per_event_outcome(middle: bytes) -> None:
+    payloads = text_stream([f" t{i}" for i in range(400)])
+    prefix, _, suffix = event({"content": "MIDDLE"}).partition(b"MIDDLE")
+    for position in (2, 3, 40, 200, 399):
+        forged = [*payloads[:position], prefix + middle + suffix, *payloads[position:]]
+        assert_same_outcome("chat", sse(forged), max_event_bytes=2048)
+
+
+@pytest.mark.parametrize(
+    ("inserted", "field"),
+    [
+        (b"\n", b"data: "),
+        (b": keep-alive\n\n", b"data: "),
+        (b"data: \n\n", b"data: "),
+        (b"event: x\n", b"data: "),
+        (b"id: 3\n", b"data: "),
+        (b"", b"data:"),
+        (b"", b"data:  "),
+        (b"", b"data: \n"),
+        (b"", b"data: {}\n"),
+    ],
+)
+def test_a_different_boundary_inside_a_run_gives_the_per_event_outcome(inserted: bytes, field: bytes) -> None:
+    body = sse(text_stream([f" t{i}" for i in range(300)]))
+    for occurrence in (3, 50, 150, 299):
+        at = -1
+        for _ in range(occurrence):
+            at = body.find(b"\n\ndata: ", at + 1)
+        forged = body[: at + 2] + inserted + field + body[at + 2 + len(b"data: ") :]
+        assert_same_outcome("chat", forged)
+
+
+def test_tgi_data_lines_without_a_space_are_taken_in_runs_too() -> None:
+    body = sse(text_stream([f" t{i}" for i in range(300)])).replace(b"data: ", b"data:")
+    kind, (answer, _) = assert_same_outcome("chat", body)
+    assert kind == "answer"
+
+
+texts = st.text("ab \\\"", max_size=3) | st.text(st.characters(codec="utf-8"), max_size=4)
+forgeries = st.binary(max_size=6) | st.sampled_from([b"\\", b'\\"', b"\\\\", b'"', b"\n", b"\n\n", b"\r", b'","', b"\\ud83d", b"data: "])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(st.sampled_from(["content", "content", "content", "reasoning_content"]), texts), min_size=1, max_size=120),
+    st.lists(st.tuples(st.integers(0, 130), forgeries), max_size=4),
+    st.lists(st.tuples(st.integers(0, 130), st.sampled_from([b"\n", b": c\n", b"\r\n", b"data:", b"x", b"data: [DONE]\n\n"])), max_size=3),
+    st.integers(200, 400),
+)
+def test_any_stream_with_forged_middles_and_boundaries_gives_the_per_event_outcome(
+    steps: list[tuple[str, str]], middles: list[tuple[int, bytes]], boundaries: list[tuple[int, bytes]], max_event: int
+) -> None:
+    payloads = [event({"role": "assistant", "content": ""}), *(event({key: text}) for key, text in steps), event({}, "stop")]
+    prefix, _, suffix = event({"content": "MIDDLE"}).partition(b"MIDDLE")
+    for position, middle in middles:
+        payloads.insert(min(position, len(payloads)), prefix + middle + suffix)
+    events = [b"data: " + payload + b"\n\n" for payload in payloads]
+    for position, extra in boundaries:
+        events.insert(min(position, len(events)), extra)
+    assert_same_outcome("chat", b"".join(events) + b"data: [DONE]\n\n", max_event_bytes=max_event)
