@@ -286,6 +286,14 @@ def usage_tokens(usage: Mapping[str, Any]) -> dict[str, Any]:
     return {"input_tokens": input_tokens, "output_tokens": output_tokens, "total_tokens": usage.get("total_tokens")}
 
 
+def _delta_text(chunk: dict[str, Any], event: str) -> str:
+    """The text of a ``*.delta`` event; anything else is an impossible shape."""
+    delta = chunk.get("delta")
+    if type(delta) is not str:
+        raise _malformed(f"a '{event}.delta' has no text")
+    return delta
+
+
 def is_end_payload(payload: bytes) -> bool:
     """A ``[DONE]`` line some proxies add after the terminal event."""
     return payload.strip() == b"[DONE]"
@@ -556,10 +564,7 @@ class ResponsesAssembler:
         part.annotations.append(chunk.get("annotation"))
 
     def _refusal_delta(self, chunk: dict[str, Any]) -> None:
-        delta = chunk.get("delta")
-        if type(delta) is not str:
-            raise _malformed("a 'refusal.delta' has no text")
-        self._part(chunk, "content", "refusal", "refusal").text.add(delta)
+        self._part(chunk, "content", "refusal", "refusal").text.add(_delta_text(chunk, "refusal"))
 
     def _refusal_done(self, chunk: dict[str, Any]) -> None:
         self._finish_part(self._part(chunk, "content", "refusal", "refusal"), chunk, "refusal")
@@ -571,10 +576,7 @@ class ResponsesAssembler:
         self._done_part(chunk, "content", "content_index")
 
     def _reasoning_delta(self, chunk: dict[str, Any]) -> None:
-        delta = chunk.get("delta")
-        if type(delta) is not str:
-            raise _malformed("a 'reasoning_text.delta' has no text")
-        self._part(chunk, "content", "reasoning_text", "text").text.add(delta)
+        self._part(chunk, "content", "reasoning_text", "text").text.add(_delta_text(chunk, "reasoning_text"))
 
     def _reasoning_done(self, chunk: dict[str, Any]) -> None:
         self._finish_part(self._part(chunk, "content", "reasoning_text", "text"), chunk, "text")
@@ -586,18 +588,13 @@ class ResponsesAssembler:
         self._done_part(chunk, "summary", "summary_index")
 
     def _summary_delta(self, chunk: dict[str, Any]) -> None:
-        delta = chunk.get("delta")
-        if type(delta) is not str:
-            raise _malformed("a 'reasoning_summary_text.delta' has no text")
-        self._part(chunk, "summary", "summary_text", "text", "summary_index").text.add(delta)
+        self._part(chunk, "summary", "summary_text", "text", "summary_index").text.add(_delta_text(chunk, "reasoning_summary_text"))
 
     def _summary_done(self, chunk: dict[str, Any]) -> None:
         self._finish_part(self._part(chunk, "summary", "summary_text", "text", "summary_index"), chunk, "text")
 
     def _arguments_delta(self, chunk: dict[str, Any]) -> None:
-        delta = chunk.get("delta")
-        if type(delta) is not str:
-            raise _malformed("a 'function_call_arguments.delta' has no text")
+        delta = _delta_text(chunk, "function_call_arguments")
         item = self._item_of(chunk)
         if item.done is None:
             item.arguments.add(delta)
