@@ -212,9 +212,9 @@ class Exchange:
         self.outcome = outcome
         metrics.count_outcome(outcome)
         if self.converter is not None:
-            metrics.CONVERTING.dec()
+            metrics.CONVERTING_NOW.value -= 1
             metrics.ASSEMBLY_SECONDS.observe(self._assembly_seconds)
-            metrics.SSE_EVENTS.inc(self.converter.events)
+            metrics.EVENTS.value += self.converter.events
         if outcome not in _QUIET_OUTCOMES and not outcome.startswith(metrics.PASSTHROUGH_PREFIX):
             log.info("request finished: outcome=%s route=%s model=%s", outcome, self.route_name,
                      self.rewrite.model if self.rewrite else None)
@@ -227,7 +227,7 @@ class Exchange:
 
     def handle(self, request: pb.ProcessingRequest) -> Replies:
         kind = request.WhichOneof("request")
-        metrics.MESSAGES_BY_PHASE[kind].inc()
+        metrics.MESSAGES_BY_PHASE[kind].value += 1
         if self.phase is Phase.REQUEST_HEADERS:
             early = self._start(request, kind)
             if early is not None:
@@ -319,7 +319,7 @@ class Exchange:
             max_body_bytes=self.route.body_limit,
             request=self.rewrite.hints,
         )
-        metrics.CONVERTING.inc()
+        metrics.CONVERTING_NOW.value += 1
         if found.get("content-encoding", "identity") != "identity":
             return self._fail(ConversionError(MALFORMED, 502, "upstream stream is content-encoded; cannot convert it"))
         if headers.end_of_stream:
@@ -347,13 +347,14 @@ class Exchange:
         if self.phase is not Phase.RESPONSE_BODY:
             # A chunk after the answer was sent (data after [DONE]): drop it.
             return DROP_RESPONSE_CHUNK
-        metrics.RESPONSE_CHUNKS.inc()
-        metrics.RESPONSE_BYTES.inc(len(body.body))
+        data = body.body
+        metrics.CHUNKS.value += 1
+        metrics.BYTES.value += len(data)
         buffered = self.route is not None and self.route.mode == "buffered"
         started = time.perf_counter()
         answer: bytes | None = None
         try:
-            converter.feed(body.body)
+            converter.feed(data)
             # Buffered mode has the whole body; streamed ends at end of stream or [DONE], whichever
             # comes first (a body followed by trailers never carries end_of_stream).
             if buffered or body.end_of_stream or converter.done:
@@ -396,7 +397,7 @@ class Exchange:
         """The keep-alive chunk; the caller sends it now."""
         self.last_sent = time.monotonic()
         self.keepalive_bytes += 1
-        metrics.KEEPALIVE_BYTES.inc()
+        metrics.KEEPALIVES.value += 1
         return KEEPALIVE_CHUNK
 
     def _on_full_duplex_body(self, body: pb.HttpBody) -> Replies:
@@ -405,11 +406,12 @@ class Exchange:
         converter = self.converter
         if converter is None or self.phase is not Phase.RESPONSE_BODY:
             return None  # bytes after the answer (after [DONE]) go nowhere
-        metrics.RESPONSE_CHUNKS.inc()
-        metrics.RESPONSE_BYTES.inc(len(body.body))
+        data = body.body
+        metrics.CHUNKS.value += 1
+        metrics.BYTES.value += len(data)
         started = time.perf_counter()
         try:
-            converter.feed(body.body)
+            converter.feed(data)
             answer = converter.finish() if body.end_of_stream or converter.done else None
         except ConversionError as exc:
             self._assembly_seconds += time.perf_counter() - started
@@ -523,23 +525,22 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
     ) -> None:
         exchange = Exchange(self._routes)
         self.in_flight += 1
-        metrics.IN_FLIGHT.inc()
+        metrics.OPEN.value += 1
         read, write, eof = context.read, context.write, grpc.aio.EOF
+        keepalive: _KeepaliveSender | None = None
         try:
-            while True:
-                if exchange.keepalive_due is None:
-                    request = await read()
-                else:
-                    request = await _read_with_keepalive(read, write, exchange)
-                if request is eof:
-                    break
+            while (request := await read()) is not eof:
                 try:
                     replies = exchange.handle(request)
+                    if replies is not None and keepalive is not None and keepalive.writing is not None:
+                        await keepalive.writing  # a keep-alive byte in flight goes out first
                     if type(replies) is tuple:
                         for reply in replies:
                             await write(reply)
                     elif replies is not None:
                         await write(replies)
+                    if keepalive is None and exchange.keepalive_seconds and exchange.body_started:
+                        keepalive = _KeepaliveSender(exchange, write)
                 except StreamedFailure as failure:
                     # Envoy logs these details: name the kind only, never upstream text.
                     await context.abort(grpc.StatusCode.UNAVAILABLE, f"buffered_stream: {failure.error.kind}")
@@ -550,33 +551,55 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
                     exchange.finish(metrics.INTERNAL_ERROR)
                     await context.abort(grpc.StatusCode.INTERNAL, "buffered_stream: internal error")
         finally:
+            if keepalive is not None:
+                keepalive.close()
             self.in_flight -= 1
-            metrics.IN_FLIGHT.dec()
+            metrics.OPEN.value -= 1
             # The stream ended before our final reply: the client went away or Envoy gave up.
             exchange.finish(metrics.ABORTED)
 
 
-async def _read_with_keepalive(
-    read: Callable[[], Any], write: Callable[[pb.ProcessingResponse], Any], exchange: Exchange
-) -> Any:
-    """The next message from Envoy; meanwhile one keep-alive byte each time one falls due.
+class _KeepaliveSender:
+    """The keep-alive bytes of one full-duplex stream, written from a loop timer.
 
-    This coroutine is the stream's only writer while it waits, so replies and keep-alive bytes
-    never interleave; a request whose keep-alive is not due costs one timer in the loop's heap.
+    Reading Envoy's messages then costs nothing extra per upstream chunk (no task or timeout per
+    read): the timer wakes once per byte, and while no byte is due a stream costs one entry in the
+    loop's timer heap. Writes never overlap: the stream's own replies first wait for a keep-alive
+    write in flight (``writing``), and a byte falls due only while the answer is still open.
     """
-    pending = asyncio.ensure_future(read())
-    try:
-        while True:
-            due = exchange.keepalive_due
-            if due is None:
-                return await pending
-            delay = due - time.monotonic()
-            if delay <= 0:
-                await write(exchange.keepalive())
-                continue
-            done, _ = await asyncio.wait((pending,), timeout=delay)
-            if done:
-                return pending.result()
-    except BaseException:
-        pending.cancel()
-        raise
+
+    __slots__ = ("_exchange", "_write", "_loop", "_timer", "writing")
+
+    def __init__(self, exchange: Exchange, write: Callable[[pb.ProcessingResponse], Any]) -> None:
+        self._exchange = exchange
+        self._write = write
+        self._loop = asyncio.get_running_loop()
+        self._timer: asyncio.TimerHandle | None = None
+        self.writing: asyncio.Task[None] | None = None
+        self._arm()
+
+    def _arm(self) -> None:
+        due = self._exchange.keepalive_due
+        if due is not None:
+            self._timer = self._loop.call_later(max(0.0, due - time.monotonic()), self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        self.writing = self._loop.create_task(self._send())
+
+    async def _send(self) -> None:
+        try:
+            due = self._exchange.keepalive_due
+            if due is not None and due <= time.monotonic():
+                await self._write(self._exchange.keepalive())
+        except Exception:  # the stream broke: its reader sees that too and ends the exchange
+            return
+        finally:
+            self.writing = None
+        self._arm()
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self.writing is not None:
+            self.writing.cancel()
