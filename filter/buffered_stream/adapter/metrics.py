@@ -1,16 +1,20 @@
 """Prometheus metrics and the small HTTP endpoint that serves them with a health check.
 
-Label children are bound once at import: the per-message path then costs one lock-free-ish
-increment, not a label lookup.
+The counters and gauges bumped per message or per chunk are plain ints (``Tally``), read when
+``/metrics`` is scraped: ext_proc work and the scrape both run on the one event-loop thread, so no
+lock is needed, and an increment costs an attribute add instead of prometheus_client's locked
+``inc()`` (measured ~1.5 us each, several per upstream chunk). Names, labels and types are those a
+prometheus_client ``Counter``/``Gauge`` would expose. Label children are bound once at import.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Iterator
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 log = logging.getLogger(__name__)
 
@@ -22,35 +26,83 @@ SETTINGS_ERROR = "settings_error"
 INTERNAL_ERROR = "internal_error"  # a bug in the service; the request fails, the service goes on
 PASSTHROUGH_PREFIX = "passthrough_"  # + why: path, disabled, stream_requested, not_json, status, ...
 
-REQUESTS = Counter("buffered_stream_requests_total", "HTTP requests seen, by outcome", ["outcome"])
-GRPC_MESSAGES = Counter(
-    "buffered_stream_grpc_messages_total", "ext_proc messages received from Envoy, by phase", ["phase"]
+
+class Tally:
+    """One counter or gauge value; the hot path does ``tally.value += n``."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+
+class TallyFamily:
+    """A metric made of ``Tally`` children, one per label value (or one, unlabelled)."""
+
+    def __init__(self, name: str, documentation: str, kind: str, label: str | None = None) -> None:
+        self.name, self.documentation, self.kind, self.label = name, documentation, kind, label
+        self.children: dict[str, Tally] = {}
+        if label is None:
+            self.children[""] = Tally()
+
+    def labels(self, value: str) -> Tally:
+        child = self.children.get(value)
+        if child is None:
+            child = self.children[value] = Tally()
+        return child
+
+    @property
+    def value(self) -> int:
+        """The unlabelled family's value."""
+        return self.children[""].value
+
+    def metric(self) -> Metric:
+        labels = [self.label] if self.label else None
+        family_type = CounterMetricFamily if self.kind == "counter" else GaugeMetricFamily
+        family = family_type(self.name, self.documentation, labels=labels)
+        for label_value, child in self.children.items():
+            family.add_metric([label_value] if self.label else [], float(child.value))
+        return family
+
+
+class _TallyCollector:
+    def __init__(self, families: tuple[TallyFamily, ...]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self.families:
+            yield family.metric()
+
+
+REQUESTS = TallyFamily("buffered_stream_requests_total", "HTTP requests seen, by outcome", "counter", "outcome")
+GRPC_MESSAGES = TallyFamily(
+    "buffered_stream_grpc_messages_total", "ext_proc messages received from Envoy, by phase", "counter", "phase"
 )
-RESPONSE_CHUNKS = Counter("buffered_stream_response_chunks_total", "Upstream response body messages converted")
-RESPONSE_BYTES = Counter("buffered_stream_response_bytes_total", "Upstream SSE bytes converted")
-KEEPALIVE_BYTES = Counter(
-    "buffered_stream_keepalive_bytes_total", "Whitespace bytes sent to clients while their answer was assembled"
+RESPONSE_CHUNKS = TallyFamily("buffered_stream_response_chunks_total", "Upstream response body messages converted", "counter")
+RESPONSE_BYTES = TallyFamily("buffered_stream_response_bytes_total", "Upstream SSE bytes converted", "counter")
+KEEPALIVE_BYTES = TallyFamily(
+    "buffered_stream_keepalive_bytes_total", "Whitespace bytes sent to clients while their answer was assembled", "counter"
 )
-SSE_EVENTS = Counter("buffered_stream_sse_events_total", "SSE events decoded")
+SSE_EVENTS = TallyFamily("buffered_stream_sse_events_total", "SSE events decoded", "counter")
+IN_FLIGHT = TallyFamily("buffered_stream_in_flight_requests", "ext_proc streams (HTTP requests) open now", "gauge")
+CONVERTING = TallyFamily("buffered_stream_converting_requests", "Requests whose upstream stream is being converted now", "gauge")
+REGISTRY.register(_TallyCollector((REQUESTS, GRPC_MESSAGES, RESPONSE_CHUNKS, RESPONSE_BYTES, KEEPALIVE_BYTES, SSE_EVENTS,
+                                   IN_FLIGHT, CONVERTING)))
 ASSEMBLY_SECONDS = Histogram(
     "buffered_stream_assembly_seconds",
     "Time spent decoding and assembling one answer (service CPU, not waiting)",
     buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
 )
-IN_FLIGHT = Gauge("buffered_stream_in_flight_requests", "ext_proc streams (HTTP requests) open now")
-CONVERTING = Gauge("buffered_stream_converting_requests", "Requests whose upstream stream is being converted now")
 
 PHASES = ("request_headers", "request_body", "response_headers", "response_body", "request_trailers", "response_trailers")
 MESSAGES_BY_PHASE = {phase: GRPC_MESSAGES.labels(phase) for phase in PHASES}
-
-_outcome_children: dict[str, Counter] = {}
+# Unlabelled tallies, bound for the hot path.
+CHUNKS, BYTES, KEEPALIVES, EVENTS = (f.children[""] for f in (RESPONSE_CHUNKS, RESPONSE_BYTES, KEEPALIVE_BYTES, SSE_EVENTS))
+OPEN, CONVERTING_NOW = IN_FLIGHT.children[""], CONVERTING.children[""]
 
 
 def count_outcome(outcome: str) -> None:
-    child = _outcome_children.get(outcome)
-    if child is None:
-        child = _outcome_children[outcome] = REQUESTS.labels(outcome)
-    child.inc()
+    REQUESTS.labels(outcome).value += 1
 
 
 async def serve_http(
