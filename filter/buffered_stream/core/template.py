@@ -113,9 +113,10 @@ class TextTemplate:
         cls, payload: bytes, chunk: dict[str, Any], path: tuple[str | int, ...], piece: str, pieces: Pieces
     ) -> TextTemplate | None:
         """The template of ``payload``, parsed as ``chunk``, whose text at ``path`` is ``piece``
-        (appended to ``pieces``); None when the text has escapes or its place is not proven."""
+        (appended to ``pieces``); None when the text is empty (a role or finish chunk: what follows
+        differs in more than its text), has escapes or its place is not proven."""
         raw = piece.encode()
-        if not _verbatim(raw) or piece == _PROBE:
+        if not raw or not _verbatim(raw) or piece == _PROBE:
             return None
         key = str(path[-1]).encode()
         for opening in (b'"' + key + b'":"', b'"' + key + b'": "'):
