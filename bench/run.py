@@ -118,6 +118,17 @@ def measure(
                 variant)
 
 
+def measure_floor(
+    floor: BenchStack, args: argparse.Namespace, path: str, body: bytes, tokens: int, concurrency: int, shipped: Cell, paced: bool = False
+) -> Cell:
+    """The floor's cell beside the shipped one just measured. The floor counts nothing: the same
+    requests bring the same messages and chunks, so the shipped cell's counts are scaled."""
+    cell = measure(floor, args, path, f"{floor.envoy_url}{PATHS[path]}", body, tokens, concurrency, paced=paced, variant="floor")
+    scale = cell.load.requests / shipped.load.requests if shipped.load.requests else 0.0
+    cell.counted = Counter({key: value * scale for key, value in shipped.counted.items()})
+    return cell
+
+
 def check_answers(stack: BenchStack, sizes: list[int]) -> list[str]:
     """Each converted answer must equal the backend's native one; the differences, if any."""
     problems = []
@@ -191,23 +202,27 @@ def format_message_costs(costs: list[tuple[str, dict[str, float], float]]) -> st
 
 def floor_verdicts(cells: list[Cell]) -> list[str]:
     """Service CPU of the shipped service against the floor (bench/floor.py), medians of the
-    interleaved repeats: per conversion (buffered) and per upstream chunk (streamed, keep-alive)."""
+    interleaved repeats: per conversion (buffered) and per upstream chunk (streamed, keep-alive;
+    the paced rows, one chunk per token, are where that cost shows)."""
     out = []
-    keys = sorted({(c.path, c.tokens, c.concurrency) for c in cells if c.variant == "floor"}, key=lambda k: (k[1], k[2], PATHS_ORDER[k[0]]))
-    for path, tokens, concurrency in keys:
-        shipped = [c for c in cells if (c.path, c.tokens, c.concurrency, c.variant, c.paced) == (path, tokens, concurrency, "", False)]
-        floor = [c for c in cells if (c.path, c.tokens, c.concurrency, c.variant) == (path, tokens, concurrency, "floor")]
+    keys = sorted({(c.path, c.tokens, c.concurrency, c.paced) for c in cells if c.variant == "floor"},
+                  key=lambda k: (k[3], k[1], k[2], PATHS_ORDER[k[0]]))
+    for path, tokens, concurrency, paced in keys:
+        shipped = [c for c in cells if (c.path, c.tokens, c.concurrency, c.variant, c.paced) == (path, tokens, concurrency, "", paced)]
+        floor = [c for c in cells if (c.path, c.tokens, c.concurrency, c.variant, c.paced) == (path, tokens, concurrency, "floor", paced)]
         if not shipped or not floor or not all(c.load.requests for c in shipped + floor):
             continue
         ms = statistics.median(1e3 * c.cpu_s["service"] / c.load.requests for c in shipped)
         floor_ms = statistics.median(1e3 * c.cpu_s["service"] / c.load.requests for c in floor)
-        line = (f"{path}, {tokens} tok, {concurrency} conc: service CPU per conversion {ms:.2f} ms, floor {floor_ms:.2f} ms, "
-                f"+{ms - floor_ms:.2f} ms (median of {len(shipped)}/{len(floor)})")
-        if path == "buffered" and tokens == 256:
+        line = (f"{path}{' paced' if paced else ''}, {tokens} tok, {concurrency} conc: service CPU per conversion {ms:.2f} ms, "
+                f"floor {floor_ms:.2f} ms, +{ms - floor_ms:.2f} ms (median of {len(shipped)}/{len(floor)})")
+        if path == "buffered" and tokens == 256 and not paced:
             line += f" (target <= floor + 0.3): {'MET' if ms - floor_ms <= 0.3 else 'MISSED'}"
         chunks = statistics.median(c.chunks_per_request for c in shipped)
         if path != "buffered" and chunks >= 2:
-            line += f"; per upstream chunk {1e3 * ms / chunks:.0f} us, floor {1e3 * floor_ms / chunks:.0f} us"
+            ratio = ms / floor_ms if floor_ms else float("nan")
+            line += (f"; per upstream chunk {1e3 * ms / chunks:.0f} us, floor {1e3 * floor_ms / chunks:.0f} us, {ratio:.2f}x"
+                     f" (target <= 1.3x): {'MET' if ratio <= 1.3 else 'MISSED'}")
         out.append(line)
     return out
 
@@ -271,9 +286,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--inflight-tokens", type=int, default=256)
     parser.add_argument("--inflight-rate", type=float, default=250.0, help="new held requests per second (default 250)")
     parser.add_argument("--keepalive-seconds", type=float, default=5.0, help="keep-alive interval of the keepalive route (default 5)")
-    parser.add_argument("--floor", action="store_true",
-                        help="also run bench/floor.py (a minimal servicer, constant replies) as a second stack; its cells "
-                             "interleave with the service's")
+    parser.add_argument("--no-floor", dest="floor", action="store_false",
+                        help="skip the floor: bench/floor.py (a minimal servicer, constant replies) run as a second stack "
+                             "whose cells interleave with the service's")
+    parser.add_argument("--compare-workers", type=int, default=2, metavar="N",
+                        help="also compare 1 against N workers (serve --workers N) on buffered 256-token answers (0: skip)")
     parser.add_argument("--repeat", type=int, default=1, help="measure each converted cell this many times (medians reported)")
     parser.add_argument("--skip-backend", action="store_true", help="do not measure the backend's own capacity")
     parser.add_argument("--paced-concurrency", type=int, default=16,
@@ -298,10 +315,10 @@ def main() -> None:
     placement = Placement(args.envoy_cpus, args.service_cpus, args.backend_cpus, args.loader_cpus, args.envoy_workers)
     with tempfile.TemporaryDirectory(prefix="bench-") as work_dir:
 
-        def new_stack(name: str, floor: bool = False) -> BenchStack:
+        def new_stack(name: str, floor: bool = False, workers: int | None = None) -> BenchStack:
             directory = Path(work_dir, name)
             directory.mkdir()
-            return BenchStack(directory, placement, args.services, args.workers, args.service_pythonpath,
+            return BenchStack(directory, placement, args.services, workers or args.workers, args.service_pythonpath,
                               not args.service_asyncio, args.keepalive_seconds, floor)
 
         foreign = foreign_load()
@@ -309,6 +326,9 @@ def main() -> None:
               + (" -- the numbers below will be noisy" if foreign > 0.05 else ""), flush=True)
         with closing(new_stack("load")) as stack, closing(new_stack("floor", floor=True)) as floor:
             run_load_matrix(stack.start(), args, floor.start() if args.floor else None)
+            if args.compare_workers > 1 and args.compare_workers != args.workers:
+                with closing(new_stack("workers", workers=args.compare_workers)) as several:
+                    compare_workers(args, stack, several.start())
         if args.inflight:
             print(f"\nin flight: {args.inflight} converted requests of {args.inflight_tokens} tokens held at once "
                   f"(arriving {args.inflight_rate:g}/s), each mode on a freshly started stack:", flush=True)
@@ -318,6 +338,31 @@ def main() -> None:
                     stack.start()
                     results.append(measure_inflight(stack, PATHS[mode], mode, args.inflight, args.inflight_tokens, args.inflight_rate))
             print(format_inflight(results))
+
+
+def compare_workers(args: argparse.Namespace, one: BenchStack, several: BenchStack) -> None:
+    """The same buffered 256-token load on ``args.workers`` and on ``args.compare_workers`` workers,
+    interleaved cell by cell (medians of ``--repeat``): what more workers buy on this machine."""
+    print(f"\n{args.workers} against {args.compare_workers} workers (serve --workers), buffered, 256 tok, "
+          f"{args.seconds:g} s per cell, median of {args.repeat}:", flush=True)
+    header = f"{'workers':>7} {'conc':>4} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'err':>4} {'svc ms/req':>10} {'envoy ms/req':>12} {'xthr':>5}"
+    lines = [header, "-" * len(header)]
+    body, url = chat_request(256), PATHS["buffered"]
+    for concurrency in (16, 64):
+        rows: dict[int, list[Cell]] = {args.workers: [], args.compare_workers: []}
+        for _ in range(args.repeat):
+            for stack, workers in ((one, args.workers), (several, args.compare_workers)):
+                rows[workers].append(measure(stack, args, "buffered", f"{stack.envoy_url}{url}", body, 256, concurrency))
+        base = statistics.median(c.load.rps for c in rows[args.workers])
+        for workers, measured in rows.items():
+            rps = statistics.median(c.load.rps for c in measured)
+            per = lambda role: statistics.median(1e3 * c.cpu_s[role] / c.load.requests for c in measured if c.load.requests)  # noqa: E731
+            lines.append(f"{workers:>7} {concurrency:>4} {rps:>7.0f} {statistics.median(c.load.p50_ms for c in measured):>7.2f} "
+                         f"{statistics.median(c.load.p99_ms for c in measured):>7.2f} {sum(c.load.errors for c in measured):>4} "
+                         f"{per('service'):>10.3f} {per('envoy'):>12.3f} {rps / base if base else 0:>5.2f}")
+    print("\n".join(lines))
+    print(f"xthr: throughput against {args.workers} worker(s) in the same run. On {CPUS} cores Envoy, the backend and the loader "
+          "share the CPUs with the workers, so more workers buy less here than on a machine with cores to spare.")
 
 
 def foreign_load(seconds: float = 1.0) -> float:
@@ -353,13 +398,7 @@ def run_load_matrix(stack: BenchStack, args: argparse.Namespace, floor: BenchSta
                     url = f"{stack.envoy_url}{PATHS[path]}"
                     cells.append(measure(stack, args, path, url, chat_request(tokens), tokens, concurrency))
                     if floor is not None and path in CONVERTED:
-                        floor_url = f"{floor.envoy_url}{PATHS[path]}"
-                        cell = measure(floor, args, path, floor_url, chat_request(tokens), tokens, concurrency, variant="floor")
-                        # The floor counts nothing: the same requests bring the same messages and chunks.
-                        shipped = cells[-1]
-                        scale = cell.load.requests / shipped.load.requests if shipped.load.requests else 0.0
-                        cell.counted = Counter({key: value * scale for key, value in shipped.counted.items()})
-                        cells.append(cell)
+                        cells.append(measure_floor(floor, args, path, chat_request(tokens), tokens, concurrency, cells[-1]))
             print(f"  measured {tokens} tok, {concurrency} conc", flush=True)
     if args.paced_concurrency:
         # Real servers send one chunk per token: Envoy alone passes the paced SSE through, the
@@ -368,6 +407,8 @@ def run_load_matrix(stack: BenchStack, args: argparse.Namespace, floor: BenchSta
         for path in args.paths:
             body = chat_request(tokens, stream=path == "envoy", kind="paced")
             cells.append(measure(stack, args, path, f"{stack.envoy_url}{PATHS[path]}", body, tokens, args.paced_concurrency, paced=True))
+            if floor is not None and path in CONVERTED:
+                cells.append(measure_floor(floor, args, path, body, tokens, args.paced_concurrency, cells[-1], paced=True))
         print(f"  measured paced {tokens} tok, {args.paced_concurrency} conc", flush=True)
     print()
     print(format_table(cells))
