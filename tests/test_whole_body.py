@@ -162,3 +162,67 @@ def test_any_stream_with_forged_middles_and_boundaries_gives_the_per_event_outco
     for position, extra in boundaries:
         events.insert(min(position, len(events)), extra)
     assert_same_outcome("chat", b"".join(events) + b"data: [DONE]\n\n", max_event_bytes=max_event)
+
+
+def messages_body(texts: list[str], *, after_stop: bytes = b"") -> bytes:
+    """An Anthropic Messages stream: every event named, one text block."""
+
+    def named(data: dict[str, Any]) -> bytes:
+        return b"event: " + data["type"].encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+    message = {"id": "msg_1", "type": "message", "role": "assistant", "model": "m", "content": [],
+               "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 3, "output_tokens": 1}}
+    parts = [named({"type": "message_start", "message": message}),
+             named({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})]
+    parts += [named({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": t}}) for t in texts]
+    parts += [named({"type": "content_block_stop", "index": 0}),
+              named({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                     "usage": {"output_tokens": len(texts)}}),
+              named({"type": "message_stop"})]
+    return b"".join(parts) + after_stop
+
+
+def test_named_events_are_taken_in_runs_with_the_same_answer() -> None:
+    texts = [f" word{i}" for i in range(2000)]
+    body = messages_body(texts)
+    kind, (answer, _) = assert_same_outcome(MESSAGES, body)
+    assert kind == "answer" and answer["content"][0]["text"] == "".join(texts)
+    converter = StreamConverter(MESSAGES)
+    converter.feed(body)
+    assert converter._assembler._fast_path._template_hits >= 1990  # noqa: SLF001 - taken without parsing
+    converter.finish()
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"event: error\n",  # the one name that means something: an in-stream error
+        b"event: bare-json\n",
+        b"event: content_block_delta \n",  # a name with a trailing space
+        b"event: ping\n",  # another name, same payload: means the same
+        b"event:content_block_delta\n",
+        b"id: 9\nevent: content_block_delta\n",
+        b"",  # no name at all
+    ],
+)
+def test_a_different_event_line_inside_a_named_run_gives_the_per_event_outcome(line: bytes) -> None:
+    events = messages_body([f" t{i}" for i in range(300)]).split(b"\n\n")
+    named = b"event: content_block_delta\n"
+    for first in (4, 50, 150, 299):
+        for renamed in (1, 3):  # one event, or several in a row (a run could start at them)
+            forged = list(events)
+            for index in range(first, first + renamed):
+                assert forged[index].startswith(named)
+                forged[index] = line + forged[index][len(named) :]
+            assert_same_outcome(MESSAGES, b"\n\n".join(forged))
+
+
+def test_text_deltas_after_message_stop_are_ignored_both_ways() -> None:
+    late = b"".join(
+        b"event: content_block_delta\ndata: "
+        + orjson.dumps({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": f" late{i}"}})
+        + b"\n\n"
+        for i in range(50)
+    )
+    kind, (answer, _) = assert_same_outcome(MESSAGES, messages_body([f" t{i}" for i in range(100)], after_stop=late))
+    assert kind == "answer" and "late" not in answer["content"][0]["text"]

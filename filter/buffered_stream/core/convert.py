@@ -155,7 +155,9 @@ class StreamConverter:
         try:
             for name, payload in events:
                 count += 1
-                if not name and add_raw(payload):
+                # A name decides nothing but an error or a bare JSON line: any other event is
+                # offered to the fast path like an unnamed one (Messages name every event).
+                if (not name or (name != ERROR_EVENT and name != BARE_JSON_EVENT)) and add_raw(payload):
                     continue
                 if name and name == ERROR_EVENT:
                     raise spec.error_event(payload)

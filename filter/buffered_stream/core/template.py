@@ -15,10 +15,11 @@ OpenAI ends every chunk with ``"obfuscation":"<random>"``, which no answer keeps
 leave that last string open too (``padded``), any verbatim ASCII text being as good as another.
 
 A whole body (buffered mode) is matched a run at a time (``run_in``): the body splits at
-``"\n\ndata: "``, each payload must be ``prefix + middle + suffix``, and one ``orjson.loads`` of the
-middles as a JSON array decodes them all. The run is exactly what the SSE decoder and ``text_of``
-would have found event by event because a valid middle holds no raw LF (so every event boundary
-is a split point) and the prefix and suffix hold none either.
+``"\n\ndata: "`` (or ``"\n\nevent: <name>\ndata: "`` where every event is named, as in Messages),
+each payload must be ``prefix + middle + suffix``, and one ``orjson.loads`` of the middles as a JSON
+array decodes them all. The run is exactly what the SSE decoder and ``text_of`` would have found
+event by event because a valid middle holds no raw LF (so every event boundary is a split point),
+the prefix and suffix hold none either, and a name other than ``error`` changes nothing.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Any
 import orjson
 
 from .pieces import COMPACT_EVERY, Pieces
+from .sse import BARE_JSON_EVENT, ERROR_EVENT
 
 # Bytes a JSON string cannot hold verbatim: a text without them is found as it is in the bytes.
 _NOT_VERBATIM = bytes(range(0x20)) + b'"\\'
@@ -37,6 +39,10 @@ _PADDING_END = b'"}'
 _PADDING_KEY = b'"obfuscation":"'
 _PROBE = "\x7fprobe\x7f"
 _DATA_FIELDS = (b"data: ", b"data:")  # TGI writes no space
+# Event names a run may carry: plain tokens (``content_block_delta``, ``response.output_text.delta``).
+_NAME_BYTES = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-"
+_SPECIAL_NAMES = (ERROR_EVENT.encode(), BARE_JSON_EVENT.encode())  # names the converter gives a meaning
+_MAX_EVENT_LINE = 128
 _FIRST_RUN_BYTES = 4 << 10  # a run may be short: match a little first
 _MAX_RUN_BYTES = 16 << 10
 
@@ -77,10 +83,8 @@ class TextTemplate:
         prefix, suffix = self.prefix, self.suffix
         if self.padded or b"\n" in prefix or b"\n" in suffix:
             return pos, 0
-        for field in _DATA_FIELDS:
-            if body.startswith(field + prefix, pos):
-                break
-        else:
+        field = _field_at(body, pos, prefix)
+        if field is None:
             return pos, 0
         # Split at each event's start (a short separator: CPython searches long ones slowly),
         # then strip the template's prefix and suffix from every payload with C-level maps.
@@ -142,6 +146,25 @@ class TextTemplate:
         if found != _PROBE or found_padding != _PROBE or probed != chunk:
             return None
         return cls(prefix, suffix, padded, pieces)
+
+
+def _field_at(body: bytes, pos: int, prefix: bytes) -> bytes | None:
+    """What stands before the payload of the event at ``pos`` when it is ``data: `` + ``prefix``...,
+    optionally after an ``event:`` line (Messages and Responses name every event): then every event
+    of the run must carry that very line. None when the event has another shape, or a name that
+    means something to the converter (``error``)."""
+    if body.startswith(b"event:", pos):
+        end = body.find(b"\n", pos, pos + _MAX_EVENT_LINE)
+        name = body[pos + 6 : end].removeprefix(b" ")
+        if end < 0 or not name or name.translate(None, _NAME_BYTES) or name in _SPECIAL_NAMES:
+            return None
+        line = body[pos : end + 1]
+    else:
+        line = b""
+    for data in _DATA_FIELDS:
+        if body.startswith(prefix, pos + len(line) + len(data)) and body.startswith(data, pos + len(line)):
+            return line + data
+    return None
 
 
 def _middles(payloads: list[bytes], prefix: bytes, suffix: bytes) -> list[bytes]:

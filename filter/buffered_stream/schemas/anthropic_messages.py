@@ -36,6 +36,7 @@ from typing import Any
 import orjson
 
 from ..core.errors import LIMIT, MALFORMED, UPSTREAM_ERROR, ConversionError
+from ..core.fast_path import TextFastPath
 from ..core.pieces import COMPACT_EVERY, Pieces
 from ..core.request import Rewrite, Skip, load_non_stream_request, model_of
 
@@ -330,11 +331,16 @@ def _joined(before: Any, pieces: Pieces | None) -> str:
     return prefix + (pieces.text() or "")
 
 
+_TEXT_PATH = ("delta", "text")
+
+
 class MessagesAssembler:
     """Assembles one Messages stream; ``profile`` None means ``auto``. ``hints`` is unused: the
     answer needs nothing from the request."""
 
-    __slots__ = ("_profile", "_message", "_usage", "_blocks", "_stop", "_started", "_finished")
+    # ``add_raw`` and ``add_run`` are the fast path's own bound methods (``core.fast_path``):
+    # a text delta that repeats the last one but for its text is appended without parsing.
+    __slots__ = ("_profile", "_message", "_usage", "_blocks", "_stop", "_started", "_finished", "_fast_path", "add_raw", "add_run")
 
     def __init__(self, profile: MessagesProfile | None = None, hints: Mapping[str, Any] | None = None) -> None:
         self._profile = PROFILES["auto"] if profile is None else profile
@@ -344,6 +350,9 @@ class MessagesAssembler:
         self._stop: dict[str, Any] = {}  # message_delta.delta keys
         self._started = False
         self._finished = False
+        self._fast_path = fast_path = TextFastPath()
+        self.add_raw = fast_path.add_raw
+        self.add_run = fast_path.add_run
 
     @property
     def profile(self) -> MessagesProfile:
@@ -358,9 +367,6 @@ class MessagesAssembler:
     @property
     def usage(self) -> dict[str, Any] | None:
         return self._usage
-
-    def add_raw(self, payload: bytes) -> bool:
-        return False  # every payload is parsed
 
     def add(self, chunk: dict[str, Any]) -> None:
         if self._finished:
@@ -387,6 +393,10 @@ class MessagesAssembler:
                 pieces.append(text)
                 if len(pieces) >= COMPACT_EVERY:
                     pieces.compact()
+                fast_path = self._fast_path
+                if fast_path.payload is not None:
+                    # Folded again with another text, this event only appends that text here.
+                    fast_path.learn_text(chunk, _TEXT_PATH, text, pieces)
             else:
                 self._other_delta(block, delta_type, delta)
         elif kind == "content_block_start":
@@ -406,6 +416,7 @@ class MessagesAssembler:
             if not self._started:
                 raise _malformed("message_stop without message_start")
             self._finished = True
+            self._fast_path.forget()  # later events are ignored, not appended
         elif kind == "error":
             error = upstream_error(chunk)
             assert error is not None

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..core.request import Rewrite, Skip
-from .chat_fast_path import TextFastPath
+from .chat_fast_path import ChatFastPath
 from .chat_fold import ChatFold
 from .chat_profiles import PROFILES, REASONING_KEYS, ChatProfile, vllm_line
 from .chat_render import render_chat
@@ -36,7 +36,7 @@ class ChatAssembler(ChatFold):
         super().__init__(profile)
         tool_choice = request.get("tool_choice") if request else None
         self._forced_tool_choice = tool_choice == "required" or isinstance(tool_choice, dict)  # or named
-        self._fast_path = fast_path = TextFastPath()
+        self._fast_path = fast_path = ChatFastPath()
         self.add_raw = fast_path.add_raw
         self.add_run = fast_path.add_run
 

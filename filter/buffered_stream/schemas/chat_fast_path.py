@@ -3,23 +3,17 @@ folded in without parsing (see ``core.template``), the bulk of a long answer.
 
 The converter offers every payload to ``add_raw`` first; when it declines, the payload is parsed,
 folded (``chat_fold``) and then offered to ``learn``, which makes it the template when folding it in
-again would only append its one text.
+again would only append its one text (``core.fast_path`` does the rest, for every API).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
-from ..core.pieces import COMPACT_EVERY, Pieces
-from ..core.template import TextTemplate
+from ..core.fast_path import TextFastPath
+from ..core.pieces import Pieces
 from .chat_fold import ChoiceState, arguments_piece
 from .openai_base import Choices
-
-# Templates that never matched before the stream may stop offering new ones (OpenAI's chunks
-# carry random padding; a template would never match).
-_TEMPLATE_LEARN_TRIES = 4
 
 
 def _unchanged_by_refolding(state: ChoiceState, key: str, value: Any) -> bool:
@@ -31,54 +25,10 @@ def _unchanged_by_refolding(state: ChoiceState, key: str, value: Any) -> bool:
     return value is None and key in state.texts
 
 
-class TextFastPath:
-    """The current template and what it takes to learn the next one."""
+class ChatFastPath(TextFastPath):
+    """The fast path, with what makes a chat chunk a template."""
 
-    __slots__ = ("_template", "_template_hits", "_learn_tries", "payload")
-
-    def __init__(self) -> None:
-        self._template: TextTemplate | None = None
-        self._template_hits = 0
-        self._learn_tries = _TEMPLATE_LEARN_TRIES
-        self.payload: bytes | None = None  # the raw form of the chunk parsed next, to learn from
-
-    def add_raw(self, payload: bytes) -> bool:
-        """Fold in a payload without parsing it if it repeats the last text chunk but for its
-        text; False: parse it, fold it and ``learn`` from it."""
-        template = self._template
-        if template is not None:
-            middle = template.text_of(payload)
-            if middle is not None:
-                try:  # parses only if the middle is the inside of one JSON string, as in the template
-                    piece = orjson.loads(b'"' + middle + b'"')
-                except orjson.JSONDecodeError:
-                    return False  # the parser will say what is wrong
-                pieces = template.pieces
-                pieces.append(piece)
-                if len(pieces) >= COMPACT_EVERY:
-                    pieces.compact()
-                self._template_hits += 1
-                return True
-            if not self._template_hits:
-                self._learn_tries -= 1  # a template that never matched: the stream varies more
-            self._template = None
-        if self._learn_tries > 0:
-            self.payload = payload
-        return False
-
-    def add_run(self, body: bytes, pos: int, max_payload: int) -> tuple[int, int]:
-        """Fold in, without parsing, the events of a whole LF-only ``body`` from ``pos`` (an event
-        boundary) that repeat the last text chunk but for their text: ``(end, events)``."""
-        template = self._template
-        if template is None:
-            return pos, 0
-        end, count = template.run_in(body, pos, max_payload)
-        self._template_hits += count
-        return end, count
-
-    def forget(self) -> None:
-        """Drop the template: the states it appends to may no longer be where its text goes."""
-        self._template = None
+    __slots__ = ()
 
     def learn(self, chunk: dict[str, Any], choices: Choices) -> None:
         """Make ``chunk`` (just folded, parsed from ``payload``) the template if folding it in
@@ -107,5 +57,5 @@ class TextFastPath:
         else:
             return
         pieces, piece = found
-        self._template = TextTemplate.learn(payload, chunk, path, piece, pieces)
-        self._template_hits = 0
+        self.payload = payload
+        self.learn_text(chunk, path, piece, pieces)
