@@ -12,7 +12,8 @@ MESSAGE_PHASES = ("request_headers", "request_body", "response_headers", "respon
 
 
 def service_counters(stack: BenchStack) -> Counter[str]:
-    """``messages:<phase>``, ``messages``, ``chunks``, ``keepalive_bytes``, ``outcome:<name>``, ``in_flight``."""
+    """``messages:<phase>``, ``messages``, ``chunks``, ``keepalive_bytes``, ``outcome:<name>``, ``in_flight``,
+    ``assembly_s`` and ``assembled`` (time in the converter, answers that had one)."""
     totals: Counter[str] = Counter()
     for url in stack.metrics_urls:
         for family in text_string_to_metric_families(http_get(f"{url}/metrics").decode()):
@@ -28,6 +29,10 @@ def service_counters(stack: BenchStack) -> Counter[str]:
                     totals[f"outcome:{sample.labels['outcome']}"] += sample.value
                 elif sample.name == "buffered_stream_in_flight_requests":
                     totals["in_flight"] += sample.value
+                elif sample.name == "buffered_stream_assembly_seconds_sum":
+                    totals["assembly_s"] += sample.value
+                elif sample.name == "buffered_stream_assembly_seconds_count":
+                    totals["assembled"] += sample.value
     return totals
 
 

@@ -218,6 +218,9 @@ def floor_verdicts(cells: list[Cell]) -> list[str]:
                 f"floor {floor_ms:.2f} ms, +{ms - floor_ms:.2f} ms (median of {len(shipped)}/{len(floor)})")
         if path == "buffered" and tokens == 256 and not paced:
             line += f" (target <= floor + 0.3): {'MET' if ms - floor_ms <= 0.3 else 'MISSED'}"
+        assembled = sum(c.counted.get("assembled", 0) for c in shipped)
+        if assembled:
+            line += f"; in the converter {1e3 * sum(c.counted.get('assembly_s', 0) for c in shipped) / assembled:.2f} ms"
         chunks = statistics.median(c.chunks_per_request for c in shipped)
         if path != "buffered" and chunks >= 2:
             ratio = ms / floor_ms if floor_ms else float("nan")
@@ -406,9 +409,10 @@ def run_load_matrix(stack: BenchStack, args: argparse.Namespace, floor: BenchSta
         tokens = min(args.tokens)
         for path in args.paths:
             body = chat_request(tokens, stream=path == "envoy", kind="paced")
-            cells.append(measure(stack, args, path, f"{stack.envoy_url}{PATHS[path]}", body, tokens, args.paced_concurrency, paced=True))
-            if floor is not None and path in CONVERTED:
-                cells.append(measure_floor(floor, args, path, body, tokens, args.paced_concurrency, cells[-1], paced=True))
+            for _ in range(args.repeat if path in CONVERTED else 1):
+                cells.append(measure(stack, args, path, f"{stack.envoy_url}{PATHS[path]}", body, tokens, args.paced_concurrency, paced=True))
+                if floor is not None and path in CONVERTED:
+                    cells.append(measure_floor(floor, args, path, body, tokens, args.paced_concurrency, cells[-1], paced=True))
         print(f"  measured paced {tokens} tok, {args.paced_concurrency} conc", flush=True)
     print()
     print(format_table(cells))
