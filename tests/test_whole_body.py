@@ -57,6 +57,23 @@ def test_every_corpus_case_gives_the_same_outcome_both_ways(folder: str, name: s
     assert_same_outcome(schema, body, profile=meta.get("profile", "auto"))
 
 
+@pytest.mark.parametrize(("folder", "name"), CASES)
+def test_every_corpus_case_fed_one_event_at_a_time_gives_the_same_outcome(folder: str, name: str) -> None:
+    """Streamed mode: one upstream chunk per event, the shape the one-event fast path takes."""
+    meta = orjson.loads((TESTS / folder / f"{name}.meta.json").read_bytes())
+    schema = {"corpus": meta.get("schema"), "corpus_messages": MESSAGES, "corpus_responses": RESPONSES}[folder]
+    body = (TESTS / folder / f"{name}.sse").read_bytes()
+    converter = StreamConverter(schema, meta.get("profile", "auto"))
+    try:
+        for piece in re.split(rb"(?<=\n\n)", body):
+            converter.feed(piece)
+        one_by_one: tuple[str, Any] = "answer", (orjson.loads(GENERATED_TOOL_CALL_ID.sub(b"GENERATED", converter.finish())),
+                                                 converter.events)
+    except ConversionError as error:
+        one_by_one = "error", (error.kind, error.status, str(error))
+    assert one_by_one == outcome(schema, body, whole_body=True, profile=meta.get("profile", "auto"))
+
+
 def event(delta: dict[str, Any], finish_reason: str | None = None, **top: Any) -> bytes:
     return orjson.dumps({**HEAD, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}], **top})
 
