@@ -228,6 +228,8 @@ class Exchange:
     def handle(self, request: pb.ProcessingRequest) -> Replies:
         kind = request.WhichOneof("request")
         metrics.MESSAGES_BY_PHASE[kind].value += 1
+        if kind == "response_body" and self.phase is not Phase.REQUEST_HEADERS:
+            return self._on_response_body(request.response_body)  # the common one: one per upstream chunk
         if self.phase is Phase.REQUEST_HEADERS:
             early = self._start(request, kind)
             if early is not None:
@@ -532,15 +534,17 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
             while (request := await read()) is not eof:
                 try:
                     replies = exchange.handle(request)
-                    if replies is not None and keepalive is not None and keepalive.writing is not None:
+                    if replies is None:  # an upstream chunk taken in full-duplex mode: nothing to say yet
+                        if keepalive is None and exchange.keepalive_seconds and exchange.body_started:
+                            keepalive = _KeepaliveSender(exchange, write)
+                        continue
+                    if keepalive is not None and keepalive.writing is not None:
                         await keepalive.writing  # a keep-alive byte in flight goes out first
                     if type(replies) is tuple:
                         for reply in replies:
                             await write(reply)
-                    elif replies is not None:
+                    else:
                         await write(replies)
-                    if keepalive is None and exchange.keepalive_seconds and exchange.body_started:
-                        keepalive = _KeepaliveSender(exchange, write)
                 except StreamedFailure as failure:
                     # Envoy logs these details: name the kind only, never upstream text.
                     await context.abort(grpc.StatusCode.UNAVAILABLE, f"buffered_stream: {failure.error.kind}")

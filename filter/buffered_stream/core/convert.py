@@ -104,8 +104,13 @@ class StreamConverter:
             and self._decoder.at_event_start
         ):
             # One whole one-line event per feed, the common shape of a streamed body (one upstream
-            # chunk per token): exactly what the decoder would return, without its general scan.
-            self._consume((("", data[6:-2]),))
+            # chunk per token): exactly what the decoder would return, without its general scan;
+            # most of them are taken by the fast path at once.
+            payload = data[6:-2]
+            if self._assembler.add_raw(payload):
+                self._events += 1
+            else:
+                self._consume((("", payload),))
             return
         if len(data) <= _WINDOW_BYTES:
             self._consume(self._decoder.feed(data))
