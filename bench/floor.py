@@ -11,7 +11,7 @@ check passes). No routes, settings, metrics, logging or per-request state beyond
   full-duplex headers on keep-alive routes);
 - response body: nothing until the end of the body, then the answer (buffered: one message).
 
-``bench/run.py --floor`` runs it as a second stack beside the shipped one and prints both. With
+``bench/run.py`` runs it as a second stack beside the shipped one and prints both (``--no-floor`` skips it). With
 ``BENCH_FLOOR_CONVERTS=1`` in the environment the floor runs the real pipeline on every body: the
 floor plus exactly one conversion, which isolates what the conversion costs inside a live process.
 """
