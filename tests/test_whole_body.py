@@ -49,21 +49,24 @@ def assert_same_outcome(schema: Any, body: bytes, **options: Any) -> tuple[str, 
     return whole
 
 
-@pytest.mark.parametrize(("folder", "name"), CASES)
-def test_every_corpus_case_gives_the_same_outcome_both_ways(folder: str, name: str) -> None:
+def corpus_case(folder: str, name: str) -> tuple[Any, bytes, str]:
+    """A corpus case's schema, SSE body and profile."""
     meta = orjson.loads((TESTS / folder / f"{name}.meta.json").read_bytes())
     schema = {"corpus": meta.get("schema"), "corpus_messages": MESSAGES, "corpus_responses": RESPONSES}[folder]
-    body = (TESTS / folder / f"{name}.sse").read_bytes()
-    assert_same_outcome(schema, body, profile=meta.get("profile", "auto"))
+    return schema, (TESTS / folder / f"{name}.sse").read_bytes(), meta.get("profile", "auto")
+
+
+@pytest.mark.parametrize(("folder", "name"), CASES)
+def test_every_corpus_case_gives_the_same_outcome_both_ways(folder: str, name: str) -> None:
+    schema, body, profile = corpus_case(folder, name)
+    assert_same_outcome(schema, body, profile=profile)
 
 
 @pytest.mark.parametrize(("folder", "name"), CASES)
 def test_every_corpus_case_fed_one_event_at_a_time_gives_the_same_outcome(folder: str, name: str) -> None:
     """Streamed mode: one upstream chunk per event, the shape the one-event fast path takes."""
-    meta = orjson.loads((TESTS / folder / f"{name}.meta.json").read_bytes())
-    schema = {"corpus": meta.get("schema"), "corpus_messages": MESSAGES, "corpus_responses": RESPONSES}[folder]
-    body = (TESTS / folder / f"{name}.sse").read_bytes()
-    converter = StreamConverter(schema, meta.get("profile", "auto"))
+    schema, body, profile = corpus_case(folder, name)
+    converter = StreamConverter(schema, profile)
     try:
         for piece in re.split(rb"(?<=\n\n)", body):
             converter.feed(piece)
@@ -71,7 +74,7 @@ def test_every_corpus_case_fed_one_event_at_a_time_gives_the_same_outcome(folder
                                                  converter.events)
     except ConversionError as error:
         one_by_one = "error", (error.kind, error.status, str(error))
-    assert one_by_one == outcome(schema, body, whole_body=True, profile=meta.get("profile", "auto"))
+    assert one_by_one == outcome(schema, body, whole_body=True, profile=profile)
 
 
 def event(delta: dict[str, Any], finish_reason: str | None = None, **top: Any) -> bytes:
