@@ -18,6 +18,7 @@ import pytest
 
 from buffered_stream.core.convert import StreamConverter
 from buffered_stream.core.errors import ConversionError
+from support.corpus import byte_by_byte, every_split, whole
 
 CORPUS = Path(__file__).parent / "corpus"
 CASES = sorted(path.name[: -len(".meta.json")] for path in CORPUS.glob("*.meta.json"))
@@ -65,18 +66,6 @@ def check(name: str, pieces_of: Any) -> None:
         else:
             assert expected is not None
             assert comparable(meta, convert(meta, pieces)) == comparable(meta, expected)
-
-
-def whole(body: bytes) -> list[list[bytes]]:
-    return [[body]]
-
-
-def every_split(body: bytes) -> list[list[bytes]]:
-    return [[body[:cut], body[cut:]] for cut in range(len(body) + 1)]
-
-
-def byte_by_byte(body: bytes) -> list[list[bytes]]:
-    return [[body[i : i + 1] for i in range(len(body))]]
 
 
 @pytest.mark.parametrize("name", CASES)
