@@ -51,11 +51,6 @@ class TallyFamily:
             child = self.children[value] = Tally()
         return child
 
-    @property
-    def value(self) -> int:
-        """The unlabelled family's value."""
-        return self.children[""].value
-
     def metric(self) -> Metric:
         labels = [self.label] if self.label else None
         family_type = CounterMetricFamily if self.kind == "counter" else GaugeMetricFamily

@@ -174,7 +174,7 @@ class StreamConverter:
                 count += 1
                 # A name decides nothing but an error or a bare JSON line: any other event is
                 # offered to the fast path like an unnamed one (Messages name every event).
-                if (not name or (name != ERROR_EVENT and name != BARE_JSON_EVENT)) and add_raw(payload):
+                if name != ERROR_EVENT and name != BARE_JSON_EVENT and add_raw(payload):
                     continue
                 if name and name == ERROR_EVENT:
                     raise spec.error_event(payload)

@@ -33,29 +33,32 @@ class ChatFastPath(TextFastPath):
     def learn(self, chunk: dict[str, Any], choices: Choices) -> None:
         """Make ``chunk`` (just folded, parsed from ``payload``) the template if folding it in
         again would only append its one text."""
-        payload = self.payload
-        self.payload = None
-        chunk_choices = chunk.get("choices")
-        if type(chunk_choices) is not list or len(chunk_choices) != 1 or chunk_choices[0].get("logprobs") is not None:
-            return
-        choice = chunk_choices[0]
-        delta = choice.get("delta")
-        if type(delta) is not dict:
-            return
-        state: ChoiceState = choices[choice.get("index", 0)]
-        if len(delta) > 1:  # keys that folding again leaves as they are stay in the template
-            delta = {key: value for key, value in delta.items() if not _unchanged_by_refolding(state, key, value)}
-        if len(delta) != 1:
-            return
-        ((key, value),) = delta.items()
-        found: tuple[Pieces, str] | None
-        if type(value) is str and key != "role":
-            path: tuple[str | int, ...] = ("choices", 0, "delta", key)
-            found = state.texts[key], value
-        elif key == "tool_calls" and type(value) is list and len(value) == 1 and (found := arguments_piece(state, value[0])):
-            path = ("choices", 0, "delta", "tool_calls", 0, "function", "arguments")
+        found = _only_text(chunk, choices)
+        if found is None:
+            self.payload = None
         else:
-            return
+            self.learn_text(chunk, *found)
+
+
+def _only_text(chunk: dict[str, Any], choices: Choices) -> tuple[tuple[str | int, ...], str, Pieces] | None:
+    """Where the one text of ``chunk`` sits, the text and the pieces it went to, if folding the
+    chunk in again would change nothing but append that text; else None."""
+    chunk_choices = chunk.get("choices")
+    if type(chunk_choices) is not list or len(chunk_choices) != 1 or chunk_choices[0].get("logprobs") is not None:
+        return None
+    choice = chunk_choices[0]
+    delta = choice.get("delta")
+    if type(delta) is not dict:
+        return None
+    state: ChoiceState = choices[choice.get("index", 0)]
+    if len(delta) > 1:  # keys that folding again leaves as they are stay in the template
+        delta = {key: value for key, value in delta.items() if not _unchanged_by_refolding(state, key, value)}
+    if len(delta) != 1:
+        return None
+    ((key, value),) = delta.items()
+    if type(value) is str and key != "role":
+        return ("choices", 0, "delta", key), value, state.texts[key]
+    if key == "tool_calls" and type(value) is list and len(value) == 1 and (found := arguments_piece(state, value[0])):
         pieces, piece = found
-        self.payload = payload
-        self.learn_text(chunk, path, piece, pieces)
+        return ("choices", 0, "delta", "tool_calls", 0, "function", "arguments"), piece, pieces
+    return None
