@@ -4,12 +4,17 @@
 
 FROM python:3.11.14-slim-bookworm AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
+# A C compiler for the native run matcher (setup.py); the runtime image needs none.
+RUN apt-get update \
+ && apt-get install --yes --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
 RUN python -m venv /opt/buffered-stream
 WORKDIR /src
 COPY deploy/docker/constraints.txt ./
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY filter ./filter
-RUN /opt/buffered-stream/bin/pip install --constraint constraints.txt ".[fast]"
+RUN /opt/buffered-stream/bin/pip install --constraint constraints.txt ".[fast]" \
+ && /opt/buffered-stream/bin/python -c "import buffered_stream.core._runs"
 
 FROM python:3.11.14-slim-bookworm
 # MALLOC_ARENA_MAX: buffered answers arrive as one large gRPC message on gRPC's threads; with

@@ -208,5 +208,15 @@ def test_image_installs_pinned_dependencies_and_no_envoy() -> None:
 def test_docker_context_holds_what_the_build_copies() -> None:
     ignore = (REPO_ROOT / ".dockerignore").read_text().splitlines()
     assert "*" in ignore  # everything is excluded, then only these are let back in
-    for needed in ("pyproject.toml", "README.md", "filter/", "deploy/docker/constraints.txt"):
+    for needed in ("pyproject.toml", "setup.py", "README.md", "filter/", "deploy/docker/constraints.txt"):
         assert f"!{needed}" in ignore
+    assert "**/*.so" in ignore  # a native module built here is not the image's
+
+
+def test_image_build_has_a_compiler_and_checks_the_native_matcher_was_built() -> None:
+    """Without a compiler the install falls back to the slower pure-Python matcher, silently."""
+    build = dockerfile_stages()[0]
+    runs = " ".join(arguments for instruction, arguments in build if instruction == "RUN")
+    assert re.search(r"apt-get install .*\bgcc\b", runs)
+    assert "import buffered_stream.core._runs" in runs
+    assert not any("gcc" in arguments for instruction, arguments in dockerfile_stages()[-1] if instruction == "RUN")

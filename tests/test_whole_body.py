@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from buffered_stream.core import template
 from buffered_stream.core.convert import StreamConverter
 from buffered_stream.core.errors import ConversionError
 from buffered_stream.schemas.anthropic_messages import SCHEMA as MESSAGES
@@ -29,6 +30,16 @@ CASES = sorted(
 )
 GENERATED_TOOL_CALL_ID = re.compile(rb"call_[0-9a-f]{24}")
 HEAD = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 7, "model": "m"}
+
+
+@pytest.fixture(scope="module", params=["native", "python"], autouse=True)
+def run_matcher(request: pytest.FixtureRequest) -> Any:
+    """Every test here runs with the native run matcher (``core/_runs.c``) and with the Python one."""
+    native = template._runs
+    assert native is not None, "buffered_stream.core._runs was not built: is a C compiler installed?"
+    template._runs = native if request.param == "native" else None
+    yield request.param
+    template._runs = native
 
 
 def outcome(schema: Any, body: bytes, *, whole_body: bool, profile: str = "auto", **limits: int) -> tuple[str, Any]:

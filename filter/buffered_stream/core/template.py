@@ -20,6 +20,9 @@ each payload must be ``prefix + middle + suffix``, and one ``orjson.loads`` of t
 array decodes them all. The run is exactly what the SSE decoder and ``text_of`` would have found
 event by event because a valid middle holds no raw LF (so every event boundary is a split point),
 the prefix and suffix hold none either, and a name other than ``error`` changes nothing.
+Where the install found a C compiler, ``_runs.c`` does the same checks in one walk over the bytes
+(no copy per event; middles that are plain ASCII need no decoding at all); it takes exactly the
+events the Python code takes, which the tests check both ways on any body.
 """
 
 from __future__ import annotations
@@ -45,6 +48,13 @@ _SPECIAL_NAMES = (ERROR_EVENT.encode(), BARE_JSON_EVENT.encode())  # names the c
 _MAX_EVENT_LINE = 128
 _FIRST_RUN_BYTES = 4 << 10  # a run may be short: match a little first
 _MAX_RUN_BYTES = 16 << 10
+_NATIVE_RUN_BYTES = 64 << 10  # events the native matcher takes per call: bounds the texts' copies
+
+try:  # the native run matcher, built at install where a C compiler is found (setup.py)
+    from . import _runs
+except ImportError:  # pragma: no cover - the pure-Python path below does the same
+    _runs = None
+NATIVE_RUNS = _runs is not None
 
 
 class TextTemplate:
@@ -86,10 +96,37 @@ class TextTemplate:
         field = _field_at(body, pos, prefix)
         if field is None:
             return pos, 0
+        max_middle = max_payload - len(prefix) - len(suffix)
+        if _runs is not None:
+            return self._native_run(body, pos, field, max_middle)
+        return self._run(body, pos, field, max_middle)
+
+    def _native_run(self, body: bytes, pos: int, field: bytes, max_middle: int) -> tuple[int, int]:
+        """``run_in`` by the native matcher (``_runs.c``): the same events, proved the same way, in
+        one walk over the bytes; a window at a time, so the texts' transient copies stay bounded."""
+        run, prefix, suffix, pieces = _runs.run, self.prefix, self.suffix, self.pieces
+        start, count = pos, 0
+        while True:
+            end, taken, texts = run(body, start, start + _NATIVE_RUN_BYTES, field, prefix, suffix, max_middle)
+            if not taken:
+                return start, count
+            if type(texts) is bytes:  # escapes or UTF-8: orjson decodes, and rejects what is no string
+                try:
+                    texts = "".join(orjson.loads(texts))
+                except orjson.JSONDecodeError:
+                    end, taken = self._run(body, start, field, max_middle)  # finds the event at fault
+                    return end, count + taken
+            pieces.append(texts)
+            if len(pieces) >= COMPACT_EVERY:
+                pieces.compact()
+            start, count = end, count + taken
+
+    def _run(self, body: bytes, pos: int, field: bytes, max_middle: int) -> tuple[int, int]:
+        """``run_in`` in Python."""
+        prefix, suffix = self.prefix, self.suffix
         # Split at each event's start (a short separator: CPython searches long ones slowly),
         # then strip the template's prefix and suffix from every payload with C-level maps.
         separator = b"\n\n" + field
-        max_middle = max_payload - len(prefix) - len(suffix)
         pieces = self.pieces
         start, size, count = pos, _FIRST_RUN_BYTES, 0
         while True:

@@ -1,0 +1,164 @@
+"""The native run matcher (``core/_runs.c``) takes exactly the events the Python one takes.
+
+Both implement ``TextTemplate.run_in``: the same events, the same texts, the same place to stop.
+Any body, forged or cut anywhere, must give the same ``(end, count)`` and the same appended text
+both ways, and nothing may crash the process. (The whole-body tests run the converter both ways
+too: ``test_whole_body``'s ``run_matcher`` fixture.)
+"""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from buffered_stream.core import template
+from buffered_stream.core.pieces import Pieces
+from buffered_stream.core.template import TextTemplate
+
+HEAD = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 7, "model": "m"}
+
+
+def test_the_native_matcher_is_built() -> None:
+    """The install builds it wherever a C compiler is found; the test setup always has one."""
+    assert template._runs is not None, "buffered_stream.core._runs was not built: is a C compiler installed?"
+
+
+def chunk(text: str) -> dict:
+    return {**HEAD, "choices": [{"index": 0, "delta": {"content": text}, "logprobs": None, "finish_reason": None}]}
+
+
+def learned(field: bytes = b"data: ") -> TextTemplate:
+    payload = orjson.dumps(chunk("x"))
+    learned = TextTemplate.learn(payload, chunk("x"), ("choices", 0, "delta", "content"), "x", Pieces())
+    assert learned is not None
+    return learned
+
+
+def both_ways(body: bytes, pos: int = 0, max_payload: int = 1 << 20) -> tuple[tuple[int, int, str | None], ...]:
+    """``run_in`` by the native matcher and by Python: ``(end, count, text appended)`` each."""
+    results = []
+    for native in (True, False):
+        tmpl = learned()
+        saved = template._runs
+        template._runs = saved if native else None
+        try:
+            end, count = tmpl.run_in(body, pos, max_payload)
+        finally:
+            template._runs = saved
+        results.append((end, count, tmpl.pieces.text()))
+    return tuple(results)
+
+
+def assert_same(body: bytes, pos: int = 0, max_payload: int = 1 << 20) -> tuple[int, int, str | None]:
+    native, python = both_ways(body, pos, max_payload)
+    assert native == python
+    return native
+
+
+def events(middles: list[bytes], field: bytes = b"data: ") -> bytes:
+    prefix, _, suffix = orjson.dumps(chunk("MIDDLE")).partition(b"MIDDLE")
+    return b"".join(field + prefix + middle + suffix + b"\n\n" for middle in middles)
+
+
+def test_a_plain_run_is_taken_up_to_the_last_event() -> None:
+    middles = [f"w{i} ".encode() for i in range(500)]
+    body = events(middles) + b"data: [DONE]\n\n"
+    end, count, text = assert_same(body)
+    assert count == 500 and text == "".join(m.decode() for m in middles)
+    assert body[end:] == b"data: [DONE]\n\n"
+
+
+def test_escapes_and_utf8_are_decoded_as_json_strings() -> None:
+    middles = [b"caf\xc3\xa9", b"\\n", b'say \\"hi\\"', b"\\u00e9\\ud83d\\ude00", b"\\\\", b"\xf0\x9f\x98\x80"] * 40
+    end, count, text = assert_same(events(middles) + b"data: [DONE]\n\n")
+    assert count == len(middles) and text == "".join(orjson.loads(b'"' + m + b'"') for m in middles)
+
+
+@pytest.mark.parametrize(
+    "middle",
+    [b'"', b'","', b'"},"x":"', b"\\", b"a\\", b"\x01", b"\x7f", b"\\x", b"\\u12", b"\\ud83d", b"\xff", b"\xc3", b"\xed\xa0\x80", b"\n", b"\n\n"],
+)
+def test_a_doubtful_middle_stops_both_at_the_same_event(middle: bytes) -> None:
+    for position in (0, 1, 30, 98, 99):
+        middles = [f"t{i}".encode() for i in range(100)]
+        middles.insert(position, middle)
+        assert_same(events(middles) + b"data: [DONE]\n\n")
+
+
+def test_a_multibyte_character_split_across_two_events_is_not_joined() -> None:
+    """Each middle alone must be UTF-8: \\xc3 + \\xa9 in two events is two broken strings, not é."""
+    native, python = both_ways(events([b"a", b"\xc3", b"\xa9", b"b", b"c"]) + b"data: [DONE]\n\n")
+    assert native == python and native[1] == 1
+
+
+@pytest.mark.parametrize("boundary", [b"\nx", b"\n:", b"\n\r", b"\r\n", b"\n\n\n", b"\n \n", b"\n"])
+def test_an_event_not_ended_by_a_blank_line_stops_both_at_the_same_event(boundary: bytes) -> None:
+    """``...suffix\nxdata: ...`` is one event with an ignored ``xdata`` line, not two events."""
+    body = events([f"t{i}".encode() for i in range(60)]) + b"data: [DONE]\n\n"
+    for occurrence in (1, 2, 30, 59):
+        at = -1
+        for _ in range(occurrence):
+            at = body.find(b"\n\ndata: ", at + 1)
+        assert_same(body[:at] + boundary + body[at + 2 :])
+
+
+def test_a_body_cut_anywhere_gives_the_same_run() -> None:
+    body = events([f"w{i}".encode() for i in range(12)] + [b"\\n\\u00e9"] * 3) + b"data: [DONE]\n\n"
+    for cut in range(len(body) + 1):
+        assert_same(body[:cut])
+
+
+def test_any_start_and_payload_limit_give_the_same_run() -> None:
+    body = events([f"w{i}".encode() * (i % 7) for i in range(40)]) + b"data: [DONE]\n\n"
+    for pos in range(0, len(body), 7):
+        for max_payload in (0, 100, 150, 170, 1 << 20):
+            assert_same(body, pos, max_payload)
+
+
+def test_named_and_tgi_fields_run_both_ways() -> None:
+    prefix, _, suffix = orjson.dumps(chunk("MIDDLE")).partition(b"MIDDLE")
+    for field in (b"event: delta\ndata: ", b"data:"):
+        body = b"".join(field + prefix + f"x{i}".encode() + suffix + b"\n\n" for i in range(50)) + b"data: [DONE]\n\n"
+        end, count, _ = assert_same(body)
+        assert count == 49 + (field == b"data:")  # a named run stops where the name changes
+
+
+def test_bad_arguments_raise_instead_of_reading_out_of_bounds() -> None:
+    run = template._runs.run
+    body = events([b"a", b"b"])
+    with pytest.raises(ValueError):
+        run(body, len(body) + 1, len(body) + 2, b"data: ", b"{", b"}", 100)
+    with pytest.raises(ValueError):
+        run(body, -1, 10, b"data: ", b"{", b"}", 100)
+    with pytest.raises(TypeError):
+        run(body.decode(), 0, 10, b"data: ", b"{", b"}", 100)
+    with pytest.raises(TypeError):
+        run(body, 0, 10, b"data: ")
+    assert run(body, len(body), len(body) + 100, b"data: ", b"{", b"}", 100) == (len(body), 0, None)
+    assert run(b"", 0, 10, b"", b"", b"", 0) == (0, 0, None)
+
+
+pieces_of_a_body = st.lists(
+    st.sampled_from([b"data: ", b"data:", b"\n", b"\n\n", b"\\", b'"', b"\\u00e9", b"\xc3\xa9", b"\xff", b"x", b"[DONE]", b"event: a\n"])
+    | st.binary(max_size=5),
+    max_size=12,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(st.text(st.characters(codec="utf-8"), max_size=4), min_size=0, max_size=60),
+    st.lists(st.tuples(st.integers(0, 4000), pieces_of_a_body), max_size=4),
+    st.integers(0, 4000),
+    st.integers(0, 400),
+)
+def test_any_forged_or_cut_body_gives_the_same_run(
+    texts: list[str], forgeries: list[tuple[int, list[bytes]]], pos: int, max_payload: int
+) -> None:
+    body = events([orjson.dumps(text)[1:-1] for text in texts])
+    for at, pieces in forgeries:
+        at = min(at, len(body))
+        body = body[:at] + b"".join(pieces) + body[at:]
+    assert_same(body, min(pos, len(body)), max_payload + 100)
