@@ -27,6 +27,9 @@ _FRAMING_SLACK_BYTES = 64 << 10
 _WINDOW_BYTES = 16 << 10
 # A feed this large holds many events: worth matching runs of them against the assembler's template.
 _WHOLE_BODY_MIN_BYTES = 512
+_LF = 0x0A
+# Windows this small hold one event: such an event is taken on its own, without the decoder.
+_ONE_EVENT_BYTES = 512
 
 
 class StreamConverter:
@@ -127,6 +130,7 @@ class StreamConverter:
         (and staying doubled across feeds).
         Every event is taken exactly as the per-event path would take it, only faster."""
         decoder, add_run, max_event = self._decoder, self._add_run, self._max_event
+        add_raw = self._assembler.add_raw
         pos, size, total = 0, self._window, len(data)
         while pos < total:
             if decoder.at_event_start:
@@ -135,6 +139,20 @@ class StreamConverter:
                     self._events += count
                     pos, size = end, 1
                     continue
+                if size < _ONE_EVENT_BYTES and data.startswith(b"data: ", pos):
+                    # One one-line event (a role, finish or usage chunk between runs): what the
+                    # decoder would return for it, without a pass through the decoder.
+                    end = data.find(b"\n", pos)
+                    if 0 <= end < total - 1 and data[end + 1] == _LF and end - pos - 6 <= max_event:
+                        payload = data[pos + 6 : end]
+                        if add_raw(payload):
+                            self._events += 1
+                        else:
+                            self._consume((("", payload),))
+                            if self._done:
+                                return
+                        pos, size = end + 2, size * 2
+                        continue
             cut = data.find(b"\n\n", pos + size - 1, pos + _WINDOW_BYTES)
             cut = min(pos + _WINDOW_BYTES, total) if cut < 0 else cut + 2
             self._consume(decoder.feed(data[pos:cut]))
@@ -178,6 +196,9 @@ class StreamConverter:
                     continue
                 if name and name == ERROR_EVENT:
                     raise spec.error_event(payload)
+                if payload[:1] == b"[" and spec.is_end_payload(payload):  # ``[DONE]``: no JSON error to raise
+                    self._done = True
+                    return
                 try:
                     chunk = loads(payload)
                 except orjson.JSONDecodeError as exc:
