@@ -123,8 +123,13 @@ _USAGE_METADATA_KEYS = (("input_tokens", "prompt_tokens"), ("output_tokens", "co
 
 
 def _usage_metadata(outcome: str, spec: SchemaSpec | None, usage: dict[str, Any] | None) -> struct_pb2.Struct:
-    # Fields are set one by one: ``Struct.update`` walks the values in Python, twice as slow.
     struct = struct_pb2.Struct()
+    _set_usage_metadata(struct, outcome, spec, usage)
+    return struct
+
+
+def _set_usage_metadata(struct: struct_pb2.Struct, outcome: str, spec: SchemaSpec | None, usage: dict[str, Any] | None) -> None:
+    # Fields are set one by one: ``Struct.update`` walks the values in Python, twice as slow.
     fields = struct.fields[NAMESPACE].struct_value.fields
     fields["outcome"].string_value = outcome
     if usage and spec is not None:
@@ -135,7 +140,46 @@ def _usage_metadata(outcome: str, spec: SchemaSpec | None, usage: dict[str, Any]
                 fields[key].bool_value = count
             elif isinstance(count, int):
                 fields[key].number_value = count
-    return struct
+
+
+# The replies built per request are filled in place: nested constructor keywords copy every
+# sub-message once more (~3x the cost of the few assignments).
+
+
+def _rewritten_request(body: bytes) -> pb.ProcessingResponse:
+    reply = pb.ProcessingResponse()
+    common = reply.request_body.response
+    mutation = common.header_mutation
+    header = mutation.set_headers.add().header
+    header.key = "content-length"
+    header.raw_value = str(len(body)).encode()
+    mutation.remove_headers.extend(_NO_ENCODING)
+    common.body_mutation.body = body
+    return reply
+
+
+def _answer_body(answer: bytes, *, content_length: bool) -> pb.ProcessingResponse:
+    """The converted answer in place of the upstream body (buffered or streamed mode)."""
+    reply = pb.ProcessingResponse()
+    common = reply.response_body.response
+    mutation = common.header_mutation
+    if content_length:
+        header = mutation.set_headers.add().header
+        header.key = "content-length"
+        header.raw_value = str(len(answer)).encode()
+    else:
+        mutation.SetInParent()
+    common.body_mutation.body = answer
+    return reply
+
+
+def _answer_streamed(answer: bytes, end_of_stream: bool) -> pb.ProcessingResponse:
+    """The converted answer as the one streamed body of a full-duplex response."""
+    reply = pb.ProcessingResponse()
+    streamed = reply.response_body.response.body_mutation.streamed_response
+    streamed.body = answer
+    streamed.end_of_stream = end_of_stream
+    return reply
 
 
 class RouteSettingsCache:
@@ -295,14 +339,7 @@ class Exchange:
             self.skip_reason = plan.reason
             return CONTINUE_REQUEST_BODY
         self.rewrite = plan
-        mutation = pb.HeaderMutation(
-            set_headers=[_header("content-length", str(len(plan.body)))], remove_headers=_NO_ENCODING
-        )
-        return pb.ProcessingResponse(
-            request_body=pb.BodyResponse(
-                response=pb.CommonResponse(header_mutation=mutation, body_mutation=pb.BodyMutation(body=plan.body))
-            )
-        )
+        return _rewritten_request(plan.body)
 
     def _on_response_headers(self, headers: pb.HttpHeaders) -> pb.ProcessingResponse:
         assert self.route is not None
@@ -369,16 +406,9 @@ class Exchange:
             return DROP_RESPONSE_CHUNK
         self.phase = Phase.DONE
         self.finish(metrics.CONVERTED)
-        set_headers = [_header("content-length", str(len(answer)))] if buffered else []
-        return pb.ProcessingResponse(
-            response_body=pb.BodyResponse(
-                response=pb.CommonResponse(
-                    header_mutation=pb.HeaderMutation(set_headers=set_headers),
-                    body_mutation=pb.BodyMutation(body=answer),
-                )
-            ),
-            dynamic_metadata=_usage_metadata(metrics.CONVERTED, self.spec, converter.usage),
-        )
+        reply = _answer_body(answer, content_length=buffered)
+        _set_usage_metadata(reply.dynamic_metadata, metrics.CONVERTED, self.spec, converter.usage)
+        return reply
 
     # -- full-duplex delivery (keep-alive) --------------------------------------------------------
 
@@ -439,16 +469,9 @@ class Exchange:
         outcome = metrics.CONVERTED_KEEPALIVE if self.keepalive_bytes else metrics.CONVERTED
         self.finish(outcome)
         self.last_sent = time.monotonic()
-        return pb.ProcessingResponse(
-            response_body=pb.BodyResponse(
-                response=pb.CommonResponse(
-                    body_mutation=pb.BodyMutation(
-                        streamed_response=pb.StreamedBodyResponse(body=answer, end_of_stream=end_of_stream)
-                    )
-                )
-            ),
-            dynamic_metadata=_usage_metadata(outcome, self.spec, self.converter.usage),
-        )
+        reply = _answer_streamed(answer, end_of_stream)
+        _set_usage_metadata(reply.dynamic_metadata, outcome, self.spec, self.converter.usage)
+        return reply
 
     def _fail(self, error: ConversionError, *, committed: bool = False) -> pb.ProcessingResponse:
         """The answer for a stream that cannot become a correct completion.
