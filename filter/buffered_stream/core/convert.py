@@ -9,7 +9,7 @@ Messages never quote payloads (they can hold completion text): only positions an
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import orjson
@@ -113,7 +113,7 @@ class StreamConverter:
             if self._assembler.add_raw(payload):
                 self._events += 1
             else:
-                self._consume((("", payload),))
+                self._consume((("", payload),), offered=True)
             return
         if len(data) <= _WINDOW_BYTES:
             self._consume(self._decoder.feed(data))
@@ -148,7 +148,7 @@ class StreamConverter:
                         if add_raw(payload):
                             self._events += 1
                         else:
-                            self._consume((("", payload),))
+                            self._consume((("", payload),), offered=True)
                             if self._done:
                                 return
                         pos, size = end + 2, size * 2
@@ -175,11 +175,12 @@ class StreamConverter:
             raise ConversionError(TRUNCATED, 502, "upstream stream ended before the answer was complete")
         return orjson.dumps(answer)
 
-    def _consume(self, events: list[tuple[str, bytes]], at_end: bool = False) -> None:
+    def _consume(self, events: Iterable[tuple[str, bytes]], at_end: bool = False, offered: bool = False) -> None:
         """The hot loop: per ordinary chunk one parse, the spec's error check and the assembler call.
 
         ``at_end``: these are the unterminated event flushed at end of body; JSON that does not
-        parse there means the body was cut inside it.
+        parse there means the body was cut inside it. ``offered``: the fast path already declined
+        these (unnamed) payloads.
         """
         add = self._assembler.add
         add_raw = self._assembler.add_raw
@@ -192,7 +193,7 @@ class StreamConverter:
                 count += 1
                 # A name decides nothing but an error or a bare JSON line: any other event is
                 # offered to the fast path like an unnamed one (Messages name every event).
-                if name != ERROR_EVENT and name != BARE_JSON_EVENT and add_raw(payload):
+                if not offered and name != ERROR_EVENT and name != BARE_JSON_EVENT and add_raw(payload):
                     continue
                 if name and name == ERROR_EVENT:
                     raise spec.error_event(payload)

@@ -61,7 +61,7 @@ class TextTemplate:
     """``prefix`` + a string's inside + ``suffix`` (+ verbatim ASCII + ``"}`` when ``padded``) is
     the learned chunk with that string as its text."""
 
-    __slots__ = ("prefix", "suffix", "padded", "size", "pieces")
+    __slots__ = ("prefix", "suffix", "padded", "size", "pieces", "runs")
 
     def __init__(self, prefix: bytes, suffix: bytes, padded: bool, pieces: Pieces) -> None:
         self.prefix = prefix
@@ -69,6 +69,8 @@ class TextTemplate:
         self.padded = padded
         self.size = len(prefix) + len(suffix) + (len(_PADDING_END) if padded else 0)
         self.pieces = pieces  # where the text of a matching payload is appended
+        # Whole-body runs split at LFs and take no padding (see ``run_in``).
+        self.runs = not padded and b"\n" not in prefix and b"\n" not in suffix
 
     def text_of(self, payload: bytes) -> bytes | None:
         """The bytes in the text's place if ``payload`` has this template's shape, else None.
@@ -90,9 +92,9 @@ class TextTemplate:
         boundary) and are this chunk with another text: ``(end, count)``, ``(pos, 0)`` when none
         is. The last event a run finds is left to the per-event path, as is any middle that needs
         a closer look. Copies stay bounded: the body is matched a window at a time."""
-        prefix, suffix = self.prefix, self.suffix
-        if self.padded or b"\n" in prefix or b"\n" in suffix:
+        if not self.runs:
             return pos, 0
+        prefix, suffix = self.prefix, self.suffix
         field = _field_at(body, pos, prefix)
         if field is None:
             return pos, 0

@@ -57,7 +57,8 @@ def _only_text(chunk: dict[str, Any], choices: Choices) -> tuple[tuple[str | int
         return None
     ((key, value),) = delta.items()
     if type(value) is str and key != "role":
-        return ("choices", 0, "delta", key), value, state.texts[key]
+        # An empty text (a role or finish chunk) makes no template: what follows differs in more.
+        return (("choices", 0, "delta", key), value, state.texts[key]) if value else None
     if key == "tool_calls" and type(value) is list and len(value) == 1 and (found := arguments_piece(state, value[0])):
         pieces, piece = found
         return ("choices", 0, "delta", "tool_calls", 0, "function", "arguments"), piece, pieces
