@@ -19,6 +19,8 @@ from hypothesis import strategies as st
 from buffered_stream.core import template
 from buffered_stream.core.convert import StreamConverter
 from buffered_stream.core.errors import ConversionError
+from buffered_stream.core.registry import spec_named
+from buffered_stream.core.spec import SchemaSpec
 from buffered_stream.schemas.anthropic_messages import SCHEMA as MESSAGES
 from buffered_stream.schemas.openai_responses import SCHEMA as RESPONSES
 
@@ -42,10 +44,34 @@ def run_matcher(request: pytest.FixtureRequest) -> Any:
     template._runs = native
 
 
-def outcome(schema: Any, body: bytes, *, whole_body: bool, profile: str = "auto", **limits: int) -> tuple[str, Any]:
+class ParsedOnly:
+    """The schema's assembler with its fast path turned off: every payload is parsed and folded."""
+
+    def __init__(self, schema: Any, profile: str) -> None:
+        spec = schema if isinstance(schema, SchemaSpec) else spec_named(schema)
+        self._inner = spec.assembler(profile, None)
+        self.add = self._inner.add
+        self.result = self._inner.result
+
+    def add_raw(self, payload: bytes) -> bool:
+        return False
+
+    @property
+    def finished(self) -> bool:
+        return self._inner.finished
+
+    @property
+    def usage(self) -> Any:
+        return self._inner.usage
+
+
+def outcome(
+    schema: Any, body: bytes, *, whole_body: bool, profile: str = "auto", parse_all: bool = False, **limits: int
+) -> tuple[str, Any]:
     """The answer (or error) of ``body`` fed in one piece, or, with ``whole_body`` False, with
-    every event taken one by one."""
-    converter = StreamConverter(schema, profile, whole_body=whole_body, **limits)
+    every event taken one by one; ``parse_all``: with no fast path at all."""
+    assembler = ParsedOnly(schema, profile) if parse_all else None
+    converter = StreamConverter(schema, profile, whole_body=whole_body, assembler=assembler, **limits)
     try:
         converter.feed(body)
         answer = GENERATED_TOOL_CALL_ID.sub(b"GENERATED", converter.finish())  # random by design
@@ -60,6 +86,13 @@ def assert_same_outcome(schema: Any, body: bytes, **options: Any) -> tuple[str, 
     return whole
 
 
+def assert_same_outcome_as_parsed(schema: Any, body: bytes, **options: Any) -> tuple[str, Any]:
+    """Whole body, event by event, and every event parsed: one outcome."""
+    whole = assert_same_outcome(schema, body, **options)
+    assert whole == outcome(schema, body, whole_body=False, parse_all=True, **options)
+    return whole
+
+
 def corpus_case(folder: str, name: str) -> tuple[Any, bytes, str]:
     """A corpus case's schema, SSE body and profile."""
     meta = orjson.loads((TESTS / folder / f"{name}.meta.json").read_bytes())
@@ -70,7 +103,7 @@ def corpus_case(folder: str, name: str) -> tuple[Any, bytes, str]:
 @pytest.mark.parametrize(("folder", "name"), CASES)
 def test_every_corpus_case_gives_the_same_outcome_both_ways(folder: str, name: str) -> None:
     schema, body, profile = corpus_case(folder, name)
-    assert_same_outcome(schema, body, profile=profile)
+    assert_same_outcome_as_parsed(schema, body, profile=profile)
 
 
 @pytest.mark.parametrize(("folder", "name"), CASES)
@@ -216,7 +249,7 @@ def messages_body(texts: list[str], *, after_stop: bytes = b"") -> bytes:
 def test_named_events_are_taken_in_runs_with_the_same_answer() -> None:
     texts = [f" word{i}" for i in range(2000)]
     body = messages_body(texts)
-    kind, (answer, _) = assert_same_outcome(MESSAGES, body)
+    kind, (answer, _) = assert_same_outcome_as_parsed(MESSAGES, body)
     assert kind == "answer" and answer["content"][0]["text"] == "".join(texts)
     converter = StreamConverter(MESSAGES)
     converter.feed(body)
@@ -245,7 +278,7 @@ def test_a_different_event_line_inside_a_named_run_gives_the_per_event_outcome(l
             for index in range(first, first + renamed):
                 assert forged[index].startswith(named)
                 forged[index] = line + forged[index][len(named) :]
-            assert_same_outcome(MESSAGES, b"\n\n".join(forged))
+            assert_same_outcome_as_parsed(MESSAGES, b"\n\n".join(forged))
 
 
 def test_text_deltas_after_message_stop_are_ignored_both_ways() -> None:
@@ -255,5 +288,63 @@ def test_text_deltas_after_message_stop_are_ignored_both_ways() -> None:
         + b"\n\n"
         for i in range(50)
     )
-    kind, (answer, _) = assert_same_outcome(MESSAGES, messages_body([f" t{i}" for i in range(100)], after_stop=late))
+    kind, (answer, _) = assert_same_outcome_as_parsed(MESSAGES, messages_body([f" t{i}" for i in range(100)], after_stop=late))
     assert kind == "answer" and "late" not in answer["content"][0]["text"]
+
+
+def responses_body(deltas: list[dict[str, Any]], *, after_terminal: bytes = b"") -> bytes:
+    """A llama.cpp-shaped Responses stream (bare events, no ``sequence_number``), one message."""
+
+    def named(data: dict[str, Any]) -> bytes:
+        return b"event: " + data["type"].encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+    item = {"type": "message", "id": "msg_1", "status": "in_progress", "role": "assistant", "content": []}
+    response = {"id": "resp_1", "object": "response", "created_at": 7, "status": "in_progress", "model": "m", "output": []}
+    parts = [named({"type": "response.created", "response": response}),
+             named({"type": "response.output_item.added", "output_index": 0, "item": item}),
+             named({"type": "response.content_part.added", "item_id": "msg_1", "output_index": 0, "content_index": 0,
+                    "part": {"type": "output_text", "text": "", "annotations": []}})]
+    parts += [named({"type": "response.output_text.delta", "item_id": "msg_1", **delta}) for delta in deltas]
+    done = {**response, "status": "completed", "usage": {"input_tokens": 3, "output_tokens": len(deltas), "total_tokens": 3 + len(deltas)}}
+    parts.append(named({"type": "response.completed", "response": done}))
+    return b"".join(parts) + after_terminal
+
+
+def test_responses_text_deltas_are_taken_in_runs_with_the_same_answer() -> None:
+    texts = [f" word{i}" for i in range(2000)]
+    body = responses_body([{"delta": text} for text in texts])
+    kind, (answer, _) = assert_same_outcome_as_parsed(RESPONSES, body)
+    assert kind == "answer" and answer["output"][0]["content"][0]["text"] == "".join(texts)
+    converter = StreamConverter(RESPONSES)
+    converter.feed(body)
+    assert converter._assembler._fast_path._template_hits >= 1990  # noqa: SLF001 - taken without parsing
+    converter.finish()
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        {"delta": "x", "logprobs": [{"token": "x", "logprob": -0.5}]},  # logprobs go to the part too
+        {"delta": "x", "logprobs": []},
+        {"delta": "x", "output_index": 1},  # another part key: another part
+        {"delta": "x", "content_index": 2},
+        {"delta": 7},  # not text: an error
+        {"delta": "x", "sequence_number": 9},
+    ],
+)
+def test_an_odd_text_delta_inside_a_responses_run_gives_the_per_event_outcome(odd: dict[str, Any]) -> None:
+    deltas: list[dict[str, Any]] = [{"delta": f" t{i}"} for i in range(300)]
+    for position in (0, 1, 2, 150, 299):
+        for repeat in (1, 3):
+            assert_same_outcome_as_parsed(RESPONSES, responses_body([*deltas[:position], *[odd] * repeat, *deltas[position:]]))
+
+
+def test_responses_text_deltas_after_the_terminal_event_are_ignored_both_ways() -> None:
+    late = b"".join(
+        b"event: response.output_text.delta\ndata: "
+        + orjson.dumps({"type": "response.output_text.delta", "item_id": "msg_1", "delta": f" late{i}"})
+        + b"\n\n"
+        for i in range(50)
+    )
+    kind, (answer, _) = assert_same_outcome_as_parsed(RESPONSES, responses_body([{"delta": f" t{i}"} for i in range(100)], after_terminal=late))
+    assert kind == "answer" and "late" not in orjson.dumps(answer).decode()

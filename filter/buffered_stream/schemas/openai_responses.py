@@ -37,6 +37,7 @@ from typing import Any
 import orjson
 
 from ..core.errors import LIMIT, MALFORMED, UPSTREAM_ERROR, ConversionError, http_status_in
+from ..core.fast_path import TextFastPath
 from ..core.pieces import COMPACT_EVERY, Pieces
 from ..core.request import Rewrite, Skip, load_non_stream_request, model_of
 
@@ -302,6 +303,9 @@ def is_end_payload(payload: bytes) -> bool:
 # --------------------------------------------------------------------------- assembly
 
 
+_DELTA_PATH = ("delta",)
+
+
 def _malformed(message: str) -> ConversionError:
     return ConversionError(MALFORMED, 502, f"upstream stream event is malformed: {message}")
 
@@ -408,6 +412,12 @@ class ResponsesAssembler:
         "_sequence_numbers",
         "_delta_key",
         "_delta_part",
+        "_fast_path",
+        # ``add_raw`` and ``add_run`` are the fast path's own bound methods (``core.fast_path``):
+        # text deltas that repeat the last one but for their text (llama.cpp's; OpenAI's and
+        # vLLM's number every event, so theirs never repeat and are parsed).
+        "add_raw",
+        "add_run",
     )
 
     def __init__(self, profile: ResponsesProfile | None = None, hints: Mapping[str, Any] | None = None) -> None:
@@ -425,11 +435,11 @@ class ResponsesAssembler:
         # next delta nearly always goes there too. Any other event clears it.
         self._delta_key: tuple[Any, Any, Any] | None = None
         self._delta_part: _Part | None = None
+        self._fast_path = fast_path = TextFastPath()
+        self.add_raw = fast_path.add_raw
+        self.add_run = fast_path.add_run
 
     # ----------------------------------------------------------------- the protocol
-
-    def add_raw(self, payload: bytes) -> bool:
-        return False  # every event is parsed: its type decides what it means
 
     @property
     def finished(self) -> bool:
@@ -464,6 +474,11 @@ class ResponsesAssembler:
                 if type(logprobs) is not list:
                     raise _malformed("'logprobs' is not a list")
                 part.logprobs += logprobs
+            else:
+                fast_path = self._fast_path
+                if fast_path.payload is not None:
+                    # Folded again with another text (same part key), this event only appends it.
+                    fast_path.learn_text(chunk, _DELTA_PATH, delta, text)
             return
         self._delta_key = self._delta_part = None
         if self._sequence_numbers and "sequence_number" not in chunk:
@@ -518,6 +533,7 @@ class ResponsesAssembler:
         self._usage = usage if isinstance(usage, dict) else None
         self._terminal_status = _TERMINAL_STATUS[chunk["type"]]
         self._terminal = _exact_json(response)
+        self._fast_path.forget()  # later events are ignored, not appended
         if self._snapshot is not None:  # keep only what the terminal object lacks (usually nothing)
             snapshot = orjson.loads(self._snapshot)
             missing = {key: value for key, value in snapshot.items() if key not in response and key != "status"}
