@@ -3,9 +3,10 @@
 Run by hand: ``PYTHONPATH=filter:tests python bench/bench_responses.py``. Each body is a text
 answer of N ``response.output_text.delta`` events in one server's shape: ``openai`` (every event
 with ``sequence_number``, ``logprobs`` and a random ``obfuscation`` pad, full response objects in
-the lifecycle events) or ``llamacpp`` (bare events). The pipeline is what the service will run:
-SSE decoding (``event:`` + ``data:`` lines), ``orjson.loads``, ``upstream_error`` and
-``ResponsesAssembler.add`` per event, then ``result()`` and ``orjson.dumps``. The floor is what any
+the lifecycle events) or ``llamacpp`` (bare events). ``convert`` is what the service runs:
+``StreamConverter`` (SSE decoding, the template fast path for text deltas that repeat the last one
+but for their text, else ``orjson.loads`` and ``ResponsesAssembler.add`` per event), then
+``result()`` and ``orjson.dumps``. The floor is what any
 Python converter pays at least: split the body into events, cut the ``data: `` payload out,
 ``orjson.loads`` it.
 
