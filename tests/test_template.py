@@ -12,28 +12,9 @@ from hypothesis import strategies as st
 from buffered_stream.schemas.chat import ChatAssembler
 from buffered_stream.core.convert import StreamConverter
 from buffered_stream.core.errors import ConversionError
+from support.parsed_only import ParsedOnly
 
 HEAD = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 7, "model": "m"}
-
-
-class ParsedOnly:
-    """The chat assembler with its unparsed fast path turned off: every payload is parsed."""
-
-    def __init__(self) -> None:
-        self._inner = ChatAssembler()
-        self.add = self._inner.add
-        self.result = self._inner.result
-
-    def add_raw(self, payload: bytes) -> bool:
-        return False
-
-    @property
-    def finished(self) -> bool:
-        return self._inner.finished
-
-    @property
-    def usage(self) -> dict[str, Any] | None:
-        return self._inner.usage
 
 
 def outcome(payloads: list[bytes], *, templates: bool) -> tuple[str, Any]:

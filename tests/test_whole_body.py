@@ -19,10 +19,9 @@ from hypothesis import strategies as st
 from buffered_stream.core import template
 from buffered_stream.core.convert import StreamConverter
 from buffered_stream.core.errors import ConversionError
-from buffered_stream.core.registry import spec_named
-from buffered_stream.core.spec import SchemaSpec
 from buffered_stream.schemas.anthropic_messages import SCHEMA as MESSAGES
 from buffered_stream.schemas.openai_responses import SCHEMA as RESPONSES
+from support.parsed_only import ParsedOnly
 
 TESTS = Path(__file__).parent
 CASES = sorted(
@@ -42,27 +41,6 @@ def run_matcher(request: pytest.FixtureRequest) -> Any:
     template._runs = native if request.param == "native" else None
     yield request.param
     template._runs = native
-
-
-class ParsedOnly:
-    """The schema's assembler with its fast path turned off: every payload is parsed and folded."""
-
-    def __init__(self, schema: Any, profile: str) -> None:
-        spec = schema if isinstance(schema, SchemaSpec) else spec_named(schema)
-        self._inner = spec.assembler(profile, None)
-        self.add = self._inner.add
-        self.result = self._inner.result
-
-    def add_raw(self, payload: bytes) -> bool:
-        return False
-
-    @property
-    def finished(self) -> bool:
-        return self._inner.finished
-
-    @property
-    def usage(self) -> Any:
-        return self._inner.usage
 
 
 def outcome(
