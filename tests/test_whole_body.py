@@ -64,6 +64,14 @@ def assert_same_outcome(schema: Any, body: bytes, **options: Any) -> tuple[str, 
     return whole
 
 
+def assert_taken_unparsed(schema: Any, body: bytes, *, at_least: int) -> None:
+    """At least ``at_least`` events of ``body`` were taken by the fast path, without parsing."""
+    converter = StreamConverter(schema)
+    converter.feed(body)
+    assert converter._assembler._fast_path._template_hits >= at_least  # noqa: SLF001 - the count it keeps
+    converter.finish()
+
+
 def assert_same_outcome_as_parsed(schema: Any, body: bytes, **options: Any) -> tuple[str, Any]:
     """Whole body, event by event, and every event parsed: one outcome."""
     whole = assert_same_outcome(schema, body, **options)
@@ -120,11 +128,7 @@ def test_a_long_answer_is_taken_in_runs_with_the_same_answer() -> None:
 
 def test_runs_are_really_taken_without_parsing() -> None:
     """The template takes every text chunk but the first (learned from) and the last of each run."""
-    converter = StreamConverter("chat")
-    converter.feed(sse(text_stream([f" w{i}" for i in range(2000)])))
-    hits = converter._assembler._fast_path._template_hits  # noqa: SLF001 - the count the fast path keeps
-    assert hits >= 1990
-    converter.finish()
+    assert_taken_unparsed("chat", sse(text_stream([f" w{i}" for i in range(2000)])), at_least=1990)
 
 
 @pytest.mark.parametrize(
@@ -229,10 +233,7 @@ def test_named_events_are_taken_in_runs_with_the_same_answer() -> None:
     body = messages_body(texts)
     kind, (answer, _) = assert_same_outcome_as_parsed(MESSAGES, body)
     assert kind == "answer" and answer["content"][0]["text"] == "".join(texts)
-    converter = StreamConverter(MESSAGES)
-    converter.feed(body)
-    assert converter._assembler._fast_path._template_hits >= 1990  # noqa: SLF001 - taken without parsing
-    converter.finish()
+    assert_taken_unparsed(MESSAGES, body, at_least=1990)
 
 
 @pytest.mark.parametrize(
@@ -293,10 +294,7 @@ def test_responses_text_deltas_are_taken_in_runs_with_the_same_answer() -> None:
     body = responses_body([{"delta": text} for text in texts])
     kind, (answer, _) = assert_same_outcome_as_parsed(RESPONSES, body)
     assert kind == "answer" and answer["output"][0]["content"][0]["text"] == "".join(texts)
-    converter = StreamConverter(RESPONSES)
-    converter.feed(body)
-    assert converter._assembler._fast_path._template_hits >= 1990  # noqa: SLF001 - taken without parsing
-    converter.finish()
+    assert_taken_unparsed(RESPONSES, body, at_least=1990)
 
 
 @pytest.mark.parametrize(
