@@ -162,3 +162,33 @@ def test_any_forged_or_cut_body_gives_the_same_run(
         at = min(at, len(body))
         body = body[:at] + b"".join(pieces) + body[at:]
     assert_same(body, min(pos, len(body)), max_payload + 100)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.binary(max_size=400) | st.lists(st.sampled_from([b"data: ", b"{", b"}", b"\n", b"\n\n", b"\\", b'"', b"x", b"\xff"]), max_size=60).map(b"".join),
+    st.integers(-5, 450),
+    st.integers(-5, 900),
+    st.binary(max_size=8),
+    st.binary(max_size=8),
+    st.binary(max_size=8),
+    st.integers(0, 500),
+)
+def test_any_arguments_give_an_answer_within_the_body_or_a_clear_error(
+    body: bytes, pos: int, stop: int, field: bytes, prefix: bytes, suffix: bytes, max_middle: int
+) -> None:
+    """Whatever it is handed, the matcher stays inside the body: no crash, no read past the end."""
+    try:
+        end, count, texts = template._runs.run(body, pos, stop, field, prefix, suffix, max_middle)
+    except ValueError:
+        assert not 0 <= pos <= len(body)
+        return
+    assert pos <= end <= len(body) and count >= 0
+    assert (texts is None) == (count == 0)
+    if count:
+        taken = body[pos:end]
+        assert taken.count(b"\n\n" + field) >= count - 1 and taken.endswith(b"\n\n")
+        if type(texts) is str:
+            assert texts.isascii() and len(texts) <= len(taken)
+        else:
+            assert texts.startswith(b'["') and texts.endswith(b'"]')
