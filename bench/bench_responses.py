@@ -3,7 +3,8 @@
 Run by hand: ``PYTHONPATH=filter:tests python bench/bench_responses.py``. Each body is a text
 answer of N ``response.output_text.delta`` events in one server's shape: ``openai`` (every event
 with ``sequence_number``, ``logprobs`` and a random ``obfuscation`` pad, full response objects in
-the lifecycle events) or ``llamacpp`` (bare events). ``convert`` is what the service runs:
+the lifecycle events), ``vllm`` (the same, keys sorted as vLLM, SGLang and Ollama write them, no
+pad) or ``llamacpp`` (bare events). ``convert`` is what the service runs:
 ``StreamConverter`` (SSE decoding, the template fast path for text deltas that repeat the last one
 but for their text, else ``orjson.loads`` and ``ResponsesAssembler.add`` per event), then
 ``result()`` and ``orjson.dumps``. The floor is what any
@@ -63,8 +64,9 @@ def _response(status: str, output: list, usage: dict | None) -> dict:
 
 
 def text_body(shape: str, tokens: int) -> bytes:
-    """A ``tokens``-delta text stream in ``shape`` (``openai`` or ``llamacpp``)."""
-    numbered = shape == "openai"
+    """A ``tokens``-delta text stream in ``shape`` (``openai``, ``vllm`` or ``llamacpp``)."""
+    numbered = shape in ("openai", "vllm")
+    options = orjson.OPT_SORT_KEYS if shape == "vllm" else 0  # vLLM, SGLang, Ollama: sorted keys
     parts: list[bytes] = []
 
     def event(name: str, data: dict) -> None:
@@ -72,7 +74,7 @@ def text_body(shape: str, tokens: int) -> bytes:
             data = {"type": name, "sequence_number": len(parts), **data}
         else:
             data = {"type": name, **data}
-        parts.append(b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n")
+        parts.append(b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data, option=options) + b"\n\n")
 
     item_id = "msg_68b1c2d4a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6e7f8a9b0"
     where: dict = {"item_id": item_id, "output_index": 0, "content_index": 0} if numbered else {"item_id": item_id}
@@ -89,7 +91,9 @@ def text_body(shape: str, tokens: int) -> bytes:
     event("response.output_item.added", {"output_index": 0, "item": {**item, "status": "in_progress", "content": []}})
     event("response.content_part.added", {**where, "part": {**part, "text": ""}})
     for i in range(tokens):
-        extra = {"logprobs": [], "obfuscation": PAD[: 1 + i % len(PAD)]} if numbered else {}
+        extra = {"logprobs": [], "obfuscation": PAD[: 1 + i % len(PAD)]} if shape == "openai" else {}
+        if shape == "vllm":
+            extra = {"logprobs": []}
         event("response.output_text.delta", {**where, "delta": WORDS[i % len(WORDS)], **extra})
     event("response.output_text.done", {**where, "text": text})
     event("response.content_part.done", {**where, "part": part})
@@ -168,7 +172,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=1.0, help="time budget per measurement")
     parser.add_argument("--tokens", type=int, nargs="+", default=[256, 4096])
-    parser.add_argument("--shapes", nargs="+", default=["openai", "llamacpp"])
+    parser.add_argument("--shapes", nargs="+", default=["openai", "vllm", "llamacpp"])
     parser.add_argument("--profile", default="auto", help="backend profile of the assembler")
     args = parser.parse_args()
 

@@ -192,3 +192,84 @@ def test_any_arguments_give_an_answer_within_the_body_or_a_clear_error(
             assert texts.isascii() and len(texts) <= len(taken)
         else:
             assert texts.startswith(b'["') and texts.endswith(b'"]')
+
+
+# -- counted templates: a counter (Responses' ``sequence_number``) after the text -----------------
+
+
+def delta_event(text: bytes, counter: bytes) -> bytes:
+    """A vLLM-shaped Responses delta (sorted keys): the counter stands after the text."""
+    return (b'{"content_index":0,"delta":"' + text + b'","item_id":"msg_1","logprobs":[],"output_index":0,'
+            b'"sequence_number":' + counter + b',"type":"response.output_text.delta"}')
+
+
+def counted() -> TextTemplate:
+    payload = delta_event(b"x", b"7")
+    learned = TextTemplate.learn(payload, orjson.loads(payload), ("delta",), "x", Pieces(), "sequence_number")
+    assert learned is not None and learned.tail == b',"type":"response.output_text.delta"}'
+    return learned
+
+
+def expected_counted_run(body: bytes, pos: int, field: bytes, max_middle: int) -> tuple[int, int, str | None]:
+    """What a counted run must take: event by event, ``text_of`` + a JSON string's decoding, each
+    event followed by a blank line and the next event's field (the last one is never taken)."""
+    tmpl, texts, at = counted(), [], pos
+    while True:
+        line_end = body.find(b"\n", at)
+        if not body.startswith(field, at) or line_end < 0 or not body.startswith(b"\n" + field, line_end + 1):
+            break
+        middle = tmpl.text_of(body[at + len(field) : line_end])
+        if middle is None or len(middle) > max_middle or any(byte < 0x20 for byte in middle):
+            break
+        try:
+            texts.append(orjson.loads(b'"' + middle + b'"'))
+        except orjson.JSONDecodeError:
+            break
+        at = line_end + 2
+    return at, len(texts), "".join(texts) if texts else None
+
+
+def native_counted_run(body: bytes, pos: int, field: bytes, max_middle: int) -> tuple[int, int, str | None]:
+    tmpl = counted()
+    end, count, texts = template._runs.run(body, pos, len(body), field, tmpl.prefix, tmpl.suffix, max_middle, tmpl.tail)
+    if type(texts) is bytes:
+        try:
+            texts = "".join(orjson.loads(texts))
+        except orjson.JSONDecodeError:
+            return pos, -1, None  # the caller hands such a run to the per-event path
+    return end, count, texts
+
+
+@pytest.mark.parametrize(
+    "counter",
+    [b"0", b"9", b"10", b"123456789012345678", b"1234567890123456789", b"07", b"00", b"-1", b"1.0", b"1e3", b"", b" 5",
+     b'"5"', b"5 "],
+)
+def test_a_counted_run_takes_exactly_the_counters_orjson_reads_the_same(counter: bytes) -> None:
+    events = [delta_event(f"t{i}".encode(), str(i).encode()) for i in range(60)]
+    for position in (0, 1, 30, 59):
+        forged = list(events)
+        forged[position] = delta_event(b"odd", counter)
+        body = b"".join(b"data: " + event + b"\n\n" for event in forged) + b"data: [DONE]\n\n"
+        native = native_counted_run(body, 0, b"data: ", 1 << 20)
+        assert native == expected_counted_run(body, 0, b"data: ", 1 << 20)
+        valid = counter.isdigit() and len(counter) <= 18 and (len(counter) == 1 or counter[:1] != b"0")
+        assert (native[1] == 60) == valid, (counter, position, native[1])
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(st.tuples(st.text(st.characters(codec="utf-8"), max_size=3), st.integers(0, 10**20)), max_size=40),
+    st.lists(st.tuples(st.integers(0, 3000), pieces_of_a_body), max_size=3),
+    st.integers(0, 40),
+)
+def test_any_counted_body_gives_the_per_event_run(
+    steps: list[tuple[str, int]], forgeries: list[tuple[int, list[bytes]]], max_middle: int
+) -> None:
+    body = b"".join(b"data: " + delta_event(orjson.dumps(text)[1:-1], str(n).encode()) + b"\n\n" for text, n in steps)
+    for at, pieces in forgeries:
+        at = min(at, len(body))
+        body = body[:at] + b"".join(pieces) + body[at:]
+    native = native_counted_run(body, 0, b"data: ", max_middle)
+    if native[1] >= 0:  # else: handed to the per-event path, which the whole-body tests cover
+        assert native == expected_counted_run(body, 0, b"data: ", max_middle)

@@ -271,11 +271,16 @@ def test_text_deltas_after_message_stop_are_ignored_both_ways() -> None:
     assert kind == "answer" and "late" not in answer["content"][0]["text"]
 
 
-def responses_body(deltas: list[dict[str, Any]], *, after_terminal: bytes = b"") -> bytes:
-    """A llama.cpp-shaped Responses stream (bare events, no ``sequence_number``), one message."""
+def responses_body(deltas: list[dict[str, Any]], *, after_terminal: bytes = b"", numbered: bool = False) -> bytes:
+    """A Responses stream with one message: llama.cpp-shaped (bare events), or ``numbered`` as
+    vLLM, SGLang and Ollama write it (sorted keys, a ``sequence_number`` on every event)."""
+    numbers = iter(range(10**6))
 
     def named(data: dict[str, Any]) -> bytes:
-        return b"event: " + data["type"].encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+        if numbered:
+            data = {"sequence_number": next(numbers), **data}
+        options = orjson.OPT_SORT_KEYS if numbered else 0
+        return b"event: " + data["type"].encode() + b"\ndata: " + orjson.dumps(data, option=options) + b"\n\n"
 
     item = {"type": "message", "id": "msg_1", "status": "in_progress", "role": "assistant", "content": []}
     response = {"id": "resp_1", "object": "response", "created_at": 7, "status": "in_progress", "model": "m", "output": []}
@@ -289,9 +294,10 @@ def responses_body(deltas: list[dict[str, Any]], *, after_terminal: bytes = b"")
     return b"".join(parts) + after_terminal
 
 
-def test_responses_text_deltas_are_taken_in_runs_with_the_same_answer() -> None:
+@pytest.mark.parametrize("numbered", [False, True])
+def test_responses_text_deltas_are_taken_in_runs_with_the_same_answer(numbered: bool) -> None:
     texts = [f" word{i}" for i in range(2000)]
-    body = responses_body([{"delta": text} for text in texts])
+    body = responses_body([{"delta": text} for text in texts], numbered=numbered)
     kind, (answer, _) = assert_same_outcome_as_parsed(RESPONSES, body)
     assert kind == "answer" and answer["output"][0]["content"][0]["text"] == "".join(texts)
     assert_taken_unparsed(RESPONSES, body, at_least=1990)
@@ -312,7 +318,34 @@ def test_an_odd_text_delta_inside_a_responses_run_gives_the_per_event_outcome(od
     deltas: list[dict[str, Any]] = [{"delta": f" t{i}"} for i in range(300)]
     for position in (0, 1, 2, 150, 299):
         for repeat in (1, 3):
-            assert_same_outcome_as_parsed(RESPONSES, responses_body([*deltas[:position], *[odd] * repeat, *deltas[position:]]))
+            for numbered in (False, True):
+                body = responses_body([*deltas[:position], *[odd] * repeat, *deltas[position:]], numbered=numbered)
+                assert_same_outcome_as_parsed(RESPONSES, body)
+
+
+@pytest.mark.parametrize("middle", [b"\\x", b"\xff", b"\xc3", b"\\ud83d", b'\\"', b"\xc3\xa9", b"\\n\\u00e9", b"\\"])
+def test_a_forged_text_inside_a_numbered_responses_run_gives_the_per_event_outcome(middle: bytes) -> None:
+    events = responses_body([{"delta": f" t{i}"} for i in range(300)], numbered=True).split(b"\n\n")
+    deltas = [i for i, event in enumerate(events) if b'"delta":" t' in event]
+    for index in (deltas[1], deltas[2], deltas[150], deltas[-1]):
+        forged = list(events)
+        forged[index] = re.sub(rb'"delta":" t\d+"', lambda _: b'"delta":"' + middle + b'"', forged[index])
+        assert_same_outcome_as_parsed(RESPONSES, b"\n\n".join(forged))
+
+
+@pytest.mark.parametrize(
+    "counter",
+    [b"07", b"00", b"-1", b"1.0", b"1e3", b"", b"1234567890123456789", b"18446744073709551616", b"true", b'"5"', b"null"],
+)
+def test_an_odd_sequence_number_inside_a_responses_run_gives_the_per_event_outcome(counter: bytes) -> None:
+    """The counter a template leaves open takes only integers orjson reads the same; anything else
+    goes through the parser (which may reject the event)."""
+    events = responses_body([{"delta": f" t{i}"} for i in range(300)], numbered=True).split(b"\n\n")
+    deltas = [i for i, event in enumerate(events) if b'"delta":" t' in event]
+    for index in (deltas[0], deltas[1], deltas[150], deltas[-1]):
+        forged = list(events)
+        forged[index] = re.sub(rb'"sequence_number":\d+', b'"sequence_number":' + counter, forged[index])
+        assert_same_outcome_as_parsed(RESPONSES, b"\n\n".join(forged))
 
 
 def test_responses_text_deltas_after_the_terminal_event_are_ignored_both_ways() -> None:

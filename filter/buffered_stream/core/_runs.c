@@ -6,12 +6,14 @@ Python, those operations are most of a conversion's cost. This module does the v
 one walk over the body and hands back the texts of the events it took, so the proof stays where
 it is documented (``template.py``) and only its bookkeeping moves here.
 
-run(body, pos, stop, field, prefix, suffix, max_middle) -> (end, count, texts)
+run(body, pos, stop, field, prefix, suffix, max_middle, tail=None) -> (end, count, texts)
 
 Takes the events that start at ``pos`` (an event boundary) and before ``stop``, one after the
 other, while each is ``field + prefix + middle + suffix + "\n\n"`` followed by the next event's
 ``field``, and ``middle`` is at most ``max_middle`` bytes of a JSON string's inside as far as bytes
-tell (no raw control byte, no unescaped quote, no dangling backslash). ``end`` is where the first
+tell (no raw control byte, no unescaped quote, no dangling backslash). With ``tail`` (a counted
+template), ``suffix`` is followed by a counter, 1 to 18 digits without a leading zero, and ``tail``
+before the ``"\n\n"``. ``end`` is where the first
 event not taken starts, ``count`` the events taken, ``texts`` None when none was, a ``str`` when
 every middle is plain printable ASCII with no escape (its text is its bytes), else the ``bytes`` of
 the JSON array of the middles as strings, which the caller decodes (and checks) with orjson.
@@ -46,16 +48,57 @@ middle_kind(const unsigned char *body, Py_ssize_t start, Py_ssize_t stop)
     return plain;
 }
 
+#define MAX_COUNT_DIGITS 18 /* below 2**63: orjson reads any such integer */
+
+/* Where the middle of the payload at body[start:line_end] ends (the payload's middle starts at
+   ``start``), or -1 when the payload does not end as the template says: ``suffix``, or with a
+   counted template ``suffix`` + counter + ``tail``. Never reads before ``start``. */
+static Py_ssize_t
+middle_end_of(const unsigned char *body, Py_ssize_t start, Py_ssize_t line_end, const unsigned char *suffix,
+              Py_ssize_t S, const unsigned char *tail, Py_ssize_t T)
+{
+    Py_ssize_t end = line_end;
+    if (tail != NULL) {
+        if (end - T < start || memcmp(body + end - T, tail, T) != 0) {
+            return -1;
+        }
+        end -= T;
+        Py_ssize_t digits = end;
+        while (digits > start && body[digits - 1] >= '0' && body[digits - 1] <= '9') {
+            digits--;
+        }
+        Py_ssize_t count = end - digits;
+        if (count < 1 || count > MAX_COUNT_DIGITS || (count > 1 && body[digits] == '0')) {
+            return -1;
+        }
+        end = digits;
+    }
+    if (end - S < start || memcmp(body + end - S, suffix, S) != 0) {
+        return -1;
+    }
+    return end - S;
+}
+
 static PyObject *
 runs_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 7) {
-        PyErr_SetString(PyExc_TypeError, "run() takes 7 arguments");
+    if (nargs != 7 && nargs != 8) {
+        PyErr_SetString(PyExc_TypeError, "run() takes 7 or 8 arguments");
         return NULL;
     }
     if (!PyBytes_Check(args[0]) || !PyBytes_Check(args[3]) || !PyBytes_Check(args[4]) || !PyBytes_Check(args[5])) {
         PyErr_SetString(PyExc_TypeError, "run(): body, field, prefix and suffix must be bytes");
         return NULL;
+    }
+    const unsigned char *tail = NULL;
+    Py_ssize_t T = 0;
+    if (nargs == 8 && args[7] != Py_None) {
+        if (!PyBytes_Check(args[7])) {
+            PyErr_SetString(PyExc_TypeError, "run(): tail must be bytes or None");
+            return NULL;
+        }
+        tail = (const unsigned char *)PyBytes_AS_STRING(args[7]);
+        T = PyBytes_GET_SIZE(args[7]);
     }
     Py_ssize_t pos = PyLong_AsSsize_t(args[1]);
     Py_ssize_t stop = PyLong_AsSsize_t(args[2]);
@@ -90,11 +133,10 @@ runs_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             break;
         }
         Py_ssize_t line_end = lf - body;               /* the payload is body[at + F:line_end] */
-        Py_ssize_t middle_end = line_end - S;
+        Py_ssize_t middle_end = middle_end_of(body, start, line_end, suffix, S, tail, T);
         Py_ssize_t next = line_end + 2;                /* where the next event starts */
-        if (middle_end < start || middle_end - start > max_middle || next + F > size
-            || body[line_end + 1] != '\n' || memcmp(body + middle_end, suffix, S) != 0
-            || memcmp(body + next, field, F) != 0) {
+        if (middle_end < 0 || middle_end - start > max_middle || next + F > size
+            || body[line_end + 1] != '\n' || memcmp(body + next, field, F) != 0) {
             break;
         }
         int kind = middle_kind(body, start, middle_end);
@@ -132,7 +174,7 @@ runs_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     for (Py_ssize_t i = 0; i < count; i++) {
         Py_ssize_t start = event + F + P;
         Py_ssize_t line_end = (const unsigned char *)memchr(body + start, '\n', size - start) - body;
-        Py_ssize_t length = line_end - S - start;
+        Py_ssize_t length = middle_end_of(body, start, line_end, suffix, S, tail, T) - start;
         if (!plain) {
             if (i) {
                 *out++ = ',';
@@ -155,7 +197,7 @@ runs_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 
 static PyMethodDef runs_methods[] = {
     {"run", (PyCFunction)(void (*)(void))runs_run, METH_FASTCALL,
-     "run(body, pos, stop, field, prefix, suffix, max_middle) -> (end, count, texts)"},
+     "run(body, pos, stop, field, prefix, suffix, max_middle, tail=None) -> (end, count, texts)"},
     {NULL, NULL, 0, NULL},
 };
 

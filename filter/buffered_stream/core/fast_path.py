@@ -69,12 +69,15 @@ class TextFastPath:
         """Drop the template: the states it appends to may no longer be where its text goes."""
         self._template = None
 
-    def learn_text(self, chunk: dict[str, Any], path: tuple[str | int, ...], piece: str, pieces: Pieces) -> None:
+    def learn_text(
+        self, chunk: dict[str, Any], path: tuple[str | int, ...], piece: str, pieces: Pieces, counter: str | None = None
+    ) -> None:
         """Make ``chunk`` (just folded, parsed from the pending payload) the template: its one text
         ``piece`` at ``path`` went to ``pieces``. The caller has proved that folding the chunk in
-        again with another text would change nothing else (any API, not only chat)."""
+        again with another text, and with any value of its top-level integer ``counter``, would
+        change nothing else (any API, not only chat)."""
         payload = self.payload
         self.payload = None
         if payload is not None:
-            self._template = TextTemplate.learn(payload, chunk, path, piece, pieces)
+            self._template = TextTemplate.learn(payload, chunk, path, piece, pieces, counter)
             self._template_hits = 0

@@ -13,6 +13,9 @@ because
 
 OpenAI ends every chunk with ``"obfuscation":"<random>"``, which no answer keeps: a template can
 leave that last string open too (``padded``), any verbatim ASCII text being as good as another.
+Likewise an event counter the assembler ignores (the Responses API's ``sequence_number``, after the
+text in vLLM's, SGLang's and Ollama's events) may stand in the suffix as any JSON integer that
+orjson reads the same way (``counted``: 1 to 18 digits, no leading zero).
 
 A whole body (buffered mode) is matched a run at a time (``run_in``): the body splits at
 ``"\n\ndata: "`` (or ``"\n\nevent: <name>\ndata: "`` where every event is named, as in Messages),
@@ -41,6 +44,10 @@ _NOT_VERBATIM = bytes(range(0x20)) + b'"\\'
 _PADDING_END = b'"}'
 _PADDING_KEY = b'"obfuscation":"'
 _PROBE = "\x7fprobe\x7f"
+_PROBE_COUNT = 987654321
+_DIGITS = b"0123456789"
+_DIGITS_AFTER = tuple(bytes([digit]) for digit in _DIGITS) + (b".", b"e", b"E")  # the number goes on
+_MAX_COUNT_DIGITS = 18  # below 2**63: any such integer parses, as it would in the whole event
 _DATA_FIELDS = (b"data: ", b"data:")  # TGI writes no space
 # Event names a run may carry: plain tokens (``content_block_delta``, ``response.output_text.delta``).
 _NAME_BYTES = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-"
@@ -58,19 +65,20 @@ NATIVE_RUNS = _runs is not None
 
 
 class TextTemplate:
-    """``prefix`` + a string's inside + ``suffix`` (+ verbatim ASCII + ``"}`` when ``padded``) is
-    the learned chunk with that string as its text."""
+    """``prefix`` + a string's inside + ``suffix`` (+ verbatim ASCII + ``"}`` when ``padded``; + an
+    integer + ``tail`` when ``tail`` is not None) is the learned chunk with that string as its text."""
 
-    __slots__ = ("prefix", "suffix", "padded", "size", "pieces", "runs")
+    __slots__ = ("prefix", "suffix", "padded", "tail", "size", "pieces", "runs")
 
-    def __init__(self, prefix: bytes, suffix: bytes, padded: bool, pieces: Pieces) -> None:
+    def __init__(self, prefix: bytes, suffix: bytes, padded: bool, pieces: Pieces, tail: bytes | None = None) -> None:
         self.prefix = prefix
         self.suffix = suffix
         self.padded = padded
-        self.size = len(prefix) + len(suffix) + (len(_PADDING_END) if padded else 0)
+        self.tail = tail  # a counted template: what follows the counter
+        self.size = len(prefix) + len(suffix) + (len(_PADDING_END) if padded else 0) + (len(tail) + 1 if tail is not None else 0)
         self.pieces = pieces  # where the text of a matching payload is appended
         # Whole-body runs split at LFs and take no padding (see ``run_in``).
-        self.runs = not padded and b"\n" not in prefix and b"\n" not in suffix
+        self.runs = not padded and b"\n" not in prefix + suffix + (tail or b"")
 
     def text_of(self, payload: bytes) -> bytes | None:
         """The bytes in the text's place if ``payload`` has this template's shape, else None.
@@ -78,6 +86,21 @@ class TextTemplate:
         prefix, suffix = self.prefix, self.suffix
         if len(payload) < self.size or not payload.startswith(prefix):
             return None
+        tail = self.tail
+        if tail is not None:
+            if not payload.endswith(tail):
+                return None
+            stem = payload[: len(payload) - len(tail)]
+            head = stem.rstrip(_DIGITS)  # the suffix ends with a colon: digits are the counter's
+            digits = len(stem) - len(head)
+            if (
+                not 0 < digits <= _MAX_COUNT_DIGITS
+                or (digits > 1 and stem[len(head)] == 0x30)  # JSON has no leading zeros
+                or len(head) < len(prefix) + len(suffix)
+                or not head.endswith(suffix)
+            ):
+                return None
+            return payload[len(prefix) : len(head) - len(suffix)]
         if not self.padded:
             return payload[len(prefix) : len(payload) - len(suffix)] if payload.endswith(suffix) else None
         end = payload.rfind(suffix, len(prefix))
@@ -101,21 +124,28 @@ class TextTemplate:
         max_middle = max_payload - len(prefix) - len(suffix)
         if _runs is not None:
             return self._native_run(body, pos, field, max_middle)
+        if self.tail is not None:
+            return pos, 0  # counted runs are matched natively only; each event still takes text_of
         return self._run(body, pos, field, max_middle)
 
     def _native_run(self, body: bytes, pos: int, field: bytes, max_middle: int) -> tuple[int, int]:
         """``run_in`` by the native matcher (``_runs.c``): the same events, proved the same way, in
         one walk over the bytes; a window at a time, so the texts' transient copies stay bounded."""
-        run, prefix, suffix, pieces = _runs.run, self.prefix, self.suffix, self.pieces
+        run, prefix, suffix, tail, pieces = _runs.run, self.prefix, self.suffix, self.tail, self.pieces
         start, count = pos, 0
         while True:
-            end, taken, texts = run(body, start, start + _NATIVE_RUN_BYTES, field, prefix, suffix, max_middle)
+            end, taken, texts = run(body, start, start + _NATIVE_RUN_BYTES, field, prefix, suffix, max_middle, tail)
             if not taken:
                 return start, count
             if type(texts) is bytes:  # escapes or UTF-8: orjson decodes, and rejects what is no string
                 try:
                     texts = "".join(orjson.loads(texts))
                 except orjson.JSONDecodeError:
+                    if tail is not None:
+                        # No Python run to find the event at fault: from here on each event takes
+                        # ``text_of``, and that event fails the conversion where it stands.
+                        self.runs = False
+                        return start, count
                     end, taken = self._run(body, start, field, max_middle)  # finds the event at fault
                     return end, count + taken
             pieces.append(texts)
@@ -153,11 +183,18 @@ class TextTemplate:
 
     @classmethod
     def learn(
-        cls, payload: bytes, chunk: dict[str, Any], path: tuple[str | int, ...], piece: str, pieces: Pieces
+        cls,
+        payload: bytes,
+        chunk: dict[str, Any],
+        path: tuple[str | int, ...],
+        piece: str,
+        pieces: Pieces,
+        counter: str | None = None,
     ) -> TextTemplate | None:
         """The template of ``payload``, parsed as ``chunk``, whose text at ``path`` is ``piece``
         (appended to ``pieces``); None when the text is empty (a role or finish chunk: what follows
-        differs in more than its text), has escapes or its place is not proven."""
+        differs in more than its text), has escapes or its place is not proven. ``counter``: a
+        top-level integer key whose value the assembler ignores, left open when it follows the text."""
         raw = piece.encode()
         if not raw or not _verbatim(raw) or piece == _PROBE:
             return None
@@ -175,16 +212,26 @@ class TextTemplate:
         padded = padded and suffix.endswith(_PADDING_KEY + padding.encode() + _PADDING_END)
         if padded:
             suffix = suffix[: len(suffix) - len(padding) - len(_PADDING_END)]
+        tail = None
+        count = chunk.get(counter) if counter is not None and not padded else None
+        if type(count) is int and 0 <= count < 10**_MAX_COUNT_DIGITS:
+            needle = b'"' + counter.encode() + b'":' + str(count).encode()  # type: ignore[union-attr]
+            at = suffix.find(needle)
+            end = at + len(needle)
+            if at >= 0 and suffix.find(needle, at + 1) < 0 and suffix[end : end + 1] not in _DIGITS_AFTER:
+                suffix, tail = suffix[: end - len(str(count))], suffix[end:]
         probe = _PROBE.encode()
+        opened = (probe + _PADDING_END if padded else b"") + (str(_PROBE_COUNT).encode() + tail if tail is not None else b"")
         try:
-            probed = orjson.loads(prefix + probe + suffix + (probe + _PADDING_END if padded else b""))
+            probed = orjson.loads(prefix + probe + suffix + opened)
             found = _swap(probed, path, piece)
             found_padding = _swap(probed, ("obfuscation",), padding) if padded else _PROBE
+            found_count = _swap(probed, (counter,), count) if tail is not None else _PROBE_COUNT
         except (orjson.JSONDecodeError, LookupError, TypeError):
             return None
-        if found != _PROBE or found_padding != _PROBE or probed != chunk:
+        if found != _PROBE or found_padding != _PROBE or found_count != _PROBE_COUNT or probed != chunk:
             return None
-        return cls(prefix, suffix, padded, pieces)
+        return cls(prefix, suffix, padded, pieces, tail)
 
 
 def _field_at(body: bytes, pos: int, prefix: bytes) -> bytes | None:

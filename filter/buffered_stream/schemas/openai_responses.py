@@ -304,6 +304,7 @@ def is_end_payload(payload: bytes) -> bool:
 
 
 _DELTA_PATH = ("delta",)
+_SEQUENCE_NUMBER = "sequence_number"
 
 
 def _malformed(message: str) -> ConversionError:
@@ -414,8 +415,8 @@ class ResponsesAssembler:
         "_delta_part",
         "_fast_path",
         # ``add_raw`` and ``add_run`` are the fast path's own bound methods (``core.fast_path``):
-        # text deltas that repeat the last one but for their text (llama.cpp's; OpenAI's and
-        # vLLM's number every event, so theirs never repeat and are parsed).
+        # text deltas that repeat the last one but for their text and ``sequence_number`` (which
+        # a delta's fold ignores). OpenAI's are padded and numbered before the text: parsed.
         "add_raw",
         "add_run",
     )
@@ -477,8 +478,9 @@ class ResponsesAssembler:
             else:
                 fast_path = self._fast_path
                 if fast_path.payload is not None:
-                    # Folded again with another text (same part key), this event only appends it.
-                    fast_path.learn_text(chunk, _DELTA_PATH, delta, text)
+                    # Folded again with another text (same part key) and any sequence number,
+                    # this event only appends its text.
+                    fast_path.learn_text(chunk, _DELTA_PATH, delta, text, _SEQUENCE_NUMBER)
             return
         self._delta_key = self._delta_part = None
         if self._sequence_numbers and "sequence_number" not in chunk:
