@@ -136,6 +136,8 @@ def test_bad_arguments_raise_instead_of_reading_out_of_bounds() -> None:
         run(body.decode(), 0, 10, b"data: ", b"{", b"}", 100)
     with pytest.raises(TypeError):
         run(body, 0, 10, b"data: ")
+    with pytest.raises(TypeError):
+        run(body, 0, 10, b"data: ", b"{", b"}", 100, "not bytes")
     assert run(body, len(body), len(body) + 100, b"data: ", b"{", b"}", 100) == (len(body), 0, None)
     assert run(b"", 0, 10, b"", b"", b"", 0) == (0, 0, None)
 
@@ -173,13 +175,14 @@ def test_any_forged_or_cut_body_gives_the_same_run(
     st.binary(max_size=8),
     st.binary(max_size=8),
     st.integers(0, 500),
+    st.none() | st.binary(max_size=6),
 )
 def test_any_arguments_give_an_answer_within_the_body_or_a_clear_error(
-    body: bytes, pos: int, stop: int, field: bytes, prefix: bytes, suffix: bytes, max_middle: int
+    body: bytes, pos: int, stop: int, field: bytes, prefix: bytes, suffix: bytes, max_middle: int, tail: bytes | None
 ) -> None:
     """Whatever it is handed, the matcher stays inside the body: no crash, no read past the end."""
     try:
-        end, count, texts = template._runs.run(body, pos, stop, field, prefix, suffix, max_middle)
+        end, count, texts = template._runs.run(body, pos, stop, field, prefix, suffix, max_middle, tail)
     except ValueError:
         assert not 0 <= pos <= len(body)
         return
