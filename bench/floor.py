@@ -42,7 +42,9 @@ from buffered_stream.adapter.service import (  # noqa: E402
     PATH_ATTRIBUTE,
     ROUTE_NAME_ATTRIBUTE,
     _JSON_HEADERS,
-    _header,
+    _answer_body,
+    _answer_streamed,
+    _rewritten_request,
 )
 from buffered_stream.core.convert import StreamConverter  # noqa: E402
 from buffered_stream.core.registry import spec_for_path  # noqa: E402
@@ -72,15 +74,7 @@ class Conversation:
         plan = self.spec.plan_request(body, ())
         assert isinstance(plan, Rewrite), plan
         self.hints = plan.hints
-        self.rewrite = pb.ProcessingResponse(
-            request_body=pb.BodyResponse(
-                response=pb.CommonResponse(
-                    header_mutation=pb.HeaderMutation(set_headers=[_header("content-length", str(len(plan.body)))],
-                                                      remove_headers=("accept-encoding",)),
-                    body_mutation=pb.BodyMutation(body=plan.body),
-                )
-            )
-        )
+        self.rewrite = _rewritten_request(plan.body)
         self.answer: bytes | None = None
         self.buffered_reply: pb.ProcessingResponse | None = None
         self.streamed_reply: pb.ProcessingResponse | None = None
@@ -90,24 +84,10 @@ class Conversation:
         converter = StreamConverter(self.spec, request=self.hints)
         converter.feed(body)
         answer = self.answer = converter.finish()
-        self.buffered_reply = pb.ProcessingResponse(
-            response_body=pb.BodyResponse(
-                response=pb.CommonResponse(
-                    header_mutation=pb.HeaderMutation(set_headers=[_header("content-length", str(len(answer)))]),
-                    body_mutation=pb.BodyMutation(body=answer),
-                )
-            )
-        )
-        self.streamed_reply = pb.ProcessingResponse(
-            response_body=pb.BodyResponse(response=pb.CommonResponse(body_mutation=pb.BodyMutation(body=answer)))
-        )
-        self.full_duplex_reply = pb.ProcessingResponse(
-            response_body=pb.BodyResponse(
-                response=pb.CommonResponse(
-                    body_mutation=pb.BodyMutation(streamed_response=pb.StreamedBodyResponse(body=answer, end_of_stream=True))
-                )
-            )
-        )
+        # The service's own reply shapes (without the usage metadata), built once.
+        self.buffered_reply = _answer_body(answer, content_length=True)
+        self.streamed_reply = _answer_body(answer, content_length=False)
+        self.full_duplex_reply = _answer_streamed(answer, True)
 
 
 class FloorProcessor(pb_grpc.ExternalProcessorServicer):

@@ -104,10 +104,6 @@ Replies = Union[pb.ProcessingResponse, tuple[pb.ProcessingResponse, ...], None]
 _NO_ENCODING = ("accept-encoding",)
 
 
-def _header(key: str, value: str) -> base_pb2.HeaderValueOption:
-    return base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=key, raw_value=value.encode()))
-
-
 def _headers(message: pb.HttpHeaders, *wanted: str) -> dict[str, str]:
     """The wanted headers of a message (Envoy sends values in ``raw_value``; older ones in ``value``)."""
     found: dict[str, str] = {}

@@ -109,11 +109,7 @@ class StreamConverter:
             # One whole one-line event per feed, the common shape of a streamed body (one upstream
             # chunk per token): exactly what the decoder would return, without its general scan;
             # most of them are taken by the fast path at once.
-            payload = data[6:-2]
-            if self._assembler.add_raw(payload):
-                self._events += 1
-            else:
-                self._consume((("", payload),), offered=True)
+            self._take(data[6:-2])
             return
         if len(data) <= _WINDOW_BYTES:
             self._consume(self._decoder.feed(data))
@@ -130,7 +126,6 @@ class StreamConverter:
         (and staying doubled across feeds).
         Every event is taken exactly as the per-event path would take it, only faster."""
         decoder, add_run, max_event = self._decoder, self._add_run, self._max_event
-        add_raw = self._assembler.add_raw
         pos, size, total = 0, self._window, len(data)
         while pos < total:
             if decoder.at_event_start:
@@ -144,13 +139,9 @@ class StreamConverter:
                     # decoder would return for it, without a pass through the decoder.
                     end = data.find(b"\n", pos)
                     if 0 <= end < total - 1 and data[end + 1] == _LF and end - pos - 6 <= max_event:
-                        payload = data[pos + 6 : end]
-                        if add_raw(payload):
-                            self._events += 1
-                        else:
-                            self._consume((("", payload),), offered=True)
-                            if self._done:
-                                return
+                        self._take(data[pos + 6 : end])
+                        if self._done:
+                            return
                         pos, size = end + 2, size * 2
                         continue
             cut = data.find(b"\n\n", pos + size - 1, pos + _WINDOW_BYTES)
@@ -174,6 +165,14 @@ class StreamConverter:
         if not assembler.finished and not self._spec.answer_complete(answer):
             raise ConversionError(TRUNCATED, 502, "upstream stream ended before the answer was complete")
         return orjson.dumps(answer)
+
+    def _take(self, payload: bytes) -> None:
+        """The payload of one whole one-line ``data:`` event (not at end of body), as the decoder
+        would have returned it: the fast path first, else parsed and folded."""
+        if self._assembler.add_raw(payload):
+            self._events += 1
+        else:
+            self._consume((("", payload),), offered=True)
 
     def _consume(self, events: Iterable[tuple[str, bytes]], at_end: bool = False, offered: bool = False) -> None:
         """The hot loop: per ordinary chunk one parse, the spec's error check and the assembler call.
