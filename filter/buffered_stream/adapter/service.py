@@ -573,6 +573,10 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
                     log.exception("internal error while processing %s", request.WhichOneof("request"))
                     exchange.finish(metrics.INTERNAL_ERROR)
                     await context.abort(grpc.StatusCode.INTERNAL, "buffered_stream: internal error")
+                finally:
+                    # Let go of the message before waiting for the next: in streamed and keep-alive
+                    # modes a held request's last message can be a whole upstream body.
+                    request = replies = None
         finally:
             if keepalive is not None:
                 keepalive.close()
