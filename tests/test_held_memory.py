@@ -1,11 +1,10 @@
-"""A request the service holds keeps its conversion state, not the upstream bytes it already took.
+"""A request the service holds keeps its conversion state, not the bytes it already passed on.
 
-In streamed and keep-alive modes the backend's stream reaches the service in Envoy's chunks, and a
-slow generation holds the request for minutes after its last chunk: with thousands held, memory
-per held request is what sizes the service. The real service process, driven over a real gRPC
-channel the way Envoy drives these modes, holds requests whose one upstream chunk so far is a large
-body; its resident memory must grow by far less than those bodies, and every held request must
-still get its exact answer once the stream ends.
+A slow generation holds its request for minutes; with thousands held, memory per held request is
+what sizes the service. The real service process, driven over a real gRPC channel the way Envoy
+drives each mode, holds requests with a long prompt whose upstream stream so far (streamed and
+keep-alive modes: one chunk) is a long body; its resident memory must grow by far less than either
+per request, and every held request must still get its exact answer once the stream ends.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from support.probes import rss_bytes
 from support.stack import Harness
 
-from test_service import CHAT_BODY, STREAMED, body, first_body, full_duplex_request, response_headers
+from test_service import ENABLED, STREAMED, body, first_body, full_duplex_request, response_headers
 
 pytestmark = pytest.mark.e2e
 
@@ -41,6 +40,7 @@ def _chunk(delta: dict, finish: str | None = None) -> bytes:
 WORDS = [f" w{i}" for i in range(TOKENS)]
 HEAD = _chunk({"role": "assistant", "content": ""}) + b"".join(_chunk({"content": word}) for word in WORDS)
 TAIL = _chunk({}, "stop") + b"data: [DONE]\n\n"
+PROMPT = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "Summarize: " + "lorem ipsum " * 22000}]})
 
 
 async def _open(stub: pb_grpc.ExternalProcessorStub, mode: str) -> tuple[grpc.aio.StreamStreamCall, asyncio.Future]:
@@ -50,13 +50,14 @@ async def _open(stub: pb_grpc.ExternalProcessorStub, mode: str) -> tuple[grpc.ai
     if mode == "keepalive":
         await call.write(full_duplex_request())
         await call.read()  # request headers
-        await call.write(body(CHAT_BODY))
+        await call.write(body(PROMPT))
     else:
-        await call.write(first_body(CHAT_BODY, metadata=STREAMED))
+        await call.write(first_body(PROMPT, metadata=STREAMED if mode == "streamed" else ENABLED))
     await call.read()  # the rewrite
     await call.write(response_headers())
     await call.read()  # the response headers' reply
-    await call.write(body(HEAD, end_of_stream=False, response=True))
+    if mode != "buffered":  # buffered: Envoy sends the body once it has all of it
+        await call.write(body(HEAD, end_of_stream=False, response=True))
     if mode == "streamed":
         await call.read()  # the chunk is dropped; nothing reaches the client yet
     return call, asyncio.ensure_future(_replies(call))
@@ -87,21 +88,24 @@ async def _hold_then_finish(target: str, mode: str, pid: int) -> tuple[int, list
         growth = rss_bytes(pid) - before
         answers = []
         for call, replies in [(warm, warm_replies), *held]:
-            await call.write(body(TAIL, end_of_stream=True, response=True))
+            await call.write(body(HEAD + TAIL if mode == "buffered" else TAIL, end_of_stream=True, response=True))
             await call.done_writing()
             answers.append(_answer((await asyncio.wait_for(replies, DEADLINE))[-1]))
         return growth, answers
 
 
-@pytest.mark.parametrize("mode", ["streamed", "keepalive"])
-def test_held_requests_do_not_keep_the_upstream_body(harness: Harness, mode: str) -> None:
+@pytest.mark.parametrize("mode", ["buffered", "streamed", "keepalive"])
+def test_held_requests_keep_neither_prompt_nor_upstream_body(harness: Harness, mode: str) -> None:
     service = harness.service()
     growth, answers = asyncio.run(_hold_then_finish(service.target, mode, service.process.pid))
     expected = "".join(WORDS)
     for answer in answers:
         assert answer is not None, "a held request got no answer"
         assert orjson.loads(answer)["choices"][0]["message"]["content"] == expected
-    # Keeping the chunk would cost each held request at least its size; what a request needs is its
-    # conversion state (the answer's text, ~9 KB here) and its gRPC stream (~30 KB).
+    # Keeping the prompt or the chunk would cost each held request at least its size; what a request
+    # needs is its conversion state (the answer's text, ~9 KB here) and its gRPC stream (~30 KB).
     per_request = growth / HELD
-    assert per_request < len(HEAD) / 2, f"each held request grew the service by {per_request:.0f} bytes after a {len(HEAD)}-byte chunk"
+    assert per_request < min(len(PROMPT), len(HEAD)) / 2, (
+        f"each held request grew the service by {per_request:.0f} bytes with a {len(PROMPT)}-byte prompt "
+        f"and a {len(HEAD)}-byte upstream chunk"
+    )

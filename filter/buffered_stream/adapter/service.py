@@ -217,7 +217,7 @@ class Exchange:
     """One HTTP request's ext_proc conversation: explicit phase, exactly-once finish."""
 
     __slots__ = (
-        "_routes", "phase", "route", "route_name", "method", "path", "spec", "rewrite",
+        "_routes", "phase", "route", "route_name", "method", "path", "spec", "model", "hints",
         "skip_reason", "converter", "outcome", "_assembly_seconds", "full_duplex", "keepalive_seconds",
         "keepalive_bytes", "last_sent", "body_started",
     )
@@ -230,7 +230,10 @@ class Exchange:
         self.method = ""
         self.path = ""
         self.spec: SchemaSpec | None = None  # the API of the request path
-        self.rewrite: Rewrite | None = None
+        # Of a rewritten request (hints None: not rewritten); its body is not kept: a held request
+        # would hold the whole prompt for the length of the generation.
+        self.model: str | None = None
+        self.hints: dict[str, Any] | None = None
         self.skip_reason = ""
         self.converter: StreamConverter | None = None
         self.outcome: str | None = None
@@ -257,7 +260,7 @@ class Exchange:
             metrics.EVENTS.value += self.converter.events
         if outcome not in _QUIET_OUTCOMES and not outcome.startswith(metrics.PASSTHROUGH_PREFIX):
             log.info("request finished: outcome=%s route=%s model=%s", outcome, self.route_name,
-                     self.rewrite.model if self.rewrite else None)
+                     self.model)
 
     def _pass(self, reason: str) -> None:
         self.phase = Phase.DONE
@@ -334,12 +337,12 @@ class Exchange:
         if not isinstance(plan, Rewrite):
             self.skip_reason = plan.reason
             return CONTINUE_REQUEST_BODY
-        self.rewrite = plan
+        self.model, self.hints = plan.model, plan.hints
         return _rewritten_request(plan.body)
 
     def _on_response_headers(self, headers: pb.HttpHeaders) -> pb.ProcessingResponse:
         assert self.route is not None
-        if self.rewrite is None:
+        if self.hints is None:
             self._pass(self.skip_reason or "path")
             return CONTINUE_RESPONSE_HEADERS
         found = _headers(headers, ":status", "content-type", "content-encoding")
@@ -352,7 +355,7 @@ class Exchange:
             self.route.profile,
             max_event_bytes=self.route.max_event_bytes,
             max_body_bytes=self.route.body_limit,
-            request=self.rewrite.hints,
+            request=self.hints,
         )
         metrics.CONVERTING_NOW.value += 1
         if found.get("content-encoding", "identity") != "identity":
