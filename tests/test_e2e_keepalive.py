@@ -79,7 +79,8 @@ def split_body(body: bytes) -> tuple[bytes, bytes]:
 
 
 def sdk(base_url: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=base_url, api_key="none", max_retries=0, timeout=httpx.Timeout(30, read=3))
+    """A float timeout is httpx's per-read limit (3 s of silence cuts), on httpx and httpx2 alike."""
+    return openai.OpenAI(base_url=base_url, api_key="none", max_retries=0, timeout=3.0)
 
 
 # --- the body: whitespace, then exactly one JSON document ----------------------------------
@@ -153,7 +154,7 @@ def test_openai_sdk_sync_and_async_parse_it_with_a_read_timeout_shorter_than_the
 
     async def call() -> Any:
         client = openai.AsyncOpenAI(base_url=f"{ka.url}/v1", api_key="none", max_retries=0,
-                                    timeout=httpx.Timeout(30, read=3))
+                                    timeout=3.0)
         async with client:
             return await client.chat.completions.create(model=model, messages=MESSAGES)
 
@@ -167,7 +168,7 @@ def test_httpx_requests_and_curl_parse_it(ka: Stack) -> None:
     expected = stable(native(reply, model))
     url = f"{ka.url}/v1/chat/completions"
 
-    assert stable(httpx.post(url, json=chat(model), timeout=httpx.Timeout(30, read=3)).json()) == expected
+    assert stable(httpx.post(url, json=chat(model), timeout=3.0).json()) == expected
     assert stable(requests.post(url, json=chat(model), timeout=(5, 3)).json()) == expected
     curl = subprocess.run(
         f"curl -sS --max-time 30 -H 'content-type: application/json' -d '{orjson.dumps(chat(model)).decode()}' {url}"

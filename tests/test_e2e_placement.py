@@ -148,7 +148,7 @@ def test_front_placement_answers_like_the_backend(backend: ScriptedBackend, fron
     backend.on(reply, model="front-tools")
     tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
 
-    response = client(front, timeout=httpx.Timeout(60, read=3)).chat.completions.with_raw_response.create(
+    response = client(front, timeout=3.0).chat.completions.with_raw_response.create(
         model="front-tools", messages=MESSAGES, tools=tools
     )
 
@@ -163,7 +163,7 @@ def test_front_placement_slow_text(backend: ScriptedBackend, front: str) -> None
     backend.on(SLOW_TEXT, model="front-text")
     native = SLOW_TEXT.pair("/v1/chat/completions", {"model": "front-text"})[1]
 
-    answer = client(front, timeout=httpx.Timeout(60, read=3)).chat.completions.create(
+    answer = client(front, timeout=3.0).chat.completions.create(
         model="front-text", messages=MESSAGES
     )
 
