@@ -2,12 +2,16 @@
 
 Rules (WHATWG "event stream" parsing, plus what LLM servers actually send):
 
+- One UTF-8 BOM at the very start of the body is dropped, even split across chunks; a BOM anywhere
+  else stays (a second one is part of the first field's name, which then matches no field).
 - Lines end with CR, LF or CRLF, including a CR at the end of one chunk and the LF at the start of
   the next. After normalising line ends to LF, an event ends at a blank line, i.e. at ``b"\\n\\n"``.
 - ``:`` starts a comment (keep-alives). Otherwise a line splits at its first ``:`` into field and
-  value, and ONE leading space of the value is dropped (TGI sends ``data:{...}``).
-- ``data`` lines of one event are joined with ``\\n``; ``event`` names the event; ``id``, ``retry``
-  and unknown fields carry nothing an answer needs and are dropped.
+  value, and ONE leading space of the value is dropped (TGI sends ``data:{...}``); a line without
+  ``:`` is a field with an empty value (``data`` alone adds an empty data line).
+- ``data`` lines of one event are joined with ``\\n``; an event without data lines is not dispatched;
+  ``event`` names the event, until the next blank line; ``id``, ``retry`` and unknown (or
+  differently cased) fields carry nothing an answer needs and are dropped, whatever their value.
 - Two non-standard lines become pseudo-events so that the pipeline can fail on them: llama.cpp's old
   ``error: {json}`` field (named ``ERROR_EVENT``, like ``event: error``) and a bare JSON line
   starting with ``{`` (``BARE_JSON_EVENT``; Ollama writes its error object that way).
@@ -36,6 +40,7 @@ _LF = 0x0A
 _CR = 0x0D
 _COLON = 0x3A
 _OPEN_BRACE = 0x7B
+_BOM = b"\xef\xbb\xbf"
 _removeprefix = bytes.removeprefix
 _startswith = bytes.startswith
 
@@ -47,7 +52,7 @@ class SseDecoder:
     event boundary has arrived yet (comments and field names count here, not in the event size).
     """
 
-    __slots__ = ("_max_event", "_max_buffer", "_held", "_held_size", "_cr_pending")
+    __slots__ = ("_max_event", "_max_buffer", "_held", "_held_size", "_cr_pending", "_start")
 
     def __init__(self, max_event_bytes: int, max_buffer_bytes: int) -> None:
         self._max_event = max_event_bytes
@@ -55,19 +60,31 @@ class SseDecoder:
         self._held: list[bytes] = []  # LF-normalised input after the last boundary; no b"\n\n" inside
         self._held_size = 0
         self._cr_pending = False  # the last chunk ended with CR: an LF starting the next one is its pair
+        self._start: bytes | None = b""  # the body so far while it may still begin with a BOM; then None
 
     @property
     def held_bytes(self) -> int:
         """Bytes received that are not yet part of a dispatched event (bounded by the limit)."""
-        return self._held_size
+        return self._held_size + len(self._start or b"")
 
     @property
     def at_event_start(self) -> bool:
-        """Nothing is held: the next byte fed starts a new event (or a blank or comment line)."""
-        return not self._held and not self._cr_pending
+        """Nothing is held: the next byte fed starts a new event (or a blank or comment line).
+        False before the first bytes, which may be a BOM, so that no caller's shortcut skips them."""
+        return not self._held and not self._cr_pending and self._start is None
 
     def feed(self, data: bytes) -> list[Event]:
         """Take the next chunk of the body; return the events it completed, in order."""
+        start = self._start
+        if start is not None:
+            if start:
+                data = start + data  # at most two bytes of a BOM held back
+            if len(data) < 3 and _BOM.startswith(data):
+                self._start = data  # it may still become a BOM: wait for more
+                return []
+            self._start = None
+            if data.startswith(_BOM):
+                data = data[3:]
         if self._cr_pending and data:
             self._cr_pending = False
             if data[0] == _LF:
@@ -109,6 +126,7 @@ class SseDecoder:
     def close(self) -> list[Event]:
         """End of body: dispatch what is held as if a blank line followed it."""
         events: list[Event] = []
+        self._start = None  # a lone partial BOM is a line of an unknown field: nothing to dispatch
         if self._held:
             rest = b"".join(self._held)
             self._held.clear()
