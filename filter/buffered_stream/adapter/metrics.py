@@ -13,9 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import resource
+import socket
 from bisect import bisect_left
+from http import HTTPStatus
 from typing import Awaitable, Callable, Iterator
 
+import h11
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
@@ -126,43 +131,238 @@ def count_outcome(outcome: str) -> None:
     REQUESTS.labels(outcome).value += 1
 
 
+# The metrics and health listener. It is bound to 0.0.0.0 in Kubernetes (probes and Prometheus come
+# from outside the pod), so whoever reaches the port must not be able to starve it, nor take the
+# process's file descriptors from gRPC: h11 parses (request line + headers bounded, strict HTTP/1.1),
+# each connection carries one request within fixed deadlines and is closed after its answer, and the
+# connections held at once are capped far below RLIMIT_NOFILE.
+HEAD_TIMEOUT = 5.0  # s from accept to the end of the request head: silent and slowloris clients are closed
+RESPONSE_TIMEOUT = 10.0  # s to build and send one answer (a pool supervisor scrapes its workers meanwhile)
+LINGER_TIMEOUT = 1.0  # s reading what a refused client still sends, so that a reset does not eat the refusal
+MAX_HEAD_BYTES = 8192  # request line + headers; more is answered 431
+MAX_CONNECTIONS = 64  # held at once (fewer with a low RLIMIT_NOFILE, see connection_cap)
+BACKLOG = 64
+_RECV_BYTES = 4096
+_PATHS = (b"/metrics", b"/healthz")
+_TEXT = b"text/plain"
+
+
+def connection_cap(nofile: int | None = None) -> int:
+    """How many connections the listener holds at once: ``MAX_CONNECTIONS``, at most 1/16 of RLIMIT_NOFILE."""
+    if nofile is None:
+        nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if nofile == resource.RLIM_INFINITY:
+        return MAX_CONNECTIONS
+    return max(4, min(MAX_CONNECTIONS, nofile // 16))
+
+
+class _Connection:
+    __slots__ = ("sock", "reading")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.reading = True  # still waiting for the request head: the first to go when the listener is full
+
+
+class HttpListener(asyncio.AbstractServer):
+    """``serve_http``'s server: accepts on its own sockets, so it never holds more than
+    ``max_connections`` (+1 for the instant it takes to close a new one).
+
+    At the cap a new connection closes the oldest one still waiting for its request head (a probe
+    sends its request at once: an idle flood cannot keep it out); when every connection held is
+    being answered, the new one is closed instead. ``close()`` stops accepting; connections being
+    answered end on their own deadlines.
+    """
+
+    def __init__(
+        self,
+        sockets: list[socket.socket],
+        answer: Callable[[h11.Request], Awaitable[tuple[int, bytes, bytes, tuple[tuple[bytes, bytes], ...]]]],
+        max_connections: int,
+    ) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._sockets = sockets
+        self._answer = answer
+        self.max_connections = max_connections
+        self._connections: dict[asyncio.Task, _Connection] = {}  # oldest first
+        self._full_logged = -math.inf
+        self._acceptors = [asyncio.create_task(self._accept(s)) for s in sockets]
+
+    @property
+    def sockets(self) -> tuple[socket.socket, ...]:
+        return tuple(self._sockets)
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
+
+    def is_serving(self) -> bool:
+        return any(not task.done() for task in self._acceptors)
+
+    def close(self) -> None:
+        for task in self._acceptors:
+            task.cancel()
+
+    async def wait_closed(self) -> None:
+        await asyncio.gather(*self._acceptors, return_exceptions=True)
+
+    async def _accept(self, listening: socket.socket) -> None:
+        try:
+            while True:
+                try:
+                    sock, _ = await self._loop.sock_accept(listening)
+                except ConnectionAbortedError:
+                    continue
+                except OSError as e:  # EMFILE and the like: the process is short of something, wait
+                    log.error("metrics listener: accept failed: %s", e)
+                    await asyncio.sleep(1.0)
+                    continue
+                if len(self._connections) >= self.max_connections and not await self._make_room():
+                    sock.close()
+                    continue
+                sock.setblocking(False)
+                task = asyncio.create_task(self._serve(sock))
+                self._connections[task] = _Connection(sock)
+                task.add_done_callback(self._forget)  # also runs for a task cancelled before it started
+        finally:
+            listening.close()
+
+    def _forget(self, task: asyncio.Task) -> None:
+        self._connections.pop(task).sock.close()
+
+    async def _make_room(self) -> bool:
+        """At the cap: close the oldest connection still waiting for its request; False if none is."""
+        now = self._loop.time()
+        if now - self._full_logged >= 60.0:
+            self._full_logged = now
+            log.warning("metrics listener: %d connections held, its cap: a new one replaces the oldest idle one "
+                        "(or is closed if none is idle)", self.max_connections)
+        oldest = next((task for task, conn in self._connections.items() if conn.reading), None)
+        if oldest is None:
+            return False
+        oldest.cancel()
+        await asyncio.wait([oldest])  # its socket is closed once this returns (``_forget`` ran)
+        return True
+
+    async def _serve(self, sock: socket.socket) -> None:
+        http = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
+        try:
+            async with asyncio.timeout(HEAD_TIMEOUT):
+                request = await self._read_head(sock, http)
+        except h11.RemoteProtocolError as e:  # malformed, or a head over MAX_HEAD_BYTES
+            await self._refuse(sock, http, e.error_status_hint)
+            return
+        except (OSError, TimeoutError):
+            return
+        if request is None:  # closed without a request
+            return
+        self._connections[asyncio.current_task()].reading = False
+        if any(name in (b"content-length", b"transfer-encoding") and value != b"0" for name, value in request.headers):
+            await self._refuse(sock, http, 413)  # no body is ever read
+            return
+        try:
+            async with asyncio.timeout(RESPONSE_TIMEOUT):
+                status, content_type, body, extra = await self._answer(request)
+                await self._send(sock, http, status, content_type, body, extra, head_only=request.method == b"HEAD")
+        except (OSError, TimeoutError, h11.LocalProtocolError):
+            pass
+
+    async def _read_head(self, sock: socket.socket, http: h11.Connection) -> h11.Request | None:
+        budget = MAX_HEAD_BYTES  # never read more than that before the head is whole
+        while True:
+            event = http.next_event()
+            if event is h11.NEED_DATA:
+                if budget <= 0:
+                    raise h11.RemoteProtocolError("request head too large", error_status_hint=431)
+                data = await self._loop.sock_recv(sock, min(_RECV_BYTES, budget))
+                budget -= len(data)
+                http.receive_data(data)
+            elif isinstance(event, h11.Request):
+                return event
+            else:  # ConnectionClosed
+                return None
+
+    async def _send(
+        self,
+        sock: socket.socket,
+        http: h11.Connection,
+        status: int,
+        content_type: bytes,
+        body: bytes,
+        extra: tuple[tuple[bytes, bytes], ...] = (),
+        head_only: bool = False,
+    ) -> None:
+        headers = [(b"Content-Type", content_type), (b"Content-Length", b"%d" % len(body)), (b"Connection", b"close"), *extra]
+        data = http.send(h11.Response(status_code=status, reason=HTTPStatus(status).phrase.encode(), headers=headers))
+        if body and not head_only:
+            data += http.send(h11.Data(data=body))
+        data += http.send(h11.EndOfMessage())
+        await self._loop.sock_sendall(sock, data)
+
+    async def _refuse(self, sock: socket.socket, http: h11.Connection, status: int) -> None:
+        """Answer ``status``, then read and drop what the client still sends, for a moment."""
+        try:
+            async with asyncio.timeout(LINGER_TIMEOUT):
+                await self._send(sock, http, status, _TEXT, HTTPStatus(status).phrase.lower().encode() + b"\n")
+                sock.shutdown(socket.SHUT_WR)
+                while await self._loop.sock_recv(sock, _RECV_BYTES):
+                    pass
+        except (OSError, TimeoutError, h11.LocalProtocolError):
+            pass
+
+
+async def _listening_sockets(host: str, port: int) -> list[socket.socket]:
+    """Bound and listening, one per address ``host`` resolves to, as ``asyncio.start_server`` binds."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(BACKLOG)
+            sock.setblocking(False)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
 async def serve_http(
     host: str,
     port: int,
     is_serving: Callable[[], bool],
     exposition: Callable[[], Awaitable[bytes]] | None = None,
-) -> asyncio.AbstractServer:
-    """``GET /metrics`` (Prometheus text) and ``GET /healthz`` (200 serving / 503 draining).
+    *,
+    max_connections: int | None = None,
+) -> HttpListener:
+    """``GET /metrics`` (Prometheus text) and ``GET /healthz`` (200 serving / 503 draining); HEAD too.
 
     ``exposition`` replaces this process's own metrics (a worker pool's supervisor sums its workers').
+    Limits: see ``HttpListener`` and the constants above.
     """
 
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            request_line = await reader.readline()
-            while (await reader.readline()) not in (b"\r\n", b"\n", b""):
-                pass
-            parts = request_line.split()
-            path = parts[1].split(b"?")[0] if len(parts) >= 2 else b""
-            if path == b"/metrics":
+    async def answer(request: h11.Request) -> tuple[int, bytes, bytes, tuple[tuple[bytes, bytes], ...]]:
+        path = request.target.split(b"?")[0]
+        if path not in _PATHS:
+            return 404, _TEXT, b"not found\n", ()
+        if request.method not in (b"GET", b"HEAD"):
+            return 405, _TEXT, b"method not allowed\n", ((b"Allow", b"GET, HEAD"),)
+        if path == b"/metrics":
+            try:
                 body = await exposition() if exposition else generate_latest(REGISTRY)
-                status, ctype = "200 OK", CONTENT_TYPE_LATEST
-            elif path == b"/healthz":
-                serving = is_serving()
-                status = "200 OK" if serving else "503 Service Unavailable"
-                ctype, body = "text/plain", b"SERVING\n" if serving else b"NOT_SERVING\n"
-            else:
-                status, ctype, body = "404 Not Found", "text/plain", b"not found\n"
-            writer.write(
-                f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
-                "Connection: close\r\n\r\n".encode() + body
-            )
-            await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            writer.close()
+            except Exception:
+                log.exception("metrics exposition failed")
+                return 500, _TEXT, b"internal error\n", ()
+            return 200, CONTENT_TYPE_LATEST.encode(), body, ()
+        if is_serving():
+            return 200, _TEXT, b"SERVING\n", ()
+        return 503, _TEXT, b"NOT_SERVING\n", ()
 
-    server = await asyncio.start_server(handle, host, port)
+    listener = HttpListener(await _listening_sockets(host, port), answer, max_connections or connection_cap())
     log.info("metrics and health on http://%s:%d/metrics", host, port)
-    return server
+    return listener
