@@ -49,22 +49,34 @@ class RouteSettings:
     # whitespace) so idle timeouts in front of Envoy do not fire; 0: off. Works where the route's
     # response body mode is FULL_DUPLEX_STREAMED (see envoy_config.enable_keepalive).
     keepalive_seconds: float = 0.0
+    # Seconds of converter CPU one answer may take (0: no limit). A legal but pathological body
+    # (millions of tiny events) then fails with a clear 502 `limit` instead of holding a core.
+    max_conversion_seconds: float = 2.0
+    # Largest request body sent upstream rewritten (``stream: true`` added); a rewrite that would be
+    # larger goes upstream untouched (passthrough ``request_too_large``) rather than past Envoy's
+    # request buffer (a 413). Default: the shipped Envoy's per_connection_buffer_limit_bytes.
+    max_request_bytes: int = BUFFERED_BODY_LIMIT
 
     @property
     def body_limit(self) -> int:
         """Upstream SSE bytes converted per answer. Buffered mode holds them all in Envoy and in
         one gRPC message, so its default matches the shipped Envoy buffer; streamed mode holds only
         the assembled answer (a few percent of the SSE), so its default only stops a runaway stream."""
+        return self.body_limit_in(self.mode)
+
+    def body_limit_in(self, mode: str) -> int:
+        """``body_limit`` when the answer is converted in ``mode`` (a keep-alive route converts in
+        streamed fashion whatever its ``mode`` says: Envoy does not hold its body)."""
         if self.max_body_bytes is not None:
             return self.max_body_bytes
-        return BUFFERED_BODY_LIMIT if self.mode == "buffered" else STREAMED_BODY_LIMIT
+        return BUFFERED_BODY_LIMIT if mode == "buffered" else STREAMED_BODY_LIMIT
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise SettingsError(f"mode {self.mode!r} is not one of {', '.join(MODES)}")
         if self.profile not in PROFILE_NAMES:
             raise SettingsError(f"profile {self.profile!r} is not one of {', '.join(PROFILE_NAMES)}")
-        for name in ("max_body_bytes", "max_event_bytes"):
+        for name in ("max_body_bytes", "max_event_bytes", "max_request_bytes"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise SettingsError(f"{name} must be a positive number of bytes")
@@ -72,6 +84,8 @@ class RouteSettings:
             raise SettingsError(
                 f"keepalive_seconds must be 0 (off) or between {MIN_KEEPALIVE_SECONDS:g} and {MAX_KEEPALIVE_SECONDS:g}"
             )
+        if self.max_conversion_seconds < 0:
+            raise SettingsError("max_conversion_seconds must be 0 (no limit) or a positive number of seconds")
         if self.max_event_bytes > self.body_limit:
             raise SettingsError("max_event_bytes cannot exceed max_body_bytes")
 
@@ -173,6 +187,34 @@ class ServiceSettings:
     log_level: str = "info"
     drain_seconds: float = 30.0
     defaults: RouteSettings = field(default_factory=RouteSettings)
+    # TLS on the gRPC listener (PEM files, reloaded when they change: see ``buffered_stream.tls``); with
+    # ``tls_client_ca`` every client must present a certificate signed by it (mutual TLS).
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("tls_cert", "tls_key", "tls_client_ca"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise SettingsError(f"{name} must be the path of a PEM file, got {value!r}")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise SettingsError("tls_cert and tls_key (--tls-cert, --tls-key) go together: give both or neither")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise SettingsError(
+                "tls_client_ca (--tls-client-ca) needs tls_cert and tls_key: mutual TLS is TLS with client certificates"
+            )
+        if self.tls_cert is not None and str(self.listen).startswith("unix:"):
+            raise SettingsError(
+                f"TLS needs a TCP listen address, not {self.listen}: a Unix socket is reached only through its "
+                "directory's permissions, so tls_cert, tls_key and tls_client_ca are refused there "
+                "(`buffered-stream run` always uses one)"
+            )
+
+    @property
+    def tls(self) -> bool:
+        """Whether the gRPC listener speaks TLS (see ``buffered_stream.tls``)."""
+        return self.tls_cert is not None
 
     @property
     def max_message_bytes(self) -> int:

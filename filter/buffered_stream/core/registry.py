@@ -90,9 +90,11 @@ def schema_for_path(path: str) -> str | None:
     return spec.name if spec is not None else None
 
 
-def plan_request(schema: str, body: bytes, models: tuple[str, ...] = ()) -> Rewrite | Skip:
-    """``schema``'s plan for a request body (see ``SchemaSpec.plan_request``)."""
-    return spec_named(schema).plan_request(body, models)
+def plan_request(
+    schema: str, body: bytes, models: tuple[str, ...] = (), max_request_bytes: int | None = None
+) -> Rewrite | Skip:
+    """``schema``'s plan for a request body (see ``SchemaSpec.plan``; None: no size limit)."""
+    return spec_named(schema).plan(body, models, max_request_bytes)
 
 
 def get_profile(name: str, schema: str = CHAT) -> Any | None:

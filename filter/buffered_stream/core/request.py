@@ -8,11 +8,14 @@ plans its own rewrite (``SchemaSpec.plan_request``); the checks every API shares
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
 
 import orjson
+
+from .json_edit import JsonEditError, edit_object, scan_object, set_member
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +40,9 @@ NOT_OBJECT = Skip("not_object")
 STREAM_REQUESTED = Skip("stream_requested")
 MODEL_NOT_ENABLED = Skip("model_not_enabled")
 UNSTREAMABLE = Skip("unstreamable")
+# The rewritten body would not fit the route's request limit (``max_request_bytes``, the Envoy
+# request buffer): sent untouched, so the rewrite never turns a request that fits into a 413.
+REQUEST_TOO_LARGE = Skip("request_too_large")
 
 
 def load_non_stream_request(body: bytes, models: tuple[str, ...]) -> dict[str, Any] | Skip:
@@ -64,3 +70,38 @@ def load_non_stream_request(body: bytes, models: tuple[str, ...]) -> dict[str, A
 def model_of(request: dict[str, Any]) -> str | None:
     model = request.get("model")
     return model if isinstance(model, str) else None
+
+
+def stream_body(body: bytes, stream_options: Callable[[bytes | None], bytes] | None = None) -> bytes | Skip:
+    """The client's body byte for byte, but with one top-level ``"stream": true`` (in place of the
+    first ``stream`` member's value, else appended; every other ``stream`` member removed) and, when
+    ``stream_options`` is given, likewise one ``stream_options`` member whose value is
+    ``stream_options(raw value of the client's last one, or None)``. Nested keys are not touched.
+
+    Asked only of a body that parsed as an object, so the scan cannot fail; if it did, the request
+    is left alone (``NOT_JSON``) rather than failed.
+    """
+    try:
+        layout = scan_object(body)
+        changes = {"stream": b"true"}
+        if stream_options is not None:
+            found = layout.find("stream_options")
+            changes["stream_options"] = stream_options(body[found[-1].value_start : found[-1].value_end] if found else None)
+        return edit_object(body, changes, layout)
+    except JsonEditError:
+        return NOT_JSON
+
+
+def with_include_usage(options: bytes | None) -> bytes:
+    """The client's ``stream_options`` object with ``"include_usage": true`` (its other bytes kept);
+    ``{"include_usage":true}`` when it sent none or something other than an object."""
+    if options is not None and options[:1] == b"{":
+        return set_member(options, "include_usage", b"true")
+    return b'{"include_usage":true}'
+
+
+def fits(plan: Rewrite | Skip, max_request_bytes: int | None) -> Rewrite | Skip:
+    """``plan``, or ``REQUEST_TOO_LARGE`` for a rewrite whose body exceeds ``max_request_bytes``."""
+    if isinstance(plan, Rewrite) and max_request_bytes is not None and len(plan.body) > max_request_bytes:
+        return REQUEST_TOO_LARGE
+    return plan

@@ -16,7 +16,7 @@ import orjson
 
 from .assembler import Assembler
 from .errors import UPSTREAM_ERROR, ConversionError
-from .request import Rewrite, Skip
+from .request import Rewrite, Skip, fits
 
 AUTO = "auto"
 
@@ -64,6 +64,12 @@ class SchemaSpec:
         """This API's profile of a route's profile name; None (auto-detect) for ``auto`` and for a
         backend this API has no profile of, so one route setting serves every API."""
         return None if name == AUTO else self.profiles.get(name)
+
+    def plan(self, body: bytes, models: tuple[str, ...] = (), max_request_bytes: int | None = None) -> Rewrite | Skip:
+        """``plan_request``, but a rewrite whose body would exceed ``max_request_bytes`` (the route's
+        request limit: Envoy's request buffer) is ``Skip("request_too_large")``: the request goes
+        upstream untouched instead of growing into a 413. None: no limit."""
+        return fits(self.plan_request(body, models), max_request_bytes)
 
     def assembler(self, profile: str = AUTO, hints: Mapping[str, Any] | None = None) -> Assembler:
         return self.make_assembler(self.profile(profile), hints)

@@ -35,10 +35,11 @@ from typing import Any
 
 import orjson
 
+from ..core.assembler import shown, writable
 from ..core.errors import LIMIT, MALFORMED, UPSTREAM_ERROR, ConversionError
 from ..core.fast_path import TextFastPath
 from ..core.pieces import COMPACT_EVERY, Pieces
-from ..core.request import Rewrite, Skip, load_non_stream_request, model_of
+from ..core.request import Rewrite, Skip, load_non_stream_request, model_of, stream_body
 
 SCHEMA = "messages"
 PATHS = ("/v1/messages",)
@@ -90,8 +91,10 @@ def plan_request(body: bytes, models: tuple[str, ...] = ()) -> Rewrite | Skip:
     request = load_non_stream_request(body, models)
     if isinstance(request, Skip):
         return request
-    request["stream"] = True
-    return Rewrite(body=orjson.dumps(request), schema=SCHEMA, model=model_of(request), hints={})
+    rewritten = stream_body(body)  # the client's bytes with only ``stream`` edited
+    if isinstance(rewritten, Skip):
+        return rewritten
+    return Rewrite(body=rewritten, schema=SCHEMA, model=model_of(request), hints={})
 
 
 # --------------------------------------------------------------------------- errors
@@ -114,8 +117,14 @@ def upstream_error(chunk: dict[str, Any]) -> ConversionError | None:
         if isinstance(error_type, str):
             status = ERROR_STATUS.get(error_type, UNKNOWN_ERROR_STATUS)
     else:  # no error object to pass on: one in Anthropic's shape, with a bad-gateway status
-        upstream = {"type": "api_error", "message": str(error) if error else "upstream sent an error event"}
-    message = str(upstream.get("message") or "no message")[:_MESSAGE_EXCERPT_CHARS]
+        upstream = {"type": "api_error", "message": shown(error) if error else "upstream sent an error event"}
+    message = shown(upstream.get("message") or "no message")[:_MESSAGE_EXCERPT_CHARS]
+    if not writable(upstream, 1):  # nested too deep for the error body ``{"error": ...}``: the gist only
+        error_type, text = upstream.get("type"), upstream.get("message")
+        upstream = {
+            "type": error_type if isinstance(error_type, str) else "api_error",
+            "message": text if type(text) is str else message,
+        }
     return ConversionError(
         UPSTREAM_ERROR,
         status,
@@ -158,6 +167,12 @@ def _malformed(what: str) -> ConversionError:
 
 def _limit(what: str) -> ConversionError:
     return ConversionError(LIMIT, 502, what)
+
+
+def _index_of(index: Any) -> str:
+    """A block ``index`` for an error message: the number, or only the type of anything else (a
+    string there could be completion text, which messages never quote)."""
+    return str(index) if type(index) is int else f"of type {type(index).__name__}"
 
 
 # --------------------------------------------------------------------------- profiles
@@ -299,6 +314,8 @@ class _Block:
                 self.input = orjson.loads(text)
             except orjson.JSONDecodeError as exc:
                 raise _malformed(f"tool input is not valid JSON: {exc.msg} (at char {exc.pos} of {len(text)})") from None
+            if not writable(self.input, _INPUT_DEPTH):
+                raise _malformed("tool input nests too deep to be answered")
         self.json = None
 
     def answer(self, drop_none: bool) -> dict[str, Any]:
@@ -332,6 +349,7 @@ def _joined(before: Any, pieces: Pieces | None) -> str:
 
 
 _TEXT_PATH = ("delta", "text")
+_INPUT_DEPTH = 3  # a tool input stands in the answer's ``content`` list, in its block
 
 
 class MessagesAssembler:
@@ -378,7 +396,7 @@ class MessagesAssembler:
             delta = chunk.get("delta")
             if block is None or type(delta) is not dict:
                 raise _malformed(
-                    "content_block_delta without a dict delta" if block else f"delta for unstarted block {index!r}"
+                    "content_block_delta without a dict delta" if block else f"delta for unstarted block {_index_of(index)}"
                 )
             delta_type = delta.get("type")
             if delta_type == "text_delta":
@@ -405,7 +423,7 @@ class MessagesAssembler:
             index = chunk.get("index")
             block = self._blocks.get(index) if type(index) is int else None
             if block is None:
-                raise _malformed(f"stop of unstarted block {index!r}")
+                raise _malformed(f"stop of unstarted block {_index_of(index)}")
             block.stopped = True
             block.parse_input()
         elif kind == "message_start":
@@ -463,7 +481,7 @@ class MessagesAssembler:
         index = chunk.get("index")
         start = chunk.get("content_block")
         if type(index) is not int or index < 0:
-            raise _malformed(f"content block index {index!r} is not a non-negative integer")
+            raise _malformed(f"content block index {_index_of(index)} is not a non-negative integer")
         if type(start) is not dict:
             raise _malformed("content_block is not an object")
         if index in self._blocks:
@@ -482,8 +500,10 @@ class MessagesAssembler:
         if usage is not None and type(usage) is not dict:
             raise _malformed("message_start usage is not an object")
         self._started = True
-        # copied: orjson's own buffer keeps a few KiB of spare capacity
-        self._message = bytes(memoryview(orjson.dumps(message)))
+        try:  # copied: orjson's own buffer keeps a few KiB of spare capacity
+            self._message = bytes(memoryview(orjson.dumps(message)))
+        except orjson.JSONEncodeError:  # orjson reads 1024 levels but writes 254
+            raise _malformed("message_start.message nests too deep to be answered") from None
         self._usage = dict(usage) if usage else None
         content = message.get("content")
         if isinstance(content, list):  # a prefilled snapshot: its blocks hold the first indices

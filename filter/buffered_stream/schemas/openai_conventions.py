@@ -11,8 +11,17 @@ from typing import Any
 
 import orjson
 
+from ..core.assembler import shown, writable
 from ..core.errors import UPSTREAM_ERROR, ConversionError, http_status_in
-from ..core.request import UNSTREAMABLE, Rewrite, Skip, load_non_stream_request, model_of
+from ..core.request import (
+    UNSTREAMABLE,
+    Rewrite,
+    Skip,
+    load_non_stream_request,
+    model_of,
+    stream_body,
+    with_include_usage,
+)
 
 # Request keys the assembly needs to reproduce the native answer exactly (kept, small, per request).
 _ANSWER_HINT_KEYS = ("tool_choice",)
@@ -30,11 +39,12 @@ def plan_openai_request(schema: str, body: bytes, models: tuple[str, ...]) -> Re
         return request
     if _asks_for_unstreamable(request):
         return UNSTREAMABLE
-    options = request.get("stream_options")
-    request["stream"] = True
-    request["stream_options"] = {**options, "include_usage": True} if isinstance(options, dict) else {"include_usage": True}
+    # The client's bytes with only ``stream`` and ``stream_options`` edited (see ``stream_body``).
+    rewritten = stream_body(body, with_include_usage)
+    if isinstance(rewritten, Skip):
+        return rewritten
     return Rewrite(
-        body=orjson.dumps(request),
+        body=rewritten,
         schema=schema,
         model=model_of(request),
         hints={key: request[key] for key in _ANSWER_HINT_KEYS if key in request},
@@ -80,7 +90,7 @@ def error_event(payload: bytes) -> ConversionError:
             return _error_of(parsed)
         # llama.cpp sends the error object itself: {"code": .., "message": .., "type": ..}
         return _error_of({"error": parsed})
-    return _error_of({"error": str(parsed)})
+    return _error_of({"error": shown(parsed)})
 
 
 def _error_of(chunk: dict[str, Any]) -> ConversionError:
@@ -91,7 +101,7 @@ def _error_of(chunk: dict[str, Any]) -> ConversionError:
     elif error:  # TGI {"error": "...", "error_type": ...}, Ollama {"error": "..."}
         error_type = chunk.get("error_type")
         upstream = {
-            "message": str(error),
+            "message": shown(error),
             "type": error_type if isinstance(error_type, str) else "upstream_error",
             "param": None,
             "code": None,
@@ -99,7 +109,10 @@ def _error_of(chunk: dict[str, Any]) -> ConversionError:
     else:  # vLLM's flat {"object": "error", "message": ..., "type": ..., "param": ..., "code": ...}
         upstream = {key: chunk.get(key) for key in ("message", "type", "param", "code")}
     status = http_status_in(upstream) or http_status_in(chunk) or _DEFAULT_ERROR_STATUS
-    message = str(upstream.get("message") or "no message")[:_MESSAGE_EXCERPT_CHARS]
+    message = shown(upstream.get("message") or "no message")[:_MESSAGE_EXCERPT_CHARS]
+    if not writable(upstream, 1):  # nested too deep for the error body ``{"error": ...}``: the gist only
+        text = upstream.get("message")
+        upstream = {"message": text if type(text) is str else message, "type": "upstream_error", "param": None, "code": None}
     return ConversionError(
         UPSTREAM_ERROR,
         status,

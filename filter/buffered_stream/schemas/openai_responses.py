@@ -36,10 +36,11 @@ from typing import Any
 
 import orjson
 
+from ..core.assembler import shown, writable
 from ..core.errors import LIMIT, MALFORMED, UPSTREAM_ERROR, ConversionError, http_status_in
 from ..core.fast_path import TextFastPath
 from ..core.pieces import COMPACT_EVERY, Pieces
-from ..core.request import Rewrite, Skip, load_non_stream_request, model_of
+from ..core.request import Rewrite, Skip, load_non_stream_request, model_of, stream_body
 
 PATHS = ("/v1/responses",)
 SCHEMA = "responses"
@@ -194,13 +195,15 @@ def plan_request(body: bytes, models: tuple[str, ...] = ()) -> Rewrite | Skip:
     background = request.get("background")
     if background is not None and background is not False:
         return BACKGROUND
-    request["stream"] = True
+    rewritten = stream_body(body)  # the client's bytes with only ``stream`` edited
+    if isinstance(rewritten, Skip):
+        return rewritten
     tools = request.get("tools")
     hints: dict[str, Any] = {}
     if isinstance(tools, list) and any(isinstance(tool, dict) and "tools" in tool for tool in tools):
         hints["tools"] = tools
     return Rewrite(
-        body=orjson.dumps(request),
+        body=rewritten,
         schema=SCHEMA,
         model=model_of(request),
         hints=hints,
@@ -238,7 +241,7 @@ def upstream_error(chunk: dict[str, Any]) -> ConversionError | None:
     if isinstance(error, dict):
         return _error_from(error, chunk)
     if error:  # {"error": "text"}
-        return _error_from({"message": str(error)}, chunk)
+        return _error_from({"message": shown(error)}, chunk)
     if chunk.get("object") == "error":
         return _error_from({key: value for key, value in chunk.items() if key != "object"})
     return None
@@ -265,13 +268,15 @@ def _error_from(error: Mapping[str, Any], outer: Mapping[str, Any] | None = None
     """One OpenAI-style error object (``message, type, param, code`` and the upstream's extras)."""
     upstream_type = error.get("type")
     upstream = {
-        "message": str(error.get("message") or "no message"),
+        "message": shown(error.get("message") or "no message"),
         "type": upstream_type if isinstance(upstream_type, str) and upstream_type != ERROR else "upstream_error",
         "param": error.get("param"),
         "code": error.get("code"),
         **{key: value for key, value in error.items() if key not in ("message", "type", "param", "code")},
     }
     status = http_status_in(error) or (http_status_in(outer) if outer else None) or _DEFAULT_ERROR_STATUS
+    if not writable(upstream, 1):  # nested too deep for the error body ``{"error": ...}``: the gist only
+        upstream = {"message": upstream["message"], "type": upstream["type"], "param": None, "code": None}
     return ConversionError(
         UPSTREAM_ERROR,
         status,
@@ -461,8 +466,11 @@ class ResponsesAssembler:
                 assert part is not None
             else:
                 part = self._part(chunk, "content", "output_text", "text")
-                self._delta_key = key
-                self._delta_part = part
+                # A key with an item id that is no string (which finds nothing) is not kept: the
+                # next key compared with it could be nested deep enough to make ``==`` recurse.
+                kept = type(key[2]) is str or key[2] is None
+                self._delta_key = key if kept else None
+                self._delta_part = part if kept else None
             delta = chunk.get("delta")
             if type(delta) is not str:
                 raise _malformed("an 'output_text.delta' has no text")
@@ -692,7 +700,7 @@ class ResponsesAssembler:
         if item.done is not None:
             return
         parts = item.content if where == "content" else item.summary
-        part = item.part(parts, chunk.get(index_key), str(base.get("type")), "text")
+        part = item.part(parts, chunk.get(index_key), "", "text")  # its base is replaced below
         part.base = base
         part.field = "refusal" if base.get("type") == "refusal" else "text"
         part.final = None
@@ -737,9 +745,14 @@ _HANDLERS: dict[str, Any] = {
 
 
 def _exact_json(value: Any) -> bytes:
-    """``value`` as JSON in a bytes object of its own size (orjson's result keeps the spare room of
-    its growing buffer, several times the JSON for a long answer)."""
-    return bytes(memoryview(orjson.dumps(value)))
+    """``value`` (a response object, the answer's top level) as JSON in a bytes object of its own
+    size (orjson's result keeps the spare room of its growing buffer, several times the JSON for a
+    long answer); malformed when it nests deeper than JSON can be written (orjson reads 1024
+    levels but writes 254)."""
+    try:
+        return bytes(memoryview(orjson.dumps(value)))
+    except orjson.JSONEncodeError:
+        raise _malformed("a response object nests too deep to be answered") from None
 
 
 def _index(chunk: Mapping[str, Any], key: str) -> int | None:
