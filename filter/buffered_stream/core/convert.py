@@ -164,7 +164,10 @@ class StreamConverter:
         answer = assembler.result()
         if not assembler.finished and not self._spec.answer_complete(answer):
             raise ConversionError(TRUNCATED, 502, "upstream stream ended before the answer was complete")
-        return orjson.dumps(answer)
+        try:
+            return orjson.dumps(answer)
+        except orjson.JSONEncodeError:  # orjson reads 1,024 levels of nesting but writes 254
+            raise ConversionError(MALFORMED, 502, "upstream answer nests too deep to be written as JSON") from None
 
     def _take(self, payload: bytes) -> None:
         """The payload of one whole one-line ``data:`` event (not at end of body), as the decoder

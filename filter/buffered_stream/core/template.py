@@ -227,9 +227,9 @@ class TextTemplate:
             found = _swap(probed, path, piece)
             found_padding = _swap(probed, ("obfuscation",), padding) if padded else _PROBE
             found_count = _swap(probed, (counter,), count) if tail is not None else _PROBE_COUNT
-        except (orjson.JSONDecodeError, LookupError, TypeError):
-            return None
-        if found != _PROBE or found_padding != _PROBE or found_count != _PROBE_COUNT or probed != chunk:
+            if found != _PROBE or found_padding != _PROBE or found_count != _PROBE_COUNT or probed != chunk:
+                return None
+        except (orjson.JSONDecodeError, LookupError, TypeError, RecursionError):  # ``!=`` of a deeply nested chunk recurses
             return None
         return cls(prefix, suffix, padded, pieces, tail)
 

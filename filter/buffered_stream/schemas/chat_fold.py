@@ -305,7 +305,7 @@ def _add_audio(state: ChoiceState, audio: Any) -> None:
                 raise malformed("audio 'data' is not a string")
             try:
                 state.audio_data.append(binascii.a2b_base64(value))
-            except binascii.Error:
+            except ValueError:  # binascii.Error, or a plain ValueError for a str with non-ASCII
                 raise malformed("audio 'data' is not base64") from None
             state.audio["data"] = None
         elif key == "transcript":

@@ -82,7 +82,8 @@ def _message(profile: ChatProfile, state: ChoiceState, forced_tool_choice: bool)
 def _tool_call(profile: ChatProfile, call: ToolCallState, position: int) -> dict[str, Any]:
     arguments = call.arguments.text() or ""
     if profile.compact_tool_arguments:
-        with suppress(orjson.JSONDecodeError):  # not JSON: kept as streamed
+        # Not JSON, or nested deeper than JSON can be written (orjson reads 1024 levels, writes 254): kept as streamed.
+        with suppress(orjson.JSONDecodeError, orjson.JSONEncodeError):
             arguments = orjson.dumps(orjson.loads(arguments)).decode()
     function = {**call.function_extras, "name": call.name, "arguments": arguments}
     fill_defaults(function, profile.function_keys)
