@@ -107,12 +107,14 @@ def test_streamed_mode_drops_chunks_then_answers_once(exchange: Exchange) -> Non
     assert exchange.outcome == "converted"
 
 
-def test_streamed_failure_after_commit_resets(exchange: Exchange) -> None:
+def test_streamed_failure_is_an_error_answer_that_envoy_turns_into_a_reset_after_commit(exchange: Exchange) -> None:
+    """Before the 200 left Envoy the error is the client's answer; after, Envoy resets the response."""
     exchange.handle(request_headers(STREAMED))
     exchange.handle(body(CHAT_BODY))
     exchange.handle(response_headers())
-    with pytest.raises(StreamedFailure):
-        exchange.handle(body(SSE[:100], end_of_stream=True, response=True))
+    reply = exchange.handle(body(SSE[:100], end_of_stream=True, response=True))
+    assert reply.immediate_response.status.code == 502
+    assert orjson.loads(reply.immediate_response.body)["error"]["type"] == "truncated"
     assert exchange.outcome == "truncated"
 
 

@@ -57,7 +57,9 @@ class Service:
         server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", size),
-                ("grpc.max_send_message_length", size),
+                # Answers are bounded by the routes' max_body_bytes, not by gRPC: a streamed route's
+                # answer may pass 64 MiB.
+                ("grpc.max_send_message_length", -1),
                 # Alone, a second process on the same port is an error; pooled, it is the design.
                 ("grpc.so_reuseport", 1 if self.pooled else 0),
             ]

@@ -27,7 +27,7 @@ from google.protobuf import json_format, struct_pb2, text_format
 
 from . import metrics
 from ..core.convert import StreamConverter
-from ..core.errors import MALFORMED, TRUNCATED, ConversionError
+from ..core.errors import LIMIT, MALFORMED, TRUNCATED, ConversionError
 from ..core.registry import spec_for_path
 from ..core.request import Rewrite
 from ..core.spec import SchemaSpec
@@ -99,9 +99,36 @@ KEEPALIVE_CHUNK = pb.ProcessingResponse(
 )
 CONTINUE_RESPONSE_TRAILERS = pb.ProcessingResponse(response_trailers=pb.TrailersResponse())
 
+# Upstream chunks from this size on (whole buffered bodies, mostly) are converted a slice at a
+# time on one lane per process (``Exchange.feed_bulk``): one slice delays the others' messages.
+BULK_MIN_BYTES = 128 << 10
+BULK_SLICE_SECONDS = 0.002
+BULK_FIRST_SLICE_BYTES = 64 << 10
+BULK_MIN_SLICE_BYTES = 4 << 10
+BULK_MAX_SLICE_BYTES = 4 << 20
+BULK_YIELDS = 16
+
 # What one message gets back: one reply, several in order (rare), or none (full-duplex chunks).
 Replies = Union[pb.ProcessingResponse, tuple[pb.ProcessingResponse, ...], None]
 _NO_ENCODING = ("accept-encoding",)
+
+
+LOG_VALUE_CHARS = 128
+
+
+def loggable(value: str | None) -> str:
+    """A client-controlled value as it may appear in a log line: escaped (no newline or control
+    character reaches the log) and cut to ``LOG_VALUE_CHARS``, so a client cannot forge or flood it."""
+    if value is None:
+        return "-"
+    if len(value) <= LOG_VALUE_CHARS:
+        return ascii(value)
+    return f"{ascii(value[:LOG_VALUE_CHARS])}...(+{len(value) - LOG_VALUE_CHARS} chars)"
+
+
+def _media_type(content_type: str) -> str:
+    """The media type of a ``content-type`` value: case-insensitive, parameters dropped (RFC 9110)."""
+    return content_type.partition(";")[0].strip().lower()
 
 
 def _headers(message: pb.HttpHeaders, *wanted: str) -> dict[str, str]:
@@ -219,7 +246,7 @@ class Exchange:
     __slots__ = (
         "_routes", "phase", "route", "route_name", "method", "path", "spec", "model", "hints",
         "skip_reason", "converter", "outcome", "_assembly_seconds", "full_duplex", "keepalive_seconds",
-        "keepalive_bytes", "last_sent", "body_started",
+        "keepalive_bytes", "last_sent", "body_started", "pending_error",
     )
 
     def __init__(self, routes: RouteSettingsCache) -> None:
@@ -245,6 +272,7 @@ class Exchange:
         self.keepalive_bytes = 0
         self.last_sent = 0.0  # monotonic time of the last byte sent downstream
         self.body_started = False  # Envoy accepts a body of ours only after the upstream's first chunk
+        self.pending_error: ConversionError | None = None  # found while a large chunk was fed in slices
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -260,7 +288,7 @@ class Exchange:
             metrics.EVENTS.value += self.converter.events
         if outcome not in _QUIET_OUTCOMES and not outcome.startswith(metrics.PASSTHROUGH_PREFIX):
             log.info("request finished: outcome=%s route=%s model=%s", outcome, self.route_name,
-                     self.model)
+                     loggable(self.model))
 
     def _pass(self, reason: str) -> None:
         self.phase = Phase.DONE
@@ -320,7 +348,7 @@ class Exchange:
     def _on_request_headers(self, headers: pb.HttpHeaders) -> pb.ProcessingResponse:
         found = _headers(headers, ":method", ":path", "content-type")
         spec = spec_for_path(found.get(":path", ""))
-        content_type = found.get("content-type", "application/json")
+        content_type = _media_type(found.get("content-type", "application/json"))
         if found.get(":method") != "POST" or spec is None or "json" not in content_type or headers.end_of_stream:
             self._pass("path")
             return SKIP_REST
@@ -333,7 +361,7 @@ class Exchange:
         if self.spec is None:
             self.skip_reason = "path"
             return CONTINUE_REQUEST_BODY
-        plan = self.spec.plan_request(body.body, self.route.models)
+        plan = self.spec.plan(body.body, self.route.models, self.route.max_request_bytes)
         if not isinstance(plan, Rewrite):
             self.skip_reason = plan.reason
             return CONTINUE_REQUEST_BODY
@@ -346,7 +374,7 @@ class Exchange:
             self._pass(self.skip_reason or "path")
             return CONTINUE_RESPONSE_HEADERS
         found = _headers(headers, ":status", "content-type", "content-encoding")
-        if found.get(":status") != "200" or not found.get("content-type", "").startswith("text/event-stream"):
+        if found.get(":status") != "200" or _media_type(found.get("content-type", "")) != "text/event-stream":
             self._pass("status" if found.get(":status") != "200" else "content_type")
             return CONTINUE_RESPONSE_HEADERS
         assert self.spec is not None
@@ -354,11 +382,11 @@ class Exchange:
             self.spec,
             self.route.profile,
             max_event_bytes=self.route.max_event_bytes,
-            max_body_bytes=self.route.body_limit,
+            max_body_bytes=self.route.body_limit_in("streamed" if self.full_duplex else self.route.mode),
             request=self.hints,
         )
         metrics.CONVERTING_NOW.value += 1
-        if found.get("content-encoding", "identity") != "identity":
+        if found.get("content-encoding", "identity").strip().lower() not in ("identity", ""):
             return self._fail(ConversionError(MALFORMED, 502, "upstream stream is content-encoded; cannot convert it"))
         if headers.end_of_stream:
             return self._fail(ConversionError(TRUNCATED, 502, "upstream answered 200 text/event-stream with no body"))
@@ -392,14 +420,17 @@ class Exchange:
         started = time.perf_counter()
         answer: bytes | None = None
         try:
-            converter.feed(data)
+            self._feed(converter, data, started)
             # Buffered mode has the whole body; streamed ends at end of stream or [DONE], whichever
             # comes first (a body followed by trailers never carries end_of_stream).
             if buffered or body.end_of_stream or converter.done:
                 answer = converter.finish()
         except ConversionError as exc:
             self._assembly_seconds += time.perf_counter() - started
-            return self._fail(exc, committed=not buffered)
+            # Streamed mode too answers with the error itself: while the upstream's 200 has not left
+            # Envoy it becomes the client's answer (the upstream's status and error shape); once it
+            # has, Envoy resets the response, the only honest signal left.
+            return self._fail(exc)
         self._assembly_seconds += time.perf_counter() - started
         if answer is None:
             return DROP_RESPONSE_CHUNK
@@ -408,6 +439,73 @@ class Exchange:
         reply = _answer_body(answer, content_length=buffered)
         _set_usage_metadata(reply.dynamic_metadata, metrics.CONVERTED, self.spec, converter.usage)
         return reply
+
+    def _feed(self, converter: StreamConverter, data: bytes, started: float) -> None:
+        """Feed one upstream chunk within the route's conversion budget (CPU seconds in the converter)."""
+        if self.pending_error is not None:
+            raise self.pending_error
+        if data:
+            converter.feed(data)
+        self._check_budget(time.perf_counter() - started)
+
+    def _check_budget(self, seconds_now: float) -> None:
+        assert self.route is not None
+        budget = self.route.max_conversion_seconds
+        if budget and self._assembly_seconds + seconds_now > budget:
+            raise ConversionError(
+                LIMIT, 502, f"conversion exceeded max_conversion_seconds={budget:g}", code="conversion_too_slow"
+            )
+
+    # -- large chunks: fed a slice at a time -------------------------------------------------------
+
+    def bulk_body(self, request: pb.ProcessingRequest) -> pb.HttpBody | None:
+        """The upstream chunk of this message when it is large enough to feed in slices, else None."""
+        if self.converter is None or self.phase is not Phase.RESPONSE_BODY or self.pending_error is not None:
+            return None
+        if request.WhichOneof("request") != "response_body":
+            return None
+        body = request.response_body
+        return body if len(body.body) >= BULK_MIN_BYTES else None
+
+    async def feed_bulk(self, body: pb.HttpBody, lane: asyncio.Lock) -> None:
+        """Feed a large chunk (a whole buffered body, mostly) a slice at a time, then leave the
+        message with an empty body for ``handle``; a ConversionError found here is raised there.
+
+        Between two slices of about ``BULK_SLICE_SECONDS`` the loop turns ``BULK_YIELDS`` times:
+        each of another stream's messages takes a few turns through grpc.aio, so a pathological
+        body (millions of tiny events) delays the others by a slice, not by its whole conversion.
+        ``lane`` (one per process) lets one large chunk convert at a time, first come first
+        served: under a burst of them the first ones finish within Envoy's message timeout
+        instead of all of them sharing the CPU and all missing it.
+        """
+        converter = self.converter
+        assert converter is not None
+        data = body.body
+        body.body = b""
+        metrics.BYTES.value += len(data)
+        pos, total, size = 0, len(data), BULK_FIRST_SLICE_BYTES
+        try:
+            async with lane:
+                while pos < total:
+                    started = time.perf_counter()
+                    while pos < total:
+                        piece_started = time.perf_counter()
+                        converter.feed(data[pos : pos + size])
+                        pos += size
+                        now = time.perf_counter()
+                        # Size the next piece to the rate just seen: a slice stays near its time
+                        # whether the body is cheap (native runs) or pathological.
+                        size = min(max(int(size * BULK_SLICE_SECONDS / max(now - piece_started, 1e-6)),
+                                       BULK_MIN_SLICE_BYTES), BULK_MAX_SLICE_BYTES)
+                        if now - started >= BULK_SLICE_SECONDS:
+                            break
+                    self._assembly_seconds += time.perf_counter() - started
+                    self._check_budget(0.0)
+                    if pos < total:
+                        for _ in range(BULK_YIELDS):
+                            await asyncio.sleep(0)
+        except ConversionError as exc:
+            self.pending_error = exc
 
     # -- full-duplex delivery (keep-alive) --------------------------------------------------------
 
@@ -442,7 +540,7 @@ class Exchange:
         metrics.BYTES.value += len(data)
         started = time.perf_counter()
         try:
-            converter.feed(data)
+            self._feed(converter, data, started)
             answer = converter.finish() if body.end_of_stream or converter.done else None
         except ConversionError as exc:
             self._assembly_seconds += time.perf_counter() - started
@@ -475,8 +573,8 @@ class Exchange:
     def _fail(self, error: ConversionError, *, committed: bool = False) -> pb.ProcessingResponse:
         """The answer for a stream that cannot become a correct completion.
 
-        ``committed``: the 200 headers already went downstream (streamed mode), so the only honest
-        signal left is to reset the request; a 200 with an error body would look like success.
+        ``committed``: the 200 headers already went downstream (keep-alive routes), so the only
+        honest signal left is to reset the request; a 200 with an error body would look like success.
         """
         self.phase = Phase.DONE
         self.finish(error.kind)
@@ -530,7 +628,7 @@ def _immediate(error: ConversionError, spec: SchemaSpec | None) -> pb.Processing
 
 
 class StreamedFailure(Exception):
-    """A failure after the 200 was committed (streamed mode): the only honest signal is a reset."""
+    """A failure after the 200 was committed (keep-alive routes): the only honest signal is a reset."""
 
     def __init__(self, error: ConversionError) -> None:
         super().__init__(error.message)
@@ -543,6 +641,7 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
     def __init__(self, settings: ServiceSettings) -> None:
         self._routes = RouteSettingsCache(settings.defaults)
         self.in_flight = 0
+        self._bulk_lane = asyncio.Lock()
 
     async def Process(
         self, request_iterator: AsyncIterator[pb.ProcessingRequest], context: grpc.aio.ServicerContext
@@ -555,6 +654,9 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
         try:
             while (request := await read()) is not eof:
                 try:
+                    bulk = exchange.bulk_body(request)
+                    if bulk is not None:
+                        await exchange.feed_bulk(bulk, self._bulk_lane)
                     replies = exchange.handle(request)
                     if replies is None:  # an upstream chunk taken in full-duplex mode: nothing to say yet
                         if keepalive is None and exchange.keepalive_seconds and exchange.body_started:
@@ -579,7 +681,7 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
                 finally:
                     # Let go of the message before waiting for the next: in streamed and keep-alive
                     # modes a held request's last message can be a whole upstream body.
-                    request = replies = None
+                    request = replies = bulk = None
         finally:
             if keepalive is not None:
                 keepalive.close()
