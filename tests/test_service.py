@@ -13,7 +13,7 @@ from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import Proces
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from google.protobuf import struct_pb2
 
-from buffered_stream.adapter.service import Exchange, Phase, RouteSettingsCache, StreamedFailure
+from buffered_stream.adapter.service import Exchange, Phase, RouteSettingsCache
 from buffered_stream.settings import RouteSettings
 
 ENABLED = 'filter_metadata { key: "buffered_stream" value { fields { key: "enabled" value { bool_value: true } } } }'
@@ -254,11 +254,11 @@ def test_full_duplex_commits_json_headers_and_answers_once_at_the_end() -> None:
     assert exchange.keepalive_due is None
 
 
-def test_full_duplex_failure_after_commit_is_a_reset() -> None:
+def test_full_duplex_failure_is_an_error_answer_that_envoy_turns_into_a_reset_after_commit() -> None:
     exchange = full_duplex_exchange()
     exchange.handle(response_headers())
-    with pytest.raises(StreamedFailure):
-        exchange.handle(body(b"data: {not json\n\n", response=True))
+    reply = exchange.handle(body(b"data: {not json\n\n", response=True))
+    assert reply.immediate_response.status.code == 502
     assert exchange.outcome == "malformed"
 
 

@@ -162,6 +162,23 @@ def route_settings_from_metadata(
     return settings
 
 
+def route_settings_from_dynamic(
+    dynamic: Mapping[str, Any], namespaces: tuple[str, ...], settings: RouteSettings
+) -> RouteSettings:
+    """``settings`` with the route settings found in dynamic metadata (``metadata_context``) applied,
+    namespace by namespace in ``namespaces`` order. Precedence, lowest first: the service's
+    ``defaults``, the route metadata, then these: a value set for this request (by a
+    ``set_metadata`` filter, a gateway policy or a host's extension) is the most specific one."""
+    for namespace in namespaces:
+        values = dynamic.get(namespace)
+        if values is None:
+            continue
+        if not isinstance(values, Mapping):
+            raise SettingsError(f"dynamic metadata {namespace!r} must be a struct")
+        settings = settings.merged(values, where=f"dynamic metadata {namespace}")
+    return settings
+
+
 def _gateway_annotations(gateway: Any) -> dict[str, Any]:
     """Our keys from Envoy Gateway's resource annotations, prefix removed."""
     if not isinstance(gateway, Mapping):
@@ -192,12 +209,20 @@ class ServiceSettings:
     tls_cert: str | None = None
     tls_key: str | None = None
     tls_client_ca: str | None = None
+    # Dynamic metadata namespaces (``ProcessingRequest.metadata_context``, what a ``set_metadata``
+    # filter, kgateway's ``metadataOptions`` or a host's extension metadata forwards) whose keys are
+    # route settings, applied after the route metadata, in this order (see ``route_settings_from_dynamic``).
+    metadata_namespaces: tuple[str, ...] = (NAMESPACE,)
 
     def __post_init__(self) -> None:
         for name in ("tls_cert", "tls_key", "tls_client_ca"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value):
                 raise SettingsError(f"{name} must be the path of a PEM file, got {value!r}")
+        if not isinstance(self.metadata_namespaces, tuple) or not all(
+            isinstance(ns, str) and ns for ns in self.metadata_namespaces
+        ):
+            raise SettingsError(f"metadata_namespaces must be a list of namespace names, got {self.metadata_namespaces!r}")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise SettingsError("tls_cert and tls_key (--tls-cert, --tls-key) go together: give both or neither")
         if self.tls_client_ca is not None and self.tls_cert is None:
@@ -240,6 +265,8 @@ def load_service_settings(path: str | None, **overrides: Any) -> ServiceSettings
         if not isinstance(values["defaults"], Mapping):
             raise SettingsError(f"{path}: defaults must be a mapping of route settings")
         defaults = defaults.merged(values.pop("defaults"), where=f"{path}: defaults")
+    if isinstance(values.get("metadata_namespaces"), list):
+        values["metadata_namespaces"] = tuple(values["metadata_namespaces"])
     values.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return ServiceSettings(defaults=defaults, **values)

@@ -31,7 +31,14 @@ from ..core.errors import LIMIT, MALFORMED, TRUNCATED, ConversionError
 from ..core.registry import spec_for_path
 from ..core.request import Rewrite
 from ..core.spec import SchemaSpec
-from ..settings import NAMESPACE, RouteSettings, ServiceSettings, SettingsError, route_settings_from_metadata
+from ..settings import (
+    NAMESPACE,
+    RouteSettings,
+    ServiceSettings,
+    SettingsError,
+    route_settings_from_dynamic,
+    route_settings_from_metadata,
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +69,18 @@ SKIP_REST = pb.ProcessingResponse(
 CONTINUE_REQUEST_HEADERS = pb.ProcessingResponse(request_headers=pb.HeadersResponse())
 CONTINUE_REQUEST_BODY = pb.ProcessingResponse(request_body=pb.BodyResponse())
 CONTINUE_RESPONSE_HEADERS = pb.ProcessingResponse(response_headers=pb.HeadersResponse())
-_CONTINUE = {"request_body": CONTINUE_REQUEST_BODY, "response_headers": CONTINUE_RESPONSE_HEADERS}
+CONTINUE_RESPONSE_BODY = pb.ProcessingResponse(response_body=pb.BodyResponse())
+# The request body arrives in chunks (a host that fixes its modes: STREAMED or FULL_DUPLEX_STREAMED):
+# the headers go upstream before the body is known, so they lose what a rewrite would falsify.
+_CHUNKED_REQUEST_HEADERS = pb.ProcessingResponse(
+    request_headers=pb.HeadersResponse(
+        response=pb.CommonResponse(header_mutation=pb.HeaderMutation(remove_headers=("content-length", "accept-encoding")))
+    )
+)
+DROP_REQUEST_CHUNK = pb.ProcessingResponse(
+    request_body=pb.BodyResponse(response=pb.CommonResponse(body_mutation=pb.BodyMutation(clear_body=True)))
+)
+_CHUNKED_MODES = (_Mode.STREAMED, _Mode.FULL_DUPLEX_STREAMED)
 DROP_RESPONSE_CHUNK = pb.ProcessingResponse(
     response_body=pb.BodyResponse(response=pb.CommonResponse(body_mutation=pb.BodyMutation(clear_body=True)))
 )
@@ -208,18 +226,36 @@ def _answer_streamed(answer: bytes, end_of_stream: bool) -> pb.ProcessingRespons
 class RouteSettingsCache:
     """Route metadata text → RouteSettings (or the SettingsError), parsed once per distinct route."""
 
-    def __init__(self, defaults: RouteSettings, max_entries: int = 1024) -> None:
+    def __init__(
+        self, defaults: RouteSettings, max_entries: int = 1024, namespaces: tuple[str, ...] = (NAMESPACE,)
+    ) -> None:
         self._defaults = defaults
         self._max_entries = max_entries
-        self._cache: dict[str, RouteSettings | SettingsError] = {}
+        self.namespaces = namespaces  # dynamic metadata namespaces that carry route settings
+        self._cache: dict[Any, RouteSettings | SettingsError] = {}
 
-    def get(self, metadata_text: str) -> RouteSettings:
-        hit = self._cache.get(metadata_text)
+    def get(self, metadata_text: str, dynamic: base_pb2.Metadata | None = None) -> RouteSettings:
+        """The settings of a route (its metadata text) and, where the request's ``metadata_context``
+        carries any of ``namespaces``, those values on top."""
+        wanted: tuple[tuple[str, struct_pb2.Struct], ...] = ()
+        if dynamic is not None:
+            found = dynamic.filter_metadata
+            wanted = tuple((ns, found[ns]) for ns in self.namespaces if ns in found)
+        key: Any = metadata_text
+        if wanted:
+            key = (metadata_text, tuple((ns, struct.SerializeToString(deterministic=True)) for ns, struct in wanted))
+        hit = self._cache.get(key)
         if hit is None:
             hit = self._parse(metadata_text)
+            if wanted and not isinstance(hit, SettingsError):
+                try:
+                    plain = {ns: json_format.MessageToDict(struct) for ns, struct in wanted}
+                    hit = route_settings_from_dynamic(plain, self.namespaces, hit)
+                except SettingsError as exc:
+                    hit = exc
             if len(self._cache) >= self._max_entries:
                 self._cache.clear()
-            self._cache[metadata_text] = hit
+            self._cache[key] = hit
             if isinstance(hit, SettingsError):
                 log.error("invalid buffered-stream route settings: %s", hit)
         if isinstance(hit, SettingsError):
@@ -246,7 +282,8 @@ class Exchange:
     __slots__ = (
         "_routes", "phase", "route", "route_name", "method", "path", "spec", "model", "hints",
         "skip_reason", "converter", "outcome", "_assembly_seconds", "full_duplex", "keepalive_seconds",
-        "keepalive_bytes", "last_sent", "body_started", "pending_error",
+        "keepalive_bytes", "last_sent", "body_started", "pending_error", "passing", "request_body_mode",
+        "response_body_mode", "_request_chunks", "_request_bytes", "buffered_body",
     )
 
     def __init__(self, routes: RouteSettingsCache) -> None:
@@ -273,6 +310,15 @@ class Exchange:
         self.last_sent = 0.0  # monotonic time of the last byte sent downstream
         self.body_started = False  # Envoy accepts a body of ours only after the upstream's first chunk
         self.pending_error: ConversionError | None = None  # found while a large chunk was fed in slices
+        # Passing the request through: every later message is answered "unchanged" (a host may
+        # ignore the mode override that would have spared it the messages).
+        self.passing = False
+        # Envoy's body modes for this request (``protocol_config``): a host may fix them.
+        self.request_body_mode = _Mode.BUFFERED
+        self.response_body_mode = _Mode.NONE
+        self._request_chunks: list[bytes] = []  # a request body that arrives in chunks, until its end
+        self.buffered_body = False  # the upstream body comes in one message (BUFFERED), headers held
+        self._request_bytes = 0
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -292,7 +338,24 @@ class Exchange:
 
     def _pass(self, reason: str) -> None:
         self.phase = Phase.DONE
+        self.passing = True
         self.finish(metrics.PASSTHROUGH_PREFIX + reason)
+
+    def _unchanged(self, request: pb.ProcessingRequest, kind: str) -> Replies:
+        """The reply that leaves a message of a passed-through request as it is."""
+        if kind == "request_body":
+            body = request.request_body
+            if self.request_body_mode == _Mode.FULL_DUPLEX_STREAMED:
+                return _echo(body, "request_body")
+            return CONTINUE_REQUEST_BODY
+        if kind == "response_body":
+            return _echo(request.response_body) if self.full_duplex else CONTINUE_RESPONSE_BODY
+        if kind == "request_headers":
+            return CONTINUE_REQUEST_HEADERS
+        if kind == "response_headers":
+            return CONTINUE_RESPONSE_HEADERS
+        field = "request_trailers" if kind == "request_trailers" else "response_trailers"
+        return pb.ProcessingResponse(**{field: pb.TrailersResponse()})
 
     # -- messages --------------------------------------------------------------------------------
 
@@ -305,6 +368,8 @@ class Exchange:
             early = self._start(request, kind)
             if early is not None:
                 return early
+        if self.passing:
+            return self._unchanged(request, kind)
         if kind == "request_headers":
             return self._on_request_headers(request.request_headers)
         if kind == "request_body":
@@ -322,7 +387,10 @@ class Exchange:
     def _start(self, request: pb.ProcessingRequest, kind: str) -> pb.ProcessingResponse | None:
         """The first message carries the route's attributes and Envoy's body modes: settle the
         route, or answer at once."""
-        self.full_duplex = request.protocol_config.response_body_mode == _Mode.FULL_DUPLEX_STREAMED
+        modes = request.protocol_config
+        self.request_body_mode = modes.request_body_mode
+        self.response_body_mode = modes.response_body_mode
+        self.full_duplex = modes.response_body_mode == _Mode.FULL_DUPLEX_STREAMED
         attributes = request.attributes.get(ATTRIBUTES_KEY)
         metadata_text = ""
         if attributes is not None:
@@ -332,14 +400,16 @@ class Exchange:
             self.path = fields[PATH_ATTRIBUTE].string_value if PATH_ATTRIBUTE in fields else ""
             self.method = fields[METHOD_ATTRIBUTE].string_value if METHOD_ATTRIBUTE in fields else ""
         try:
-            self.route = self._routes.get(metadata_text)
+            self.route = self._routes.get(
+                metadata_text, request.metadata_context if request.HasField("metadata_context") else None
+            )
         except SettingsError as exc:
             self.phase = Phase.DONE
             self.finish(metrics.SETTINGS_ERROR)
             return _immediate(ConversionError(metrics.SETTINGS_ERROR, 500, f"buffered-stream route settings: {exc}"), None)
         if not self.route.enabled:
             self._pass("disabled")
-            return SKIP_REST if kind == "request_headers" else _CONTINUE.get(kind)
+            return SKIP_REST if kind == "request_headers" else self._unchanged(request, kind)
         self.phase = Phase.REQUEST_BODY
         if kind != "request_headers":  # the filter skips request headers: judge the path by attributes
             self.spec = spec_for_path(self.path) if self.method == "POST" else None
@@ -353,20 +423,63 @@ class Exchange:
             self._pass("path")
             return SKIP_REST
         self.spec = spec
-        return CONTINUE_REQUEST_HEADERS
+        return _CHUNKED_REQUEST_HEADERS if self.request_body_mode in _CHUNKED_MODES else CONTINUE_REQUEST_HEADERS
 
-    def _on_request_body(self, body: pb.HttpBody) -> pb.ProcessingResponse:
+    def _on_request_body(self, body: pb.HttpBody) -> Replies:
         assert self.route is not None
+        chunked = self.request_body_mode in _CHUNKED_MODES
+        data = body.body
+        if chunked:
+            if not body.end_of_stream:
+                return self._hold_request_chunk(data)
+            if self._request_chunks:
+                self._request_chunks.append(data)
+                data = b"".join(self._request_chunks)
+                self._request_chunks = []
         self.phase = Phase.RESPONSE_HEADERS
         if self.spec is None:
             self.skip_reason = "path"
-            return CONTINUE_REQUEST_BODY
-        plan = self.spec.plan(body.body, self.route.models, self.route.max_request_bytes)
+            return self._request_as_it_came(data, chunked)
+        plan = self.spec.plan(data, self.route.models, self.route.max_request_bytes)
         if not isinstance(plan, Rewrite):
             self.skip_reason = plan.reason
-            return CONTINUE_REQUEST_BODY
+            return self._request_as_it_came(data, chunked)
         self.model, self.hints = plan.model, plan.hints
-        return _rewritten_request(plan.body)
+        if not chunked:
+            return _rewritten_request(plan.body)
+        return self._request_body_reply(plan.body)
+
+    # -- a request body in chunks (host-imposed STREAMED or FULL_DUPLEX_STREAMED) ------------------
+
+    def _hold_request_chunk(self, data: bytes) -> Replies:
+        """Keep a chunk until the body is whole (the rewrite needs all of it); a body larger than
+        the route's ``max_request_bytes`` goes on as it came, the chunks held so far included."""
+        assert self.route is not None
+        self._request_bytes += len(data)
+        if self._request_bytes <= self.route.max_request_bytes:
+            self._request_chunks.append(data)
+            return DROP_REQUEST_CHUNK if self.request_body_mode == _Mode.STREAMED else None
+        held = b"".join(self._request_chunks) + data
+        self._request_chunks = []
+        self._pass("request_too_large")
+        return self._request_body_reply(held, end_of_stream=False)
+
+    def _request_as_it_came(self, data: bytes, chunked: bool) -> Replies:
+        if not chunked or (self.request_body_mode == _Mode.STREAMED and self._request_bytes == 0):
+            return CONTINUE_REQUEST_BODY  # nothing was held back: the chunk goes on unchanged
+        return self._request_body_reply(data)
+
+    def _request_body_reply(self, data: bytes, *, end_of_stream: bool = True) -> pb.ProcessingResponse:
+        """``data`` in place of the request body chunk Envoy sent (STREAMED: this chunk's bytes;
+        FULL_DUPLEX_STREAMED: the next streamed piece of the body)."""
+        reply = pb.ProcessingResponse()
+        mutation = reply.request_body.response.body_mutation
+        if self.request_body_mode == _Mode.FULL_DUPLEX_STREAMED:
+            mutation.streamed_response.body = data
+            mutation.streamed_response.end_of_stream = end_of_stream
+        else:
+            mutation.body = data
+        return reply
 
     def _on_response_headers(self, headers: pb.HttpHeaders) -> pb.ProcessingResponse:
         assert self.route is not None
@@ -393,22 +506,29 @@ class Exchange:
         self.phase = Phase.RESPONSE_BODY
         if self.full_duplex:
             # Envoy cannot take this body mode back once the body may have started: convert in it.
-            # The 200 is committed now: from here on a failure can only reset the response.
+            # The 200 leaves with the first body byte of ours (a keep-alive byte or the answer):
+            # after that a failure can only reset the response.
             self.keepalive_seconds = self.route.keepalive_seconds
             self.last_sent = time.monotonic()
             return JSON_RESPONSE_HEADERS
         if self.route.keepalive_seconds:
             _warn_not_full_duplex(self.route_name)
-        return CONVERTING_RESPONSE_HEADERS[self.route.mode]
+        if self.response_body_mode == _Mode.NONE:
+            # Our own filter config: turn the body on, in the route's mode.
+            self.buffered_body = self.route.mode == "buffered"
+            return CONVERTING_RESPONSE_HEADERS[self.route.mode]
+        # A host fixed the body mode (and may ignore overrides): convert in the mode Envoy said.
+        self.buffered_body = self.response_body_mode == _Mode.BUFFERED
+        return JSON_RESPONSE_HEADERS
 
     def _on_response_body(self, body: pb.HttpBody) -> Replies:
         converter = self.converter
+        if converter is None:
+            # An answer we pass through, whose body comes anyway: a full-duplex body mode cannot be
+            # turned off in the headers reply (Envoy may have streamed chunks here already and
+            # would drop them), and a host may fix the mode. Every chunk goes on as it came.
+            return _echo(body) if self.full_duplex else CONTINUE_RESPONSE_BODY
         if self.full_duplex:
-            if converter is None:
-                # An answer we pass through. The body mode cannot be turned off in the headers
-                # reply: Envoy may have streamed chunks here already and would drop them. So every
-                # chunk goes back as it came.
-                return _echo(body)
             return self._on_full_duplex_body(body)
         if self.phase is not Phase.RESPONSE_BODY:
             # A chunk after the answer was sent (data after [DONE]): drop it.
@@ -416,7 +536,7 @@ class Exchange:
         data = body.body
         metrics.CHUNKS.value += 1
         metrics.BYTES.value += len(data)
-        buffered = self.route is not None and self.route.mode == "buffered"
+        buffered = self.buffered_body
         started = time.perf_counter()
         answer: bytes | None = None
         try:
@@ -544,7 +664,7 @@ class Exchange:
             answer = converter.finish() if body.end_of_stream or converter.done else None
         except ConversionError as exc:
             self._assembly_seconds += time.perf_counter() - started
-            return self._fail(exc, committed=True)
+            return self._fail(exc)
         self._assembly_seconds += time.perf_counter() - started
         if answer is None:
             return None
@@ -557,7 +677,7 @@ class Exchange:
         try:
             answer = self.converter.finish()
         except ConversionError as exc:
-            return self._fail(exc, committed=True)
+            return self._fail(exc)
         return self._full_duplex_answer(answer, end_of_stream=False), CONTINUE_RESPONSE_TRAILERS
 
     def _full_duplex_answer(self, answer: bytes, *, end_of_stream: bool = True) -> pb.ProcessingResponse:
@@ -570,16 +690,14 @@ class Exchange:
         _set_usage_metadata(reply.dynamic_metadata, outcome, self.spec, self.converter.usage)
         return reply
 
-    def _fail(self, error: ConversionError, *, committed: bool = False) -> pb.ProcessingResponse:
-        """The answer for a stream that cannot become a correct completion.
-
-        ``committed``: the 200 headers already went downstream (keep-alive routes), so the only
-        honest signal left is to reset the request; a 200 with an error body would look like success.
-        """
+    def _fail(self, error: ConversionError) -> pb.ProcessingResponse:
+        """The answer for a stream that cannot become a correct completion: the error, in the API's
+        shape. In every body mode Envoy sends it as the response while it still holds the upstream's
+        headers (full-duplex and streamed modes hold them until the first body reply), and resets
+        the response once a 200 has left: the honest signals in both cases, and neither blames
+        the service for an upstream's fault."""
         self.phase = Phase.DONE
         self.finish(error.kind)
-        if committed:
-            raise StreamedFailure(error)
         return _immediate(error, self.spec)
 
 
@@ -600,16 +718,13 @@ def _warn_not_full_duplex(route_name: str) -> None:
     )
 
 
-def _echo(body: pb.HttpBody) -> pb.ProcessingResponse:
-    return pb.ProcessingResponse(
-        response_body=pb.BodyResponse(
-            response=pb.CommonResponse(
-                body_mutation=pb.BodyMutation(
-                    streamed_response=pb.StreamedBodyResponse(body=body.body, end_of_stream=body.end_of_stream)
-                )
-            )
-        )
-    )
+def _echo(body: pb.HttpBody, field: str = "response_body") -> pb.ProcessingResponse:
+    """A full-duplex chunk sent on as it came."""
+    reply = pb.ProcessingResponse()
+    streamed = getattr(reply, field).response.body_mutation.streamed_response
+    streamed.body = body.body
+    streamed.end_of_stream = body.end_of_stream
+    return reply
 
 
 def _immediate(error: ConversionError, spec: SchemaSpec | None) -> pb.ProcessingResponse:
@@ -627,19 +742,11 @@ def _immediate(error: ConversionError, spec: SchemaSpec | None) -> pb.Processing
     )
 
 
-class StreamedFailure(Exception):
-    """A failure after the 200 was committed (keep-alive routes): the only honest signal is a reset."""
-
-    def __init__(self, error: ConversionError) -> None:
-        super().__init__(error.message)
-        self.error = error
-
-
 class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
     """grpc.aio servicer: one ``Exchange`` per stream, replies in the order Envoy requires."""
 
     def __init__(self, settings: ServiceSettings) -> None:
-        self._routes = RouteSettingsCache(settings.defaults)
+        self._routes = RouteSettingsCache(settings.defaults, namespaces=settings.metadata_namespaces)
         self.in_flight = 0
         self._bulk_lane = asyncio.Lock()
 
@@ -669,9 +776,6 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
                             await write(reply)
                     else:
                         await write(replies)
-                except StreamedFailure as failure:
-                    # Envoy logs these details: name the kind only, never upstream text.
-                    await context.abort(grpc.StatusCode.UNAVAILABLE, f"buffered_stream: {failure.error.kind}")
                 except Exception:
                     # A bug, not a property of the stream: fail this request (Envoy answers with its
                     # status_on_error) and keep serving the others.
