@@ -56,7 +56,10 @@ def reshaped(host: HostShape):  # noqa: ANN201
 
 def service_settings(tmp: Path, host: HostShape) -> Path:
     path = tmp / f"settings-{host.name}.yaml"
-    path.write_text(yaml.safe_dump({"metadata_namespaces": list(host.service_namespaces)}))
+    settings: dict[str, Any] = {"metadata_namespaces": list(host.service_namespaces)}
+    if host.service_defaults:
+        settings["defaults"] = host.service_defaults
+    path.write_text(yaml.safe_dump(settings))
     return path
 
 

@@ -175,7 +175,9 @@ def route_settings_from_dynamic(
             continue
         if not isinstance(values, Mapping):
             raise SettingsError(f"dynamic metadata {namespace!r} must be a struct")
-        settings = settings.merged(values, where=f"dynamic metadata {namespace}")
+        # Strings too: some hosts write only strings (GCP extension-level metadata, kgateway's
+        # transformations), so "true" and "5" read as in HTTPRoute annotations.
+        settings = settings.merged(values, where=f"dynamic metadata {namespace}", strings=True)
     return settings
 
 

@@ -45,6 +45,10 @@ class HostShape:
     full_duplex: bool = False
     #: settings the host attaches besides ``enabled`` (route metadata keys, as values)
     settings: dict[str, Any] = field(default_factory=dict)
+    #: the request attributes the host sends (None: the shipped config's)
+    attributes: list[str] | None = None
+    #: the service's own route ``defaults`` (a host that can deliver no settings per request)
+    service_defaults: dict[str, Any] = field(default_factory=dict)
 
 
 HOSTS = {
@@ -69,9 +73,13 @@ HOSTS = {
     ),
     "gcp-full-duplex": HostShape(
         "gcp-full-duplex", _FULL_DUPLEX_BOTH, False, GCP_NAMESPACE,
-        service_namespaces=(METADATA_NAMESPACE, GCP_NAMESPACE), full_duplex=True, settings={"keepalive_seconds": 0.5},
+        service_namespaces=(METADATA_NAMESPACE, GCP_NAMESPACE), full_duplex=True,
+        # Strings, as extension-level metadata must be.
+        settings={"enabled": "true", "keepalive_seconds": "0.5"},
     ),
-    # kgateway TrafficPolicy extProc: the policy's processing mode, metadataOptions.forwarding.
+    # kgateway TrafficPolicy extProc: the policy's processing mode, no request attributes and no
+    # metadata writer that runs before ext_proc: the policy scopes the filter to the LLM route and
+    # the service's own defaults enable conversion.
     "kgateway": HostShape(
         "kgateway",
         {
@@ -83,7 +91,9 @@ HOSTS = {
             "response_trailer_mode": "SKIP",
         },
         False,
-        METADATA_NAMESPACE,
+        None,
+        attributes=[],
+        service_defaults={"enabled": True},
     ),
     # agentgateway: full-duplex bodies by default, metadata_context built from CEL, no
     # CONTINUE_AND_REPLACE (the service never sends it).
@@ -113,9 +123,14 @@ def shape_config(cfg: dict[str, Any], host: HostShape) -> dict[str, Any]:
     ext_proc["processing_mode"] = dict(host.modes)
     ext_proc["allow_mode_override"] = host.allow_mode_override
     ext_proc.pop("allowed_override_modes", None)
-    if host.modes["request_header_mode"] == "SEND":
+    if host.attributes is not None:
+        ext_proc["request_attributes"] = list(host.attributes)
+    elif host.modes["request_header_mode"] == "SEND":
         # The host sends the request headers: the path comes from them, not from attributes.
         ext_proc["request_attributes"] = ["xds.route_name"]
+    if host.service_defaults:
+        for route in converting_routes(cfg):
+            route["metadata"]["filter_metadata"].pop(METADATA_NAMESPACE)
     if host.settings_namespace is not None:
         settings: dict[str, Any] = {"enabled": True}
         for route in converting_routes(cfg):
