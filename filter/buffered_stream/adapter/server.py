@@ -26,6 +26,7 @@ from . import metrics
 from ..core.template import NATIVE_RUNS
 from .service import ExternalProcessor
 from ..settings import ServiceSettings
+from ..tls import CertificateReloader, TlsFiles, load_tls_material, server_credentials
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class Service:
         self.bound_port = 0
         self._server: grpc.aio.Server | None = None
         self._http: asyncio.AbstractServer | None = None
+        self.tls_reloader: CertificateReloader | None = None  # with TLS: swaps in rotated certificates
 
     async def start(self) -> None:
         size = self.settings.max_message_bytes
@@ -71,7 +73,13 @@ class Service:
             server,
         )
         listen = self.settings.listen
-        self.bound_port = server.add_insecure_port(listen)
+        files = TlsFiles.from_settings(self.settings)
+        if files is None:
+            self.bound_port = server.add_insecure_port(listen)
+        else:
+            # Checked again here: a pool worker may start long after its supervisor checked them.
+            credentials, self.tls_reloader = server_credentials(files, load_tls_material(files))
+            self.bound_port = server.add_secure_port(listen, credentials)
         if self.bound_port == 0 and not listen.startswith("unix:"):
             raise OSError(f"cannot listen on {listen}")
         await server.start()
@@ -80,7 +88,7 @@ class Service:
             host, port = split_host_port(self.settings.metrics_listen)
             self._http = await metrics.serve_http(host, port, lambda: self.serving)
         await self._set_serving(not self.pooled)
-        log.info("ext_proc service listening on %s", listen)
+        log.info("ext_proc service listening on %s%s", listen, _tls_note(files))
         if not NATIVE_RUNS:
             log.warning("the native run matcher was not built (no C compiler at install): buffered answers "
                         "are matched in pure Python, at 2-5x the CPU per conversion")
@@ -107,6 +115,14 @@ class Service:
         if self._http is not None:
             self._http.close()
         log.info("stopped")
+
+
+def _tls_note(files: TlsFiles | None) -> str:
+    if files is None:
+        return " (plaintext)"
+    if files.client_ca is None:
+        return f" (TLS, certificate {files.cert})"
+    return f" (mutual TLS, certificate {files.cert}, client CA {files.client_ca})"
 
 
 async def serve_until_signalled(
