@@ -25,7 +25,12 @@ $(VENV)/.run-installed: $(SOURCES) $(LOCKS)/run.lock | $(BIN)/python
 	$(BIN)/python $(PIP_SELF)
 	touch $@
 
+# Besides the venv, the tests run promtool on the shipped alerting rules (Debian's prometheus
+# package; as root it is installed here when missing).
+INSTALL_PROMTOOL = command -v promtool >/dev/null || { apt-get update -qq && \
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
 $(VENV)/.test-installed: $(SOURCES) $(LOCKS)/test.lock | $(BIN)/python
+	$(INSTALL_PROMTOOL)
 	$(BIN)/python $(PIP_LOCKED) -r $(LOCKS)/test.lock
 	$(BIN)/python $(PIP_SELF)
 	touch $@ $(VENV)/.run-installed
@@ -42,6 +47,7 @@ test-latest:
 	rm -rf .venv-latest
 	$(PYTHON) -m venv .venv-latest
 	.venv-latest/bin/python -m pip install --quiet --upgrade pip
+	$(INSTALL_PROMTOOL)
 	.venv-latest/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager -e '.[test,fast]'
 	.venv-latest/bin/python -m pytest $(PYTEST_ARGS)
 

@@ -9,7 +9,11 @@ the answer:
 - ``hold-<N>``: the same stream, but everything before the finish chunk is sent at once and the
   rest only after ``GET /release`` — requests that stay in flight as long as the caller wants;
 - ``paced-<N>``: the same stream, one event every millisecond (one upstream chunk per token, as a
-  real server sends them).
+  real server sends them);
+- ``vllm-<N>``: vLLM 0.33's own shapes (the ``vllm`` profile's answer), generated at one token per
+  millisecond and sent the way vLLM batches them for the request's ``stream_interval`` (the first
+  token at once, then a chunk every ``stream_interval`` tokens, the rest with the finish:
+  ``vllm/v1/engine/output_processor.py``); ``vllmburst-<N>``: the same bytes all at once.
 
 ``GET /held`` says how many streams are being held; ``GET /v1/models`` lists the models.
 
@@ -37,6 +41,7 @@ MAX_TOKENS = 1 << 16
 MAX_HEADER_BYTES = 64 << 10
 PACE_SECONDS = 0.001
 MODELS_BODY = orjson.dumps({"object": "list", "data": [{"id": "bench", "object": "model"}]})
+MAX_VLLM_TOKENS = 1 << 21  # buffer-fit probes at coarse intervals reach a million tokens
 
 
 def answer_text(tokens: int) -> str:
@@ -95,6 +100,47 @@ def _response(status: str, content_type: bytes, body: bytes) -> bytes:
 
 SSE_HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
 CHUNKED_END = b"0\r\n\r\n"
+
+
+def vllm_batches(tokens: int, interval: int) -> list[int]:
+    """Tokens per chunk as vLLM sends them: 1, then ``interval`` at a time, the rest with the finish."""
+    sizes, left = [1], tokens - 1
+    while left > 0:
+        sizes.append(min(interval, left))
+        left -= sizes[-1]
+    return sizes
+
+
+@functools.lru_cache(maxsize=64)
+def vllm_rendered(tokens: int, interval: int) -> tuple[tuple[bytes, ...], tuple[float, ...], bytes]:
+    """(HTTP chunks: one per SSE event, then the end of the body; seconds before each; the native
+    answer's whole response) of an N-token answer in vLLM 0.33's shapes, finish ``length``."""
+    head = {**HEAD, "object": "chat.completion.chunk"}
+    events = [{**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                                    "finish_reason": None}], "prompt_token_ids": None, "prompt_text": None}]
+    sizes, sent = vllm_batches(tokens, interval), 0
+    for number, size in enumerate(sizes):
+        text = "".join(WORDS[i % len(WORDS)] for i in range(sent, sent + size))
+        sent += size
+        choice = {"index": 0, "delta": {"content": text}, "logprobs": None, "finish_reason": None, "token_ids": None}
+        if number == len(sizes) - 1:
+            choice.update(finish_reason="length", stop_reason=None, weight_versions=None)
+        events.append({**head, "choices": [choice], "kv_transfer_params": None})
+    events.append({**head, "choices": [], "usage": _usage(tokens)})
+    chunks = [*(_chunked([b"data: " + orjson.dumps(e) + b"\n\n"]) for e in events), _chunked([b"data: [DONE]\n\n"]) + CHUNKED_END]
+    delays = [0.0, 0.0, *(size * PACE_SECONDS for size in sizes[1:]), 0.0, 0.0]
+    message = {"role": "assistant", "content": answer_text(tokens), "refusal": None, "annotations": None, "audio": None,
+               "function_call": None, "reasoning": None}
+    native = {
+        **HEAD, "object": "chat.completion",
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": "length", "stop_reason": None,
+                     "token_ids": None, "routed_experts": None, "weight_versions": None}],
+        "service_tier": None, "system_fingerprint": None,
+        "usage": {**_usage(tokens), "prompt_tokens_details": None, "completion_tokens_details": None},
+        "prompt_logprobs": None, "prompt_token_ids": None, "prompt_text": None, "kv_transfer_params": None,
+        "ec_transfer_params": None, "metrics": None,
+    }
+    return tuple(chunks), tuple(delays), _response("200 OK", b"application/json", orjson.dumps(native))
 
 
 @dataclass(frozen=True)
@@ -190,11 +236,28 @@ class BenchHttp(asyncio.Protocol):
             request = orjson.loads(body)
             kind, _, size = request["model"].partition("-")
             tokens = int(size)
-            if kind not in ("bench", "hold", "paced") or not 0 < tokens <= MAX_TOKENS:
+            vllm = kind in ("vllm", "vllmburst")
+            if kind not in ("bench", "hold", "paced", "vllm", "vllmburst") or not 0 < tokens <= (MAX_VLLM_TOKENS if vllm else MAX_TOKENS):
                 raise ValueError(request["model"])
+            interval = request.get("stream_interval", 1)
+            if vllm and (type(interval) is not int or interval < 1):
+                raise ValueError(interval)
         except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError):
-            write(_response("400 Bad Request", b"application/json", b'{"error":{"message":"model must be bench-N, hold-N or paced-N"}}'))
+            write(_response("400 Bad Request", b"application/json",
+                            b'{"error":{"message":"model must be bench-N, hold-N, paced-N, vllm-N or vllmburst-N"}}'))
             return False
+        if vllm:
+            chunks, delays, native = vllm_rendered(tokens, interval)
+            if not request.get("stream"):
+                write(native)
+                return False
+            write(SSE_HEAD)
+            if kind == "vllmburst":
+                write(b"".join(chunks))
+                return False
+            self.busy = True
+            asyncio.get_running_loop().create_task(self._pace_vllm(chunks, delays))
+            return True
         answer = rendered(tokens)
         if not request.get("stream"):
             write(answer.json)
@@ -225,6 +288,15 @@ class BenchHttp(asyncio.Protocol):
                 return
             self.transport.write(chunk)
             await asyncio.sleep(PACE_SECONDS)
+        self._resume(chunks[-1])
+
+    async def _pace_vllm(self, chunks: tuple[bytes, ...], delays: tuple[float, ...]) -> None:
+        for chunk, delay in zip(chunks[:-1], delays):
+            if delay:
+                await asyncio.sleep(delay)
+            if self.transport.is_closing():
+                return
+            self.transport.write(chunk)
         self._resume(chunks[-1])
 
     def _resume(self, last: bytes) -> None:

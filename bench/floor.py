@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, AsyncIterator
@@ -62,6 +63,7 @@ def _headers_reply(mode: int) -> pb.ProcessingResponse:
 
 # BENCH_FLOOR_CONVERTS=1: run the real pipeline on every body (the floor plus exactly one conversion).
 CONVERT_EVERY_TIME = os.environ.get("BENCH_FLOOR_CONVERTS") == "1"
+INTERVAL_ROUTE = re.compile(r"chat_[a-z]+_i[0-9]+")
 BUFFERED_HEADERS = _headers_reply(Mode.BUFFERED)
 STREAMED_HEADERS = _headers_reply(Mode.STREAMED)
 
@@ -69,9 +71,9 @@ STREAMED_HEADERS = _headers_reply(Mode.STREAMED)
 class Conversation:
     """The replies of one request body, built once; ``answer`` waits for its first conversion."""
 
-    def __init__(self, path: str, body: bytes) -> None:
+    def __init__(self, path: str, body: bytes, stream_interval: int = 0) -> None:
         self.spec = spec_for_path(path)
-        plan = self.spec.plan_request(body, ())
+        plan = self.spec.plan_request(body, (), stream_interval=stream_interval) if stream_interval else self.spec.plan_request(body, ())
         assert isinstance(plan, Rewrite), plan
         self.hints = plan.hints
         self.rewrite = _rewritten_request(plan.body)
@@ -106,7 +108,7 @@ class FloorProcessor(pb_grpc.ExternalProcessorServicer):
                 last = chunk.end_of_stream
                 if conversation.answer is None or CONVERT_EVERY_TIME:
                     body += chunk.body
-                    if last or not streamed:
+                    if last or not (streamed or full_duplex):  # a body in chunks is whole at its end
                         conversation.learn(bytes(body))
                 if full_duplex:
                     if last:
@@ -118,9 +120,13 @@ class FloorProcessor(pb_grpc.ExternalProcessorServicer):
             elif kind == "request_body":
                 fields = request.attributes[ATTRIBUTES_KEY].fields
                 key = request.request_body.body
-                conversation = self.conversations.get(key)
+                route = fields[ROUTE_NAME_ATTRIBUTE].string_value
+                # bench/bench_interval.py's routes (``chat_<mode>_i<N>``) ask for N tokens per chunk.
+                interval = int(route.rpartition("_i")[2]) if INTERVAL_ROUTE.fullmatch(route) else 0
+                conversation = self.conversations.get((key, interval))
                 if conversation is None:
-                    conversation = self.conversations[key] = Conversation(fields[PATH_ATTRIBUTE].string_value, key)
+                    conversation = self.conversations[(key, interval)] = Conversation(fields[PATH_ATTRIBUTE].string_value, key,
+                                                                                       interval if interval > 1 else 0)
                 full_duplex = request.protocol_config.response_body_mode == Mode.FULL_DUPLEX_STREAMED
                 streamed = "streamed" in fields[ROUTE_NAME_ATTRIBUTE].string_value
                 await write(conversation.rewrite)

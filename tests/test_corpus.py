@@ -102,3 +102,33 @@ def test_null_and_missing_are_told_apart() -> None:
     assert convert(vllm_meta, [vllm_body])["choices"][0]["message"]["content"] is None
     tgi_meta, tgi_body, _ = load("tgi-tool-call")
     assert "content" not in convert(tgi_meta, [tgi_body])["choices"][0]["message"]
+
+
+# Batched streams: the server sends N tokens per chunk (vLLM's per-request ``stream_interval``, which
+# routes ask for with ``upstream_stream_interval``; SGLang's ``--stream-interval``).
+BATCHED = {name: load(name)[0]["stream_interval"] for name in CASES if "stream_interval" in load(name)[0]}
+
+
+def test_batched_stream_cases_cover_every_shape() -> None:
+    assert set(BATCHED) == {f"vllm-interval-{shape}" for shape in
+                            ("chat-text", "chat-logprobs", "tool-calls", "reasoning", "n2", "completions")}
+
+
+@pytest.mark.parametrize("name", sorted(BATCHED))
+def test_batched_stream_cases_really_batch(name: str) -> None:
+    """Each batched case carries several tokens per chunk: per choice, at most the first token alone,
+    then one chunk per ``stream_interval`` tokens and the finish; logprob lists never longer than N,
+    and at least one of exactly N where the case has logprobs."""
+    meta, body, _ = load(name)
+    interval = BATCHED[name]
+    assert interval > 1
+    events = [orjson.loads(line[6:]) for line in body.split(b"\n") if line.startswith(b"data: {")]
+    completion_tokens = next(e["usage"]["completion_tokens"] for e in events if e.get("usage"))
+    choices = [c for e in events for c in e["choices"]]
+    output = [c for c in choices if c.get("text") or {k: v for k, v in c.get("delta", {}).items() if k != "role" and v}]
+    per_choice = completion_tokens / len({c["index"] for c in choices})
+    assert len(output) <= len({c["index"] for c in choices}) * (-(-(per_choice - 1) // interval) + 2)
+    lengths = [len(lp.get("content") or lp.get("tokens") or []) for c in choices if (lp := c.get("logprobs"))]
+    assert all(n <= interval for n in lengths)
+    if lengths:
+        assert interval in lengths

@@ -39,6 +39,12 @@ class Assembler(Protocol):
     def usage(self) -> dict[str, Any] | None:
         """The usage the server reported (never summed or invented), or None."""
 
+    @property
+    def output_started(self) -> bool:
+        """Whether the stream carried any of the answer's output yet (text, reasoning, a tool call,
+        an output item or content block), not only its preamble (a role chunk, ``message_start``,
+        ``response.created``). Cheap while false (it is asked after each chunk until true)."""
+
     def result(self) -> dict[str, Any]:
         """The native non-stream answer, ready for ``orjson.dumps``."""
 

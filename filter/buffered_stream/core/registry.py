@@ -27,6 +27,10 @@ CHAT = chat.NAME
 COMPLETIONS = completions.NAME
 SCHEMAS: Mapping[str, SchemaSpec] = MappingProxyType({spec.name: spec for spec in SPECS})
 PROFILE_NAMES: tuple[str, ...] = (AUTO, *dict.fromkeys(name for spec in SPECS for name in spec.profiles))
+# Profiles for which some API sends the route's ``upstream_stream_interval`` (``SchemaSpec.plan``).
+STREAM_INTERVAL_PROFILES: tuple[str, ...] = tuple(
+    name for name in PROFILE_NAMES if any(name in spec.stream_interval_profiles for spec in SPECS)
+)
 
 
 class PathIndex:
@@ -91,10 +95,16 @@ def schema_for_path(path: str) -> str | None:
 
 
 def plan_request(
-    schema: str, body: bytes, models: tuple[str, ...] = (), max_request_bytes: int | None = None
+    schema: str,
+    body: bytes,
+    models: tuple[str, ...] = (),
+    max_request_bytes: int | None = None,
+    *,
+    profile: str = AUTO,
+    stream_interval: int = 0,
 ) -> Rewrite | Skip:
     """``schema``'s plan for a request body (see ``SchemaSpec.plan``; None: no size limit)."""
-    return spec_named(schema).plan(body, models, max_request_bytes)
+    return spec_named(schema).plan(body, models, max_request_bytes, profile=profile, stream_interval=stream_interval)
 
 
 def get_profile(name: str, schema: str = CHAT) -> Any | None:

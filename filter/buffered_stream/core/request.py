@@ -8,7 +8,7 @@ plans its own rewrite (``SchemaSpec.plan_request``); the checks every API shares
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
@@ -72,11 +72,17 @@ def model_of(request: dict[str, Any]) -> str | None:
     return model if isinstance(model, str) else None
 
 
-def stream_body(body: bytes, stream_options: Callable[[bytes | None], bytes] | None = None) -> bytes | Skip:
+def stream_body(
+    body: bytes,
+    stream_options: Callable[[bytes | None], bytes] | None = None,
+    members: Mapping[str, bytes] | None = None,
+) -> bytes | Skip:
     """The client's body byte for byte, but with one top-level ``"stream": true`` (in place of the
     first ``stream`` member's value, else appended; every other ``stream`` member removed) and, when
     ``stream_options`` is given, likewise one ``stream_options`` member whose value is
-    ``stream_options(raw value of the client's last one, or None)``. Nested keys are not touched.
+    ``stream_options(raw value of the client's last one, or None)``; likewise one member per entry
+    of ``members`` (raw JSON values, such as ``stream_interval``). Nested keys are not touched, and
+    the body is scanned once whatever is edited.
 
     Asked only of a body that parsed as an object, so the scan cannot fail; if it did, the request
     is left alone (``NOT_JSON``) rather than failed.
@@ -87,6 +93,8 @@ def stream_body(body: bytes, stream_options: Callable[[bytes | None], bytes] | N
         if stream_options is not None:
             found = layout.find("stream_options")
             changes["stream_options"] = stream_options(body[found[-1].value_start : found[-1].value_end] if found else None)
+        if members:
+            changes.update(members)
         return edit_object(body, changes, layout)
     except JsonEditError:
         return NOT_JSON

@@ -59,16 +59,31 @@ class SchemaSpec:
     # After the end payload, may an answer whose assembler is not ``finished`` still be sent? (The
     # OpenAI family: yes when it has choices; APIs with a terminal event: never.)
     answer_complete: Callable[[Mapping[str, Any]], bool] = only_when_finished
+    # Route profile names whose server honours a per-request ``stream_interval`` on this API; for
+    # them ``plan_request`` also takes ``stream_interval=N`` (tokens per upstream chunk).
+    stream_interval_profiles: frozenset[str] = frozenset()
 
     def profile(self, name: str) -> Any | None:
         """This API's profile of a route's profile name; None (auto-detect) for ``auto`` and for a
         backend this API has no profile of, so one route setting serves every API."""
         return None if name == AUTO else self.profiles.get(name)
 
-    def plan(self, body: bytes, models: tuple[str, ...] = (), max_request_bytes: int | None = None) -> Rewrite | Skip:
+    def plan(
+        self,
+        body: bytes,
+        models: tuple[str, ...] = (),
+        max_request_bytes: int | None = None,
+        *,
+        profile: str = AUTO,
+        stream_interval: int = 0,
+    ) -> Rewrite | Skip:
         """``plan_request``, but a rewrite whose body would exceed ``max_request_bytes`` (the route's
         request limit: Envoy's request buffer) is ``Skip("request_too_large")``: the request goes
-        upstream untouched instead of growing into a 413. None: no limit."""
+        upstream untouched instead of growing into a 413. None: no limit. ``stream_interval`` (the
+        route's tokens per upstream chunk, 0: off) is written only where ``profile`` is one of this
+        API's ``stream_interval_profiles``: a server that does not honour it never sees it."""
+        if stream_interval and profile in self.stream_interval_profiles:
+            return fits(self.plan_request(body, models, stream_interval=stream_interval), max_request_bytes)
         return fits(self.plan_request(body, models), max_request_bytes)
 
     def assembler(self, profile: str = AUTO, hints: Mapping[str, Any] | None = None) -> Assembler:
@@ -80,7 +95,8 @@ class SchemaSpec:
         ``upstream_error``, ``error_body``, ``usage_tokens`` and optionally ``make_assembler`` (or
         pass it: a class taking ``(profile, hints)`` fits), ``error_event`` (default: the parsed
         payload through ``upstream_error``), ``is_end_payload`` (default: none) and
-        ``answer_complete`` (default: only a ``finished`` assembler's answer)."""
+        ``answer_complete`` (default: only a ``finished`` assembler's answer) and
+        ``STREAM_INTERVAL_PROFILES`` (default: none)."""
         upstream_error = module.upstream_error
         return cls(
             name=name,
@@ -94,6 +110,7 @@ class SchemaSpec:
             usage_tokens=module.usage_tokens,
             is_end_payload=getattr(module, "is_end_payload", never_an_end_payload),
             answer_complete=getattr(module, "answer_complete", only_when_finished),
+            stream_interval_profiles=frozenset(getattr(module, "STREAM_INTERVAL_PROFILES", ())),
         )
 
 

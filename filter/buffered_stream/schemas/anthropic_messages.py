@@ -383,6 +383,11 @@ class MessagesAssembler:
         return self._finished
 
     @property
+    def output_started(self) -> bool:
+        """A content block opened (the first-token mark: servers open one with its first token)."""
+        return bool(self._blocks)
+
+    @property
     def usage(self) -> dict[str, Any] | None:
         return self._usage
 

@@ -20,10 +20,10 @@ from .chat_fast_path import ChatFastPath
 from .chat_fold import ChatFold
 from .chat_profiles import PROFILES, REASONING_KEYS, ChatProfile, vllm_line
 from .chat_render import render_chat
-from .openai_conventions import answer_complete, error_body, error_event, is_end_payload, plan_openai_request, upstream_error, usage_tokens
+from .openai_conventions import STREAM_INTERVAL_PROFILES, answer_complete, error_body, error_event, is_end_payload, plan_openai_request, upstream_error, usage_tokens
 
 __all__ = ["ChatAssembler", "PROFILES", "NAME", "PATHS", "make_assembler", "plan_request", "answer_complete", "upstream_error",
-           "error_event", "error_body", "usage_tokens", "is_end_payload"]
+           "error_event", "error_body", "usage_tokens", "is_end_payload", "STREAM_INTERVAL_PROFILES"]
 
 
 class ChatAssembler(ChatFold):
@@ -48,6 +48,20 @@ class ChatAssembler(ChatFold):
 
     def _tool_call_opened(self) -> None:
         self._fast_path.forget()
+
+    @property
+    def output_started(self) -> bool:
+        """Some choice carried output: text (content, refusal, reasoning), a tool or function call,
+        annotations or audio. Asked after each upstream chunk until it is true (the first-token mark)."""
+        for state in self._choices.values():
+            if state.calls or state.function_call is not None or state.annotations or state.audio_data:
+                return True
+            for pieces in state.texts.values():
+                if pieces.text():
+                    return True
+            if state.audio_transcript.text():
+                return True
+        return False
 
     def result(self) -> dict[str, Any]:
         profile = self._profile
@@ -76,5 +90,5 @@ PATHS = ("/v1/chat/completions", "/chat/completions")
 make_assembler = ChatAssembler
 
 
-def plan_request(body: bytes, models: tuple[str, ...]) -> Rewrite | Skip:
-    return plan_openai_request(NAME, body, models)
+def plan_request(body: bytes, models: tuple[str, ...], stream_interval: int = 0) -> Rewrite | Skip:
+    return plan_openai_request(NAME, body, models, stream_interval)

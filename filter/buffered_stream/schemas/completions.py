@@ -20,10 +20,10 @@ from ..core.request import Rewrite, Skip
 from .openai_base import GENERIC, ChoiceAssembler, OpenAIProfile, copy_logprobs, keys, malformed, merge_last, merge_logprobs
 from .vllm_releases import BEFORE_PROMPT_TOKEN_IDS, CURRENT
 from .vllm_releases import LINES as VLLM_LINES
-from .openai_conventions import answer_complete, error_body, error_event, is_end_payload, plan_openai_request, upstream_error, usage_tokens
+from .openai_conventions import STREAM_INTERVAL_PROFILES, answer_complete, error_body, error_event, is_end_payload, plan_openai_request, upstream_error, usage_tokens
 
 __all__ = ["CompletionsAssembler", "PROFILES", "NAME", "PATHS", "make_assembler", "plan_request", "answer_complete", "upstream_error",
-           "error_event", "error_body", "usage_tokens", "is_end_payload"]
+           "error_event", "error_body", "usage_tokens", "is_end_payload", "STREAM_INTERVAL_PROFILES"]
 
 # The native ``text_completion`` shape of each backend: the shared fields are all it needs.
 CompletionsProfile = OpenAIProfile
@@ -76,6 +76,11 @@ class CompletionsAssembler(ChoiceAssembler):
 
     def add_raw(self, payload: bytes) -> bool:
         return False  # no unparsed fast path (yet): every payload is parsed
+
+    @property
+    def output_started(self) -> bool:
+        """Some choice carried text (the first-token mark)."""
+        return any(state.text.text() for state in self._choices.values())
 
     def add(self, chunk: dict[str, Any]) -> None:
         state_of = self._choices.state_of
@@ -135,5 +140,5 @@ PATHS = ("/v1/completions", "/completions")
 make_assembler = CompletionsAssembler
 
 
-def plan_request(body: bytes, models: tuple[str, ...]) -> Rewrite | Skip:
-    return plan_openai_request(NAME, body, models)
+def plan_request(body: bytes, models: tuple[str, ...], stream_interval: int = 0) -> Rewrite | Skip:
+    return plan_openai_request(NAME, body, models, stream_interval)

@@ -28,19 +28,38 @@ _ANSWER_HINT_KEYS = ("tool_choice",)
 # Request keys whose answer a stream cannot carry (vLLM / SGLang extensions, OpenAI best_of).
 _UNSTREAMABLE_KEYS = ("prompt_logprobs", "return_prompt_token_ids", "return_meta_info", "use_beam_search")
 _END_PAYLOAD = b"[DONE]"
+# The per-request chunk size ("Number of tokens to batch into each streamed chunk. Raises the
+# server's `--stream-interval` for this request. ... The first and last chunks are always sent
+# immediately."), read from the published vLLM wheels: ``ChatCompletionRequest`` and
+# ``CompletionRequest`` (``vllm/entrypoints/openai/{chat_completion,completion}/protocol.py``) have it
+# from 0.27.0 on, passed to ``SamplingParams.stream_interval`` and applied per request by
+# ``vllm/v1/engine/output_processor.py`` (``RequestState.make_request_output``); 0.26 and older
+# ignore it (``OpenAIBaseModel``: ``extra="allow"``, logged at debug). Responses and Anthropic
+# Messages never read it. SGLang's OpenAI requests drop unknown keys (pydantic's default) and take
+# a per-request ``stream_interval`` only in the native ``/generate`` sampling params; TGI (serde
+# without ``deny_unknown_fields``), Ollama (gin ``ShouldBindJSON``), llama.cpp and llama-cpp-python
+# ignore it; OpenAI's own API rejects unknown parameters. So: the vLLM lines that include a release
+# honouring it (``vllm-0.26`` covers 0.26 - 0.27: 0.27 honours it, 0.26 ignores it), and no other
+# profile, ``auto`` included (it learns the server from the stream, after the request has left).
+STREAM_INTERVAL = "stream_interval"
+STREAM_INTERVAL_PROFILES = frozenset({"vllm", "vllm-0.28", "vllm-0.26"})
 _DEFAULT_ERROR_STATUS = 502
 _MESSAGE_EXCERPT_CHARS = 100
 
 
-def plan_openai_request(schema: str, body: bytes, models: tuple[str, ...]) -> Rewrite | Skip:
-    """Decide whether to convert a request body of ``schema`` and build the rewritten body."""
+def plan_openai_request(schema: str, body: bytes, models: tuple[str, ...], stream_interval: int = 0) -> Rewrite | Skip:
+    """Decide whether to convert a request body of ``schema`` and build the rewritten body;
+    ``stream_interval`` (tokens per upstream chunk, 0: none) is written as a top-level member, in
+    place of the client's own (see ``STREAM_INTERVAL_PROFILES`` for where it may be sent)."""
     request = load_non_stream_request(body, models)
     if isinstance(request, Skip):
         return request
     if _asks_for_unstreamable(request):
         return UNSTREAMABLE
-    # The client's bytes with only ``stream`` and ``stream_options`` edited (see ``stream_body``).
-    rewritten = stream_body(body, with_include_usage)
+    # The client's bytes with only ``stream``, ``stream_options`` (and ``stream_interval``) edited
+    # (see ``stream_body``).
+    members = {STREAM_INTERVAL: b"%d" % stream_interval} if stream_interval else None
+    rewritten = stream_body(body, with_include_usage, members)
     if isinstance(rewritten, Skip):
         return rewritten
     return Rewrite(

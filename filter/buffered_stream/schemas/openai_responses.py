@@ -456,6 +456,11 @@ class ResponsesAssembler:
     def usage(self) -> dict[str, Any] | None:
         return self._usage
 
+    @property
+    def output_started(self) -> bool:
+        """An output item was added (the first-token mark), or the terminal response came first."""
+        return bool(self._items) or self._terminal is not None
+
     def add(self, chunk: dict[str, Any]) -> None:
         if self._terminal is not None:
             return
