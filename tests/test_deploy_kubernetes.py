@@ -217,3 +217,21 @@ def test_image_build_has_a_compiler_and_checks_the_native_matcher_was_built() ->
     assert re.search(r"apt-get install .*\bgcc\b", runs)
     assert "import buffered_stream.core._runs" in runs
     assert not any("gcc" in arguments for instruction, arguments in dockerfile_stages()[-1] if instruction == "RUN")
+
+
+def test_docs_name_vllms_keep_alive_flag_for_keepalive_routes() -> None:
+    """Keep-alive bytes towards LiteLLM start with the backend's first byte: vLLM's own flag makes
+    that byte come during queueing and prefill."""
+    readme = (MANIFESTS.directory / "README.md").read_text()
+    assert "--sse-keep-alive-interval 2" in readme and "keepalive_seconds" in readme
+    assert "--sse-keep-alive-interval 2" in ENVOY_CONFIG_TEXT
+
+
+def test_check_config_finds_no_error_and_no_warning() -> None:
+    from buffered_stream.check_config import ERROR, WARNING, check
+
+    report = check(ENVOY_CONFIG)
+    assert [f for f in report.all_findings if f.level in (ERROR, WARNING)] == [], report.text()
+    assert [r.name for r in report.routes if r.action.startswith("converts")] == [
+        "vllm_a_chat_completions", "vllm_a_completions"
+    ]

@@ -279,3 +279,28 @@ def test_running_config_passes_other_paths_and_answers_the_kubelet(front: tuple[
     assert http_request(f"{envoy.url('probes')}/health/readiness").json() == {"status": "healthy"}
     assert http_request(f"{envoy.url('probes')}/v1/models").status == 404
     assert http_request(f"{envoy.url('probes')}/health/readiness", "POST", {}).status == 404
+
+
+# --- the wait for the first token ------------------------------------------------------------
+
+
+def test_litellm_pings_a_silent_backend_faster_than_the_keepalive_interval() -> None:
+    """LiteLLM's pings open the stream before the first token, so buffered-stream's keep-alive clock
+    starts there; a ping interval below ``keepalive_seconds`` leaves no gap longer than that."""
+    settings = LITELLM_CONFIG["litellm_settings"]
+    for key in ("sse_keepalive_ping_interval_seconds", "anthropic_sse_ping_interval_seconds"):
+        assert 1 <= settings[key] < KEEPALIVE_SECONDS, key
+    for model in LITELLM_CONFIG["model_list"]:
+        assert model["litellm_params"].get("keepalive_seconds") != 0, "no model turns the pings off"
+    readme = (MANIFESTS.directory / "README.md").read_text()
+    assert "sse_keepalive_ping_interval_seconds: 2" in readme and "cannot bridge" not in readme
+
+
+def test_check_config_finds_no_error_in_the_envoy_config() -> None:
+    from buffered_stream.check_config import ERROR, check
+
+    report = check(ENVOY_CONFIG)
+    assert [f for f in report.all_findings if f.level == ERROR] == [], report.text()
+    converting = [r for r in report.routes if r.action.startswith("converts")]
+    assert {r.match.removeprefix("path ") for r in converting} == CONVERTING_PATHS
+    assert all(f"a newline after {KEEPALIVE_SECONDS} s" in r.action for r in converting)

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
+import json
 import re
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from support.manifests import Manifests
+from support.net import free_port, http_request, wait_until
+from support.processes import ManagedProcess
+from support.stack import SOURCE_ROOT
+
+from buffered_stream.demo_backend import DEMO_TEXT
 
 from buffered_stream.envoy_config import converting_routes, enable_keepalive, load_packaged_config
 from buffered_stream.settings import RouteSettings, load_service_settings, route_settings_from_metadata
@@ -73,3 +85,64 @@ def test_keepalive_example_is_what_enable_keepalive_writes() -> None:
     del shipped["metadata"]["filter_metadata"]["buffered_stream"]["mode"]
     assert route == enable_keepalive(shipped, 5)
     assert route_settings_from_metadata(route["metadata"]["filter_metadata"]).keepalive_seconds == 5
+
+
+# --- the quick start, run as written ---------------------------------------------------------
+
+
+def quick_start_blocks(lang: str) -> list[str]:
+    section = README.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    return [body for block_lang, body in re.findall(r"```(\w*)\n(.*?)```", section, re.S) if block_lang == lang]
+
+
+@pytest.fixture(scope="module")
+def quick_start(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """What `make run` starts without a backend: `buffered-stream run` and its demo backend."""
+    port, admin_port, metrics_port = free_port(), free_port(), free_port()
+    args = [
+        sys.executable, "-m", "buffered_stream", "run", "--listen", f"127.0.0.1:{port}",
+        "--admin-port", str(admin_port), "--metrics-listen", f"127.0.0.1:{metrics_port}", "--demo-delay", "0.01",
+    ]
+    with ManagedProcess("run", args, tmp_path_factory.mktemp("quick-start"), env={"PYTHONPATH": str(SOURCE_ROOT)}) as run:
+        request = {"model": "demo", "messages": [{"role": "user", "content": "hi"}]}
+
+        def up() -> bool:
+            run.assert_running()
+            return http_request(f"http://127.0.0.1:{port}/v1/chat/completions", "POST", request, timeout=10).status == 200
+
+        wait_until(up, 60, interval=0.2, message=run.logs)
+        yield f"127.0.0.1:{port}"
+
+
+def test_quick_start_python_snippets_answer_every_api_through_the_sdks(quick_start: str) -> None:
+    """The README's Python snippets, as written but for the port: chat completions, completions and
+    Responses through the OpenAI SDK, Messages through the Anthropic SDK, all converted."""
+    snippets = quick_start_blocks("python")
+    assert len(snippets) == 3 and "from anthropic import Anthropic" in snippets[2]
+    printed = []
+    for snippet in snippets:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            exec(snippet.replace("127.0.0.1:10000", quick_start), {})
+        printed.append(out.getvalue())
+    words = DEMO_TEXT.split(" ")
+    assert printed[0].startswith(DEMO_TEXT) and "completion_tokens=" in printed[0]
+    text, response = printed[1].splitlines()
+    assert text == "".join(w if i == 0 else " " + w for i, w in enumerate(words[:8]))
+    assert response.startswith(DEMO_TEXT) and "output_tokens=" in response
+    assert printed[2].startswith(DEMO_TEXT) and "output_tokens=" in printed[2]
+
+
+def test_quick_start_curl_lines_answer_every_api(quick_start: str) -> None:
+    (curl_lines,) = [block for block in quick_start_blocks("sh") if "/v1/messages" in block]
+    result = subprocess.run(["bash", "-c", curl_lines.replace("127.0.0.1:10000", quick_start)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    decoder, text, answers = json.JSONDecoder(), result.stdout.strip(), []
+    while text:
+        answer, end = decoder.raw_decode(text)
+        answers.append(answer)
+        text = text[end:].strip()
+    assert [a.get("object", a.get("type")) for a in answers] == ["text_completion", "response", "message"]
+    assert answers[1]["output"][0]["content"][0]["text"] == DEMO_TEXT
+    assert answers[2]["content"] == [{"type": "text", "text": DEMO_TEXT}]

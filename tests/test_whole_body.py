@@ -242,7 +242,7 @@ def test_named_events_are_taken_in_runs_with_the_same_answer() -> None:
         b"event: error\n",  # the one name that means something: an in-stream error
         b"event: bare-json\n",
         b"event: content_block_delta \n",  # a name with a trailing space
-        b"event: ping\n",  # another name, same payload: means the same
+        b"event: ping\n",  # a keep-alive, whatever its data: dropped both ways
         b"event:content_block_delta\n",
         b"id: 9\nevent: content_block_delta\n",
         b"",  # no name at all

@@ -1,10 +1,15 @@
-"""A tiny OpenAI-compatible backend that generates slowly, to try buffered-stream without a GPU.
+"""A tiny backend that generates slowly, to try buffered-stream without a GPU.
 
-It streams like vLLM (a role chunk, one chunk per token every ``delay`` seconds, a finish chunk,
-a ``choices: []`` usage chunk when ``stream_options.include_usage`` is set, ``[DONE]``) and
+It serves the four APIs buffered-stream converts: chat completions and completions stream like
+vLLM (a role chunk, one chunk per token every ``delay`` seconds, a finish chunk, a ``choices: []``
+usage chunk when ``stream_options.include_usage`` is set, ``[DONE]``), ``/v1/responses`` like
+OpenAI's Responses API (numbered named events up to ``response.completed``) and ``/v1/messages``
+like Anthropic's Messages API (``message_start`` ... ``message_stop``, with its ``ping``). Each
 answers ``stream: false`` with the matching native JSON, so a converted answer can be compared
-with the real one. Plain asyncio streams and HTTP/1.1 (keep-alive, chunked both ways); the small
-HTTP layer is reused by the test backend.
+with the real one. A request with the header ``x-demo-wait: SECONDS`` waits that long before its
+first token, as a queued or prefilling server does; a stream fills the wait with vLLM's
+``: keep-alive`` comments (``--sse-keep-alive-interval``). Plain asyncio streams and HTTP/1.1
+(keep-alive, chunked both ways); the small HTTP layer is reused by the test backend.
 
     python -m buffered_stream.demo_backend --port 8000 --delay 0.2
 """
@@ -221,20 +226,114 @@ def completion_pair(
     return chunks, native
 
 
-def _demo_generation(path: str, request: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def responses_pair(
+    tokens: list[str],
+    *,
+    model: str = DEMO_MODEL,
+    input_tokens: int = 0,
+    incomplete: bool = False,
+) -> tuple[list[bytes], dict[str, Any]]:
+    """A Responses API stream (named events, numbered, as OpenAI and vLLM write them) and the
+    matching non-stream ``response`` object: the terminal event's ``response``."""
+    text = "".join(tokens)
+    response_id, item_id = f"resp_{uuid.uuid4().hex}", f"msg_{uuid.uuid4().hex}"
+    usage = {
+        "input_tokens": input_tokens,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": len(tokens),
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": input_tokens + len(tokens),
+    }
+    base = {
+        "id": response_id, "object": "response", "created_at": int(time.time()), "status": "in_progress",
+        "background": False, "error": None, "incomplete_details": None, "instructions": None, "model": model, "output": [],
+        "parallel_tool_calls": True, "temperature": 1.0, "tool_choice": "auto", "tools": [], "top_p": 1.0,
+        "text": {"format": {"type": "text"}}, "truncation": "disabled", "usage": None, "metadata": {},
+    }
+    status = "incomplete" if incomplete else "completed"
+    part = {"type": "output_text", "annotations": [], "logprobs": [], "text": text}
+    item = {"id": item_id, "type": "message", "status": status, "role": "assistant", "content": [part]}
+    native = {
+        **base, "status": status, "output": [item], "usage": usage,
+        "incomplete_details": {"reason": "max_output_tokens"} if incomplete else None,
+    }
+    where = {"item_id": item_id, "output_index": 0, "content_index": 0}
+    payloads: list[dict[str, Any]] = [
+        {"type": "response.created", "response": base},
+        {"type": "response.in_progress", "response": base},
+        {"type": "response.output_item.added", "output_index": 0,
+         "item": {**item, "status": "in_progress", "content": []}},
+        {"type": "response.content_part.added", **where, "part": {**part, "text": ""}},
+        *({"type": "response.output_text.delta", **where, "delta": t, "logprobs": []} for t in tokens),
+        {"type": "response.output_text.done", **where, "text": text, "logprobs": []},
+        {"type": "response.content_part.done", **where, "part": part},
+        {"type": "response.output_item.done", "output_index": 0, "item": item},
+        {"type": f"response.{status}", "response": native},
+    ]
+    events = [named_event(p["type"], {**p, "sequence_number": n}) for n, p in enumerate(payloads)]
+    return events, native
+
+
+def messages_pair(
+    tokens: list[str], *, model: str = DEMO_MODEL, input_tokens: int = 0, max_tokens_reached: bool = False
+) -> tuple[list[bytes], dict[str, Any]]:
+    """An Anthropic Messages stream (with the ``ping`` Anthropic sends after ``message_start``)
+    and the matching non-stream ``message``."""
+    text = "".join(tokens)
+    stop_reason = "max_tokens" if max_tokens_reached else "end_turn"
+    message = {
+        "id": f"msg_{uuid.uuid4().hex}", "type": "message", "role": "assistant", "model": model, "content": [],
+        "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": input_tokens, "output_tokens": 1},
+    }
+    native = {
+        **message, "content": [{"type": "text", "text": text}], "stop_reason": stop_reason,
+        "usage": {"input_tokens": input_tokens, "output_tokens": len(tokens)},
+    }
+    payloads: list[dict[str, Any]] = [
+        {"type": "message_start", "message": message},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        {"type": "ping"},
+        *({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": t}} for t in tokens),
+        {"type": "content_block_stop", "index": 0},
+        {"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": None},
+         "usage": {"output_tokens": len(tokens)}},
+        {"type": "message_stop"},
+    ]
+    return [named_event(p["type"], p) for p in payloads], native
+
+
+def named_event(name: str, payload: dict[str, Any]) -> bytes:
+    """One ``event: NAME`` + ``data:`` event (Responses and Messages streams)."""
+    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
+
+
+def demo_pair(path: str, request: dict[str, Any]) -> tuple[list[bytes], dict[str, Any]]:
+    """The demo generation for ``request`` on ``path``: its SSE events (framed) and its native answer."""
     words = DEMO_TEXT.split(" ")
     tokens = [w if i == 0 else " " + w for i, w in enumerate(words)]
-    max_tokens = request.get("max_tokens") or request.get("max_completion_tokens") or len(tokens)
-    finish_reason = "length" if max_tokens < len(tokens) else "stop"
-    prompt = orjson.dumps(request.get("messages") or request.get("prompt") or "").decode()
-    return completion_pair(
+    limit_key = {"/v1/responses": ("max_output_tokens",), "/v1/messages": ("max_tokens",)}.get(
+        path, ("max_tokens", "max_completion_tokens")
+    )
+    limit = next((request[k] for k in limit_key if isinstance(request.get(k), int)), None)
+    limit = len(tokens) if limit is None else max(limit, 0)
+    cut = limit < len(tokens)
+    tokens = tokens[:limit]
+    prompt = request.get("messages") or request.get("prompt") or request.get("input") or ""
+    prompt_tokens = len(orjson.dumps(prompt).decode().split())
+    model = request.get("model") or DEMO_MODEL
+    if path == "/v1/responses":
+        return responses_pair(tokens, model=model, input_tokens=prompt_tokens, incomplete=cut)
+    if path == "/v1/messages":
+        return messages_pair(tokens, model=model, input_tokens=prompt_tokens, max_tokens_reached=cut)
+    chunks, native = completion_pair(
         path,
-        tokens[: max(int(max_tokens), 0)],
-        model=request.get("model") or DEMO_MODEL,
-        prompt_tokens=len(prompt.split()),
-        finish_reason=finish_reason,
+        tokens,
+        model=model,
+        prompt_tokens=prompt_tokens,
+        finish_reason="length" if cut else "stop",
         include_usage=bool((request.get("stream_options") or {}).get("include_usage")),
     )
+    return [*map(sse_event, chunks), sse_event("[DONE]")], native
 
 
 def models_body(model_ids: Iterable[str] = (DEMO_MODEL,)) -> bytes:
@@ -247,13 +346,29 @@ def models_body(model_ids: Iterable[str] = (DEMO_MODEL,)) -> bytes:
 
 # --- the demo server ------------------------------------------------------------------------
 
-GENERATION_PATHS = ("/v1/chat/completions", "/v1/completions")
+GENERATION_PATHS = ("/v1/chat/completions", "/v1/completions")  # the OpenAI-shaped ones (test backend)
+DEMO_PATHS = (*GENERATION_PATHS, "/v1/responses", "/v1/messages")
+# A request asks the demo to be silent this many seconds before its first token (queueing and
+# prefill on a real server); a stream fills the wait with vLLM's keep-alive comments.
+WAIT_HEADER = "x-demo-wait"
+MAX_WAIT_SECONDS = 3600.0
+KEEP_ALIVE_COMMENT = b": keep-alive\n\n"  # vLLM's exact bytes (--sse-keep-alive-interval)
 
 
-async def _answer(request: HttpRequest, writer: asyncio.StreamWriter, delay: float) -> None:
+def _wait_seconds(request: HttpRequest) -> float | None:
+    """The first-token wait a request asks for, or None when the header is not a number of seconds."""
+    value = request.headers.get(WAIT_HEADER, "0")
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return seconds if 0 <= seconds <= MAX_WAIT_SECONDS else None
+
+
+async def _answer(request: HttpRequest, writer: asyncio.StreamWriter, delay: float, keep_alive_interval: float) -> None:
     keep_alive = request.keep_alive
     expected_method = "GET" if request.path == "/v1/models" else "POST"
-    if request.path != "/v1/models" and request.path not in GENERATION_PATHS:
+    if request.path != "/v1/models" and request.path not in DEMO_PATHS:
         await send_response(writer, 404, error_body(f"no route {request.path}"), keep_alive=keep_alive)
         return
     if request.method != expected_method:
@@ -266,26 +381,41 @@ async def _answer(request: HttpRequest, writer: asyncio.StreamWriter, delay: flo
     if not isinstance(body, dict):
         await send_response(writer, 400, error_body("body must be a JSON object"), keep_alive=keep_alive)
         return
-    chunks, native = _demo_generation(request.path, body)
+    wait = _wait_seconds(request)
+    if wait is None:
+        message = f"{WAIT_HEADER} must be a number of seconds from 0 to {MAX_WAIT_SECONDS:g}"
+        await send_response(writer, 400, error_body(message), keep_alive=keep_alive)
+        return
+    events, native = demo_pair(request.path, body)
     if not body.get("stream"):
-        await asyncio.sleep(delay * len(chunks))  # the same generation time, in silence
+        await asyncio.sleep(wait + delay * len(events))  # the same generation time, in silence
         await send_response(writer, 200, orjson.dumps(native), keep_alive=keep_alive)
         return
     await start_chunked(writer, keep_alive=keep_alive)
-    for chunk in chunks:
+    deadline = time.monotonic() + wait
+    while (left := deadline - time.monotonic()) > 0:
+        if keep_alive_interval <= 0:
+            await asyncio.sleep(left)
+            break
+        await asyncio.sleep(min(keep_alive_interval, left))
+        if deadline - time.monotonic() > 0:
+            await send_chunk(writer, KEEP_ALIVE_COMMENT)
+    for event in events:
         await asyncio.sleep(delay)
-        await send_chunk(writer, sse_event(chunk))
-    await send_chunk(writer, sse_event("[DONE]"))
+        await send_chunk(writer, event)
     await end_chunked(writer)
 
 
-async def serve_demo(host: str = "127.0.0.1", port: int = 8000, delay: float = 0.2) -> None:
-    """Serve the demo backend until cancelled."""
+async def serve_demo(
+    host: str = "127.0.0.1", port: int = 8000, delay: float = 0.2, keep_alive_interval: float = 1.0
+) -> None:
+    """Serve the demo backend until cancelled; ``keep_alive_interval`` (0: none) paces the
+    ``: keep-alive`` comments of a stream whose request asked for a first-token wait."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while (request := await read_request(reader, writer)) is not None:
-                await _answer(request, writer, delay)
+                await _answer(request, writer, delay, keep_alive_interval)
                 if not request.keep_alive:
                     break
         except (ConnectionError, asyncio.IncompleteReadError, ValueError):
@@ -303,9 +433,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--delay", type=float, default=0.2, help="seconds between tokens")
+    parser.add_argument(
+        "--sse-keep-alive-interval", type=float, default=1.0,
+        help=f"seconds between ': keep-alive' comments while a stream waits ({WAIT_HEADER}); 0: none",
+    )
     args = parser.parse_args(argv)
     try:
-        asyncio.run(serve_demo(args.host, args.port, args.delay))
+        asyncio.run(serve_demo(args.host, args.port, args.delay, args.sse_keep_alive_interval))
     except KeyboardInterrupt:
         pass
 

@@ -11,6 +11,7 @@ import copy
 import ipaddress
 import json
 import ssl
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,30 @@ _TLS_CONTEXT_TYPE = (
 )
 
 
+@dataclass(frozen=True)
+class ServiceTls:
+    """How Envoy reaches the service over (mutual) TLS: the other half of ``serve --tls-cert``.
+
+    ``trusted_ca``: PEM file of the CA(s) that signed the service's certificate;
+    ``server_name``: the name Envoy sends as SNI (unless it is an IP address) and requires in the
+    service certificate's subject alternative names (a DNS name, or an IP address SAN);
+    ``client_cert``/``client_key``: the certificate Envoy presents, for a service started with
+    ``--tls-client-ca``. Envoy reads these files when it loads the config; to rotate them without a
+    restart deliver them through SDS instead (Envoy Gateway does that from its Secrets).
+    """
+
+    trusted_ca: str
+    server_name: str
+    client_cert: str | None = None
+    client_key: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.client_cert is None) != (self.client_key is None):
+            raise ValueError("client_cert and client_key go together")
+        if not self.trusted_ca or not self.server_name:
+            raise ValueError("TLS to the service needs trusted_ca and server_name")
+
+
 def load_packaged_config() -> dict[str, Any]:
     """The shipped ``envoy.yaml`` as a dict (a fresh copy on every call)."""
     text = resources.files("buffered_stream").joinpath("envoy.yaml").read_text()
@@ -54,8 +79,9 @@ def build_envoy_config(
     listen: tuple[str, int] = ("127.0.0.1", 10000),
     admin_port: int | None = 9901,
     ext_proc_target: str | list[str] = "127.0.0.1:50051",
-    mode: str = "buffered",
+    mode: str | None = None,
     keepalive_seconds: float = 0.0,
+    ext_proc_tls: ServiceTls | None = None,
 ) -> dict[str, Any]:
     """The packaged config pointed at ``backend_url`` and the service at ``ext_proc_target``.
 
@@ -63,10 +89,11 @@ def build_envoy_config(
     the system CA bundle, which ``SSL_CERT_FILE`` overrides);
     ``ext_proc_target`` is ``host:port`` or ``unix:/path``, or a list of them (one endpoint per
     service process, e.g. the per-worker sockets of ``serve --workers N --listen unix:PATH``); ``admin_port=None`` drops the admin
-    interface; ``mode`` is the conversion mode of the converting routes; ``keepalive_seconds``
-    turns keep-alive on for them (see ``enable_keepalive``).
+    interface; ``mode`` is written into the converting routes' metadata (None: the shipped
+    routes' own); ``keepalive_seconds`` turns keep-alive on for them (see ``enable_keepalive``);
+    ``ext_proc_tls`` reaches a TCP ``ext_proc_target`` over TLS (see ``enable_service_tls``).
     """
-    if mode not in MODES:
+    if mode is not None and mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     cfg = copy.deepcopy(load_packaged_config())
     host, port = listen
@@ -77,8 +104,11 @@ def build_envoy_config(
         cfg["admin"]["address"] = _socket_address("127.0.0.1", admin_port)
     _point_backend(cfg, backend_url)
     _point_service(cfg, ext_proc_target)
+    if ext_proc_tls is not None:
+        enable_service_tls(cfg, ext_proc_tls)
     for route in converting_routes(cfg):
-        route["metadata"]["filter_metadata"][METADATA_NAMESPACE]["mode"] = mode
+        if mode is not None:
+            route["metadata"]["filter_metadata"][METADATA_NAMESPACE]["mode"] = mode
         if keepalive_seconds:
             enable_keepalive(route, keepalive_seconds)
     return cfg
@@ -97,6 +127,58 @@ def enable_keepalive(route: dict[str, Any], seconds: float) -> dict[str, Any]:
         "overrides": {"processing_mode": dict(FULL_DUPLEX_MODE)},
     }
     return route
+
+
+def defer_to_service_defaults(cfg: dict[str, Any], keepalive_seconds: float = 0.0) -> dict[str, Any]:
+    """Leave every route setting of the converting routes to the service's route defaults (in place).
+
+    Their metadata keeps only ``enabled``: a value of its own (the shipped ``mode: buffered``)
+    would override the default the service applies first. What Envoy itself must know follows
+    from the defaults: ``keepalive_seconds`` > 0 adds the full-duplex override (``enable_keepalive``,
+    which also repeats the value in the metadata, where ``check-config`` reads it).
+    """
+    for route in converting_routes(cfg):
+        route["metadata"]["filter_metadata"][METADATA_NAMESPACE] = {"enabled": True}
+        if keepalive_seconds:
+            enable_keepalive(route, keepalive_seconds)
+    return cfg
+
+
+def enable_service_tls(cfg: dict[str, Any], tls: ServiceTls) -> dict[str, Any]:
+    """Reach the service cluster over TLS (in place): an ``UpstreamTlsContext`` that checks the
+    service's certificate against ``tls.trusted_ca`` and ``tls.server_name`` and, for mutual TLS,
+    presents ``tls.client_cert``. Only for TCP endpoints: the service refuses TLS on a Unix socket
+    (the socket's directory permissions guard it), so a ``pipe`` endpoint is an error here."""
+    c = cluster(cfg, SERVICE_CLUSTER)
+    for group in c["load_assignment"]["endpoints"]:
+        for lb_endpoint in group["lb_endpoints"]:
+            if "pipe" in lb_endpoint["endpoint"]["address"]:
+                raise ValueError("TLS to the service needs TCP endpoints: a unix: socket is served in plaintext")
+    c["transport_socket"] = service_tls_transport_socket(tls)
+    return cfg
+
+
+def service_tls_transport_socket(tls: ServiceTls) -> dict[str, Any]:
+    """The ``transport_socket`` of the service cluster for ``tls`` (see ``enable_service_tls``)."""
+    is_ip = _is_ip(tls.server_name)
+    common: dict[str, Any] = {
+        # gRPC is HTTP/2, and says so in the handshake.
+        "alpn_protocols": ["h2"],
+        "validation_context": {
+            "trusted_ca": {"filename": tls.trusted_ca},
+            "match_typed_subject_alt_names": [
+                {"san_type": "IP_ADDRESS" if is_ip else "DNS", "matcher": {"exact": tls.server_name}}
+            ],
+        },
+    }
+    if tls.client_cert is not None:
+        common["tls_certificates"] = [
+            {"certificate_chain": {"filename": tls.client_cert}, "private_key": {"filename": tls.client_key}}
+        ]
+    context: dict[str, Any] = {"@type": _TLS_CONTEXT_TYPE, "common_tls_context": common}
+    if not is_ip:  # SNI carries host names only (RFC 6066)
+        context["sni"] = tls.server_name
+    return {"name": _TLS_SOCKET, "typed_config": context}
 
 
 def write_envoy_config(cfg: dict[str, Any], path: str | Path) -> Path:

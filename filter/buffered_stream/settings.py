@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 import orjson
 
-from .core.registry import PROFILE_NAMES
+from .core.registry import PROFILE_NAMES, STREAM_INTERVAL_PROFILES
 
 NAMESPACE = "buffered_stream"
 GATEWAY_NAMESPACE = "envoy-gateway"
@@ -29,6 +29,7 @@ BUFFERED_BODY_LIMIT = 16 * MiB
 STREAMED_BODY_LIMIT = 1024 * MiB
 MIN_KEEPALIVE_SECONDS = 0.1
 MAX_KEEPALIVE_SECONDS = 3600.0
+MAX_UPSTREAM_STREAM_INTERVAL = 65536
 
 
 class SettingsError(ValueError):
@@ -56,6 +57,11 @@ class RouteSettings:
     # larger goes upstream untouched (passthrough ``request_too_large``) rather than past Envoy's
     # request buffer (a 413). Default: the shipped Envoy's per_connection_buffer_limit_bytes.
     max_request_bytes: int = BUFFERED_BODY_LIMIT
+    # Tokens per upstream chunk asked of the server: converted requests get a top-level
+    # ``"stream_interval": N`` (0: off). Sent only on the APIs where the route's ``profile`` names a
+    # server line that honours it (``core.registry.STREAM_INTERVAL_PROFILES``: vLLM >= 0.27, chat and
+    # legacy completions); any other profile, ``auto`` included, is an error rather than a no-op.
+    upstream_stream_interval: int = 0
 
     @property
     def body_limit(self) -> int:
@@ -88,6 +94,15 @@ class RouteSettings:
             raise SettingsError("max_conversion_seconds must be 0 (no limit) or a positive number of seconds")
         if self.max_event_bytes > self.body_limit:
             raise SettingsError("max_event_bytes cannot exceed max_body_bytes")
+        if not 0 <= self.upstream_stream_interval <= MAX_UPSTREAM_STREAM_INTERVAL:
+            raise SettingsError(
+                f"upstream_stream_interval must be 0 (off) or a number of tokens from 1 to {MAX_UPSTREAM_STREAM_INTERVAL}"
+            )
+        if self.upstream_stream_interval and self.profile not in STREAM_INTERVAL_PROFILES:
+            raise SettingsError(
+                f"upstream_stream_interval is sent only to servers known to honour it: set profile to one of "
+                f"{', '.join(STREAM_INTERVAL_PROFILES)} (profile is {self.profile!r})"
+            )
 
     def merged(self, values: Mapping[str, Any], *, where: str, strings: bool = False) -> RouteSettings:
         """These settings with ``values`` applied; ``strings`` accepts annotation-style text values."""
@@ -215,8 +230,20 @@ class ServiceSettings:
     # filter, kgateway's ``metadataOptions`` or a host's extension metadata forwards) whose keys are
     # route settings, applied after the route metadata, in this order (see ``route_settings_from_dynamic``).
     metadata_namespaces: tuple[str, ...] = (NAMESPACE,)
+    # Prometheus labels of the per-route timing histograms (``adapter.metrics``): at most
+    # ``metrics_max_routes`` distinct route names per process, the rest counted as ``other``; a
+    # ``model`` label only when ``metrics_model_label`` is true, capped alike by ``metrics_max_models``.
+    metrics_max_routes: int = 64
+    metrics_model_label: bool = False
+    metrics_max_models: int = 32
 
     def __post_init__(self) -> None:
+        for name in ("metrics_max_routes", "metrics_max_models"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 10_000:
+                raise SettingsError(f"{name} must be a whole number from 1 to 10000, got {value!r}")
+        if not isinstance(self.metrics_model_label, bool):
+            raise SettingsError(f"metrics_model_label must be true or false, got {self.metrics_model_label!r}")
         for name in ("tls_cert", "tls_key", "tls_client_ca"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value):
@@ -274,6 +301,11 @@ def load_service_settings(path: str | None, **overrides: Any) -> ServiceSettings
         return ServiceSettings(defaults=defaults, **values)
     except TypeError as exc:  # pragma: no cover - guarded by _SERVICE_KEYS
         raise SettingsError(str(exc)) from None
+
+
+def read_settings_file(path: str) -> dict[str, Any]:
+    """The raw mapping of a YAML/JSON settings file (what ``load_service_settings`` validates)."""
+    return _read_settings_file(path)
 
 
 def _read_settings_file(path: str) -> dict[str, Any]:

@@ -31,6 +31,10 @@ log = logging.getLogger(__name__)
 CONVERTED = "converted"
 CONVERTED_KEEPALIVE = "converted_keepalive"  # converted, answer delivered after keep-alive bytes
 ABORTED = "aborted"  # the client or Envoy went away before the end
+# The ext_proc stream ended after the 200 went downstream (keep-alive routes, streamed mode) and
+# before the answer: the route `timeout` (the hard deadline) fired or the client went away; the
+# client saw a reset, never a clean end.
+ABORTED_AFTER_COMMIT = "aborted_after_commit"
 SETTINGS_ERROR = "settings_error"
 INTERNAL_ERROR = "internal_error"  # a bug in the service; the request fails, the service goes on
 PASSTHROUGH_PREFIX = "passthrough_"  # + why: path, disabled, stream_requested, not_json, status, ...
@@ -83,12 +87,57 @@ class TallyHistogram:
         self.counts[bisect_left(self.bounds, value)] += 1  # the first bound >= value: Prometheus' le
         self.sum += value
 
-    def metric(self) -> Metric:
+    def buckets(self) -> list[tuple[str, float]]:
         cumulative, buckets = 0, []
         for bound, count in zip((*self.bounds, float("inf")), self.counts):
             cumulative += count
             buckets.append((floatToGoString(bound), float(cumulative)))
-        return HistogramMetricFamily(self.name, self.documentation, buckets=buckets, sum_value=self.sum)
+        return buckets
+
+    def metric(self) -> Metric:
+        return HistogramMetricFamily(self.name, self.documentation, buckets=self.buckets(), sum_value=self.sum)
+
+
+class LabelledHistogram:
+    """``TallyHistogram`` children per label values (one per route, say), created on first use;
+    the caller bounds the values (``CappedLabel``)."""
+
+    def __init__(self, name: str, documentation: str, labels: tuple[str, ...], buckets: tuple[float, ...]) -> None:
+        self.name, self.documentation, self.labels, self.bucket_bounds = name, documentation, labels, buckets
+        self.children: dict[tuple[str, ...], TallyHistogram] = {}
+
+    def labelled(self, *values: str) -> TallyHistogram:
+        child = self.children.get(values)
+        if child is None:
+            child = self.children[values] = TallyHistogram(self.name, self.documentation, self.bucket_bounds)
+        return child
+
+    def metric(self) -> Metric:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=list(self.labels))
+        for values, child in self.children.items():
+            family.add_metric(list(values), child.buckets(), child.sum)
+        return family
+
+
+OTHER = "other"
+MAX_LABEL_CHARS = 128
+
+
+class CappedLabel:
+    """Label values with bounded cardinality: the first ``cap`` distinct values are their own
+    (cut to ``MAX_LABEL_CHARS``), every later one is ``other``. One dict lookup per use."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self._known: dict[str, str] = {}
+
+    def __call__(self, value: str) -> str:
+        label = self._known.get(value)
+        if label is None:
+            if len(self._known) >= self.cap:
+                return OTHER
+            label = self._known[value] = value[:MAX_LABEL_CHARS]
+        return label
 
 
 class _TallyCollector:
@@ -117,8 +166,56 @@ ASSEMBLY_SECONDS = TallyHistogram(
     "Time spent decoding and assembling one answer (service CPU, not waiting)",
     buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
 )
+# What the upstream stream tells about the server, per converted answer (streamed and keep-alive
+# modes: buffered mode sees the body only at its end), labelled by route (and model, see ``configure``).
+FIRST_TOKEN_SECONDS = LabelledHistogram(
+    "buffered_stream_first_token_seconds",
+    "Upstream time from its response headers to the first chunk carrying output (queueing and prefill)",
+    ("route",),
+    (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0),
+)
+GENERATION_SECONDS = LabelledHistogram(
+    "buffered_stream_generation_seconds",
+    "Upstream time from the first chunk carrying output to the end of the stream",
+    ("route",),
+    (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0),
+)
+TOKENS_PER_SECOND = LabelledHistogram(
+    "buffered_stream_tokens_per_second",
+    "Completion tokens (from the upstream's usage) per second of generation time",
+    ("route",),
+    (1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 50.0, 75.0, 100.0, 150.0, 200.0, 300.0, 500.0, 1000.0, 2500.0),
+)
+TIMING = (FIRST_TOKEN_SECONDS, GENERATION_SECONDS, TOKENS_PER_SECOND)
 REGISTRY.register(_TallyCollector((REQUESTS, GRPC_MESSAGES, RESPONSE_CHUNKS, RESPONSE_BYTES, KEEPALIVE_BYTES, SSE_EVENTS,
-                                   IN_FLIGHT, CONVERTING, ASSEMBLY_SECONDS)))
+                                   IN_FLIGHT, CONVERTING, ASSEMBLY_SECONDS, *TIMING)))
+_route_label = CappedLabel(64)
+_model_label: CappedLabel | None = None
+
+
+def configure(max_routes: int = 64, model_label: bool = False, max_models: int = 32) -> None:
+    """Label the timing histograms by at most ``max_routes`` route names (later ones: ``other``),
+    and, when ``model_label``, by at most ``max_models`` models too. Call before any observation."""
+    global _route_label, _model_label
+    _route_label = CappedLabel(max_routes)
+    _model_label = CappedLabel(max_models) if model_label else None
+    for family in TIMING:
+        family.labels = ("route", "model") if model_label else ("route",)
+        family.children.clear()
+
+
+def observe_generation(
+    route: str, model: str | None, first_token: float, generation: float | None, tokens_per_second: float | None
+) -> None:
+    """One converted answer's upstream timing (seconds; None: not measured)."""
+    labels = (_route_label(route or "unnamed"),)
+    if _model_label is not None:
+        labels += (_model_label(model or "unknown"),)
+    FIRST_TOKEN_SECONDS.labelled(*labels).observe(first_token)
+    if generation is not None:
+        GENERATION_SECONDS.labelled(*labels).observe(generation)
+    if tokens_per_second is not None:
+        TOKENS_PER_SECOND.labelled(*labels).observe(tokens_per_second)
 
 PHASES = ("request_headers", "request_body", "response_headers", "response_body", "request_trailers", "response_trailers")
 MESSAGES_BY_PHASE = {phase: GRPC_MESSAGES.labels(phase) for phase in PHASES}

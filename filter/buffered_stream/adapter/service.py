@@ -283,7 +283,7 @@ class Exchange:
         "_routes", "phase", "route", "route_name", "method", "path", "spec", "model", "hints",
         "skip_reason", "converter", "outcome", "_assembly_seconds", "full_duplex", "keepalive_seconds",
         "keepalive_bytes", "last_sent", "body_started", "pending_error", "passing", "request_body_mode",
-        "response_body_mode", "_request_chunks", "_request_bytes", "buffered_body",
+        "response_body_mode", "_request_chunks", "_request_bytes", "buffered_body", "response_at", "first_token_at",
     )
 
     def __init__(self, routes: RouteSettingsCache) -> None:
@@ -319,6 +319,10 @@ class Exchange:
         self._request_chunks: list[bytes] = []  # a request body that arrives in chunks, until its end
         self.buffered_body = False  # the upstream body comes in one message (BUFFERED), headers held
         self._request_bytes = 0
+        # perf_counter times of the upstream's response headers and of the first chunk that carried
+        # output (streamed and keep-alive modes): the time to first token and the generation time.
+        self.response_at = 0.0
+        self.first_token_at: float | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -335,6 +339,12 @@ class Exchange:
         if outcome not in _QUIET_OUTCOMES and not outcome.startswith(metrics.PASSTHROUGH_PREFIX):
             log.info("request finished: outcome=%s route=%s model=%s", outcome, self.route_name,
                      loggable(self.model))
+
+    @property
+    def committed(self) -> bool:
+        """The 200 went downstream and the answer has not: a keep-alive route (full duplex) or
+        streamed mode, between the upstream's response headers and the final reply."""
+        return self.phase is Phase.RESPONSE_BODY and (self.full_duplex or not self.buffered_body)
 
     def _pass(self, reason: str) -> None:
         self.phase = Phase.DONE
@@ -440,7 +450,9 @@ class Exchange:
         if self.spec is None:
             self.skip_reason = "path"
             return self._request_as_it_came(data, chunked)
-        plan = self.spec.plan(data, self.route.models, self.route.max_request_bytes)
+        route = self.route
+        plan = self.spec.plan(data, route.models, route.max_request_bytes, profile=route.profile,
+                              stream_interval=route.upstream_stream_interval)
         if not isinstance(plan, Rewrite):
             self.skip_reason = plan.reason
             return self._request_as_it_came(data, chunked)
@@ -499,6 +511,7 @@ class Exchange:
             request=self.hints,
         )
         metrics.CONVERTING_NOW.value += 1
+        self.response_at = time.perf_counter()
         if found.get("content-encoding", "identity").strip().lower() not in ("identity", ""):
             return self._fail(ConversionError(MALFORMED, 502, "upstream stream is content-encoded; cannot convert it"))
         if headers.end_of_stream:
@@ -541,6 +554,8 @@ class Exchange:
         answer: bytes | None = None
         try:
             self._feed(converter, data, started)
+            if self.first_token_at is None and not buffered and converter.output_started:
+                self.first_token_at = started  # asked until true; then one attribute test per chunk
             # Buffered mode has the whole body; streamed ends at end of stream or [DONE], whichever
             # comes first (a body followed by trailers never carries end_of_stream).
             if buffered or body.end_of_stream or converter.done:
@@ -558,7 +573,31 @@ class Exchange:
         self.finish(metrics.CONVERTED)
         reply = _answer_body(answer, content_length=buffered)
         _set_usage_metadata(reply.dynamic_metadata, metrics.CONVERTED, self.spec, converter.usage)
+        self._record_timing(reply.dynamic_metadata, started)
         return reply
+
+    def _record_timing(self, struct: struct_pb2.Struct, arrived: float | None) -> None:
+        """The upstream's time to first token (response headers to the first chunk carrying output),
+        its generation time (that chunk to the arrival of the last, ``arrived``) and completion tokens
+        per second of it, as dynamic metadata and per-route histograms. Streamed and keep-alive
+        modes only: a buffered body arrives whole, so there is no first chunk to time. The generation
+        time needs a later chunk than the first-token one, and tokens per second the usage too."""
+        first = self.first_token_at
+        if first is None:
+            return
+        fields = struct.fields[NAMESPACE].struct_value.fields
+        first_token = first - self.response_at
+        fields["first_token_seconds"].number_value = round(first_token, 6)
+        generation = rate = None
+        if arrived is not None and arrived > first:
+            generation = arrived - first
+            fields["generation_seconds"].number_value = round(generation, 6)
+            usage = self.converter.usage if self.converter is not None else None
+            count = self.spec.usage_tokens(usage).get("output_tokens") if usage and self.spec is not None else None
+            if type(count) is int and count >= 0:
+                rate = count / generation
+                fields["tokens_per_second"].number_value = round(rate, 3)
+        metrics.observe_generation(self.route_name, self.model, first_token, generation, rate)
 
     def _feed(self, converter: StreamConverter, data: bytes, started: float) -> None:
         """Feed one upstream chunk within the route's conversion budget (CPU seconds in the converter)."""
@@ -661,6 +700,8 @@ class Exchange:
         started = time.perf_counter()
         try:
             self._feed(converter, data, started)
+            if self.first_token_at is None and converter.output_started:
+                self.first_token_at = started  # asked until true; then one attribute test per chunk
             answer = converter.finish() if body.end_of_stream or converter.done else None
         except ConversionError as exc:
             self._assembly_seconds += time.perf_counter() - started
@@ -668,7 +709,7 @@ class Exchange:
         self._assembly_seconds += time.perf_counter() - started
         if answer is None:
             return None
-        return self._full_duplex_answer(answer)
+        return self._full_duplex_answer(answer, arrived=started)
 
     def _on_full_duplex_trailers(self) -> Replies:
         """An upstream body that ends with trailers never says end_of_stream: the trailers end it."""
@@ -680,7 +721,9 @@ class Exchange:
             return self._fail(exc)
         return self._full_duplex_answer(answer, end_of_stream=False), CONTINUE_RESPONSE_TRAILERS
 
-    def _full_duplex_answer(self, answer: bytes, *, end_of_stream: bool = True) -> pb.ProcessingResponse:
+    def _full_duplex_answer(
+        self, answer: bytes, *, end_of_stream: bool = True, arrived: float | None = None
+    ) -> pb.ProcessingResponse:
         assert self.converter is not None
         self.phase = Phase.DONE
         outcome = metrics.CONVERTED_KEEPALIVE if self.keepalive_bytes else metrics.CONVERTED
@@ -688,6 +731,7 @@ class Exchange:
         self.last_sent = time.monotonic()
         reply = _answer_streamed(answer, end_of_stream)
         _set_usage_metadata(reply.dynamic_metadata, outcome, self.spec, self.converter.usage)
+        self._record_timing(reply.dynamic_metadata, arrived)
         return reply
 
     def _fail(self, error: ConversionError) -> pb.ProcessingResponse:
@@ -747,6 +791,7 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
 
     def __init__(self, settings: ServiceSettings) -> None:
         self._routes = RouteSettingsCache(settings.defaults, namespaces=settings.metadata_namespaces)
+        metrics.configure(settings.metrics_max_routes, settings.metrics_model_label, settings.metrics_max_models)
         self.in_flight = 0
         self._bulk_lane = asyncio.Lock()
 
@@ -791,8 +836,9 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
                 keepalive.close()
             self.in_flight -= 1
             metrics.OPEN.value -= 1
-            # The stream ended before our final reply: the client went away or Envoy gave up.
-            exchange.finish(metrics.ABORTED)
+            # The stream ended before our final reply: the client went away or Envoy gave up (after
+            # the 200 went out, also the route `timeout`, the hard deadline: the client saw a reset).
+            exchange.finish(metrics.ABORTED_AFTER_COMMIT if exchange.committed else metrics.ABORTED)
 
 
 class _KeepaliveSender:

@@ -18,7 +18,7 @@ from .assembler import Assembler
 from .errors import LIMIT, MALFORMED, TRUNCATED, ConversionError
 from .registry import spec_named
 from .spec import AUTO, SchemaSpec
-from .sse import BARE_JSON_EVENT, ERROR_EVENT, SseDecoder
+from .sse import BARE_JSON_EVENT, ERROR_EVENT, PING_EVENT, SseDecoder
 
 # Room for field names and comments around an event of the maximal size.
 _FRAMING_SLACK_BYTES = 64 << 10
@@ -82,6 +82,13 @@ class StreamConverter:
     @property
     def usage(self) -> dict[str, Any] | None:
         return self._assembler.usage
+
+    @property
+    def output_started(self) -> bool:
+        """The stream carried some of the answer (text, reasoning, a tool call, an output item or
+        content block: the assembler's ``output_started``), not only its preamble. Meant to be asked
+        once per upstream chunk until true: the time to first token is taken there."""
+        return self._assembler.output_started
 
     def feed(self, data: bytes) -> None:
         """Consume the next body chunk; bytes after the end payload are ignored."""
@@ -193,6 +200,8 @@ class StreamConverter:
         try:
             for name, payload in events:
                 count += 1
+                if name == PING_EVENT:  # a keep-alive whatever its data (Anthropic's, and proxies')
+                    continue
                 # A name decides nothing but an error or a bare JSON line: any other event is
                 # offered to the fast path like an unnamed one (Messages name every event).
                 if not offered and name != ERROR_EVENT and name != BARE_JSON_EVENT and add_raw(payload):

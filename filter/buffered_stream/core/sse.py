@@ -35,6 +35,10 @@ Event = tuple[str, bytes]
 
 ERROR_EVENT = "error"
 BARE_JSON_EVENT = "bare-json"
+# Anthropic's keep-alive, ``event: ping`` + ``data: {"type": "ping"}``, which proxies (LiteLLM's
+# ``anthropic_sse_ping_interval_seconds``) also write: never content, on any API (the converter
+# drops it; the other pings, comments and events without data, never leave the decoder).
+PING_EVENT = "ping"
 
 _LF = 0x0A
 _CR = 0x0D

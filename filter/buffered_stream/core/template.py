@@ -22,7 +22,8 @@ A whole body (buffered mode) is matched a run at a time (``run_in``): the body s
 each payload must be ``prefix + middle + suffix``, and one ``orjson.loads`` of the middles as a JSON
 array decodes them all. The run is exactly what the SSE decoder and ``text_of`` would have found
 event by event because a valid middle holds no raw LF (so every event boundary is a split point),
-the prefix and suffix hold none either, and a name other than ``error`` changes nothing.
+the prefix and suffix hold none either, and a name other than ``error``, ``bare-json`` and
+``ping`` (which the converter gives a meaning, so no run holds them) changes nothing.
 Where the install found a C compiler, ``_runs.c`` does the same checks in one walk over the bytes
 (no copy per event; middles that are plain ASCII need no decoding at all); it takes exactly the
 events the Python code takes, which the tests check both ways on any body.
@@ -37,7 +38,7 @@ from typing import Any
 import orjson
 
 from .pieces import COMPACT_EVERY, Pieces
-from .sse import BARE_JSON_EVENT, ERROR_EVENT
+from .sse import BARE_JSON_EVENT, ERROR_EVENT, PING_EVENT
 
 # Bytes a JSON string cannot hold verbatim: a text without them is found as it is in the bytes.
 _NOT_VERBATIM = bytes(range(0x20)) + b'"\\'
@@ -51,7 +52,7 @@ _MAX_COUNT_DIGITS = 18  # below 2**63: any such integer parses, as it would in t
 _DATA_FIELDS = (b"data: ", b"data:")  # TGI writes no space
 # Event names a run may carry: plain tokens (``content_block_delta``, ``response.output_text.delta``).
 _NAME_BYTES = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-"
-_SPECIAL_NAMES = (ERROR_EVENT.encode(), BARE_JSON_EVENT.encode())  # names the converter gives a meaning
+_SPECIAL_NAMES = (ERROR_EVENT.encode(), BARE_JSON_EVENT.encode(), PING_EVENT.encode())  # names the converter gives a meaning
 _MAX_EVENT_LINE = 128
 _FIRST_RUN_BYTES = 4 << 10  # a run may be short: match a little first
 _MAX_RUN_BYTES = 16 << 10

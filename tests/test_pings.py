@@ -1,0 +1,108 @@
+"""Every keep-alive an upstream writes into its stream is consumed without touching the answer.
+
+The servers and proxies that can open a stream before the first token do it with pings (see the
+README's "What keeps the wait for the first token busy"): SSE comments (LiteLLM ``: ping``, vLLM
+``: keep-alive``, llama.cpp and TGI ``:``), Anthropic's ``event: ping`` event (Anthropic's API,
+LiteLLM's ``anthropic_sse_ping_interval_seconds``), and the blank events and empty data lines some
+servers write. Each form, before the first event and between every two events, on all four APIs,
+fed as one whole body (buffered mode, the run matchers included) and one event per feed (streamed
+and keep-alive modes), gives the very bytes the stream without it gives.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from buffered_stream.core.convert import StreamConverter
+
+TESTS = Path(__file__).parent
+PINGS = {
+    "litellm-comment": b": ping\n\n",  # LiteLLM sse_keepalive_ping_interval_seconds
+    "vllm-comment": b": keep-alive\n\n",  # vLLM --sse-keep-alive-interval
+    "bare-comment": b":\n\n",  # llama.cpp --sse-ping-interval, TGI (axum KeepAlive::default)
+    "anthropic-ping": b'event: ping\ndata: {"type": "ping"}\n\n',  # Anthropic API, LiteLLM on /v1/messages
+    "anthropic-ping-no-space": b'event:ping\ndata:{"type":"ping"}\n\n',
+    "ping-event-other-data": b"event: ping\ndata: {}\n\n",
+    "blank-line": b"\n",
+    "crlf-comment": b": ping\r\n\r\n",
+    "empty-data": b"data:\n\n",
+    "empty-data-space": b"data: \n\n",
+    "blank-event": b"event: ping\n\n",
+}
+
+
+def chat_run(tokens: int) -> tuple[bytes, dict[str, Any]]:
+    """A long text stream whose middle the whole-body run matchers take without parsing."""
+    base = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "m"}
+
+    def event(delta: dict[str, Any], finish: str | None = None) -> bytes:
+        chunk = {**base, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+        return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+    body = event({"role": "assistant", "content": ""})
+    body += b"".join(event({"content": f" t{i}"}) for i in range(tokens))
+    body += event({}, "stop") + b"data: [DONE]\n\n"
+    return body, {}
+
+
+def corpus(folder: str, name: str, schema: str) -> tuple[str, str, bytes, dict[str, Any]]:
+    meta = orjson.loads((TESTS / folder / f"{name}.meta.json").read_bytes())
+    return schema, meta.get("profile", "auto"), (TESTS / folder / f"{name}.sse").read_bytes(), meta.get("request") or {}
+
+
+CASES = {
+    "chat": corpus("corpus", "vllm-0.16-text", "chat"),
+    "chat-tool-calls": corpus("corpus", "openai-parallel-calls", "chat"),
+    "chat-long-run": ("chat", "auto", *chat_run(300)),
+    "completions": corpus("corpus", "llamacpp-live-completions-text", "completions"),
+    "responses": corpus("corpus_responses", "openai-text", "responses"),
+    "responses-vllm": corpus("corpus_responses", "vllm-reasoning-text", "responses"),
+    "messages": corpus("corpus_messages", "anthropic-text", "messages"),
+    "messages-tools": corpus("corpus_messages", "anthropic-tool-use-parallel", "messages"),
+}
+
+
+def events_of(body: bytes) -> list[bytes]:
+    """The body's events, each with its blank line (no body here uses CR line ends)."""
+    return [event + b"\n\n" for event in body.split(b"\n\n") if event.strip()]
+
+
+def convert(schema: str, profile: str, request: dict[str, Any], pieces: list[bytes]) -> bytes:
+    converter = StreamConverter(schema, profile, request=request)
+    for piece in pieces:
+        converter.feed(piece)
+    return converter.finish()
+
+
+@pytest.mark.parametrize("where", ["before-first-event", "between-events"])
+@pytest.mark.parametrize("ping", sorted(PINGS))
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_a_ping_never_changes_the_answer(case: str, ping: str, where: str) -> None:
+    schema, profile, body, request = CASES[case]
+    expected = convert(schema, profile, request, [body])
+    assert expected == convert(schema, profile, request, events_of(body)), "the case itself converts alike"
+    events, beat = events_of(body), PINGS[ping]
+    if where == "before-first-event":
+        pieces = [beat] * 10 + events  # ten pings: an upstream silent before its first token
+    else:
+        pieces = [piece for event in events for piece in (event, beat)]
+
+    assert convert(schema, profile, request, [b"".join(pieces)]) == expected, "whole body"
+    assert convert(schema, profile, request, pieces) == expected, "one event (or ping) per feed"
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_a_stream_of_only_pings_so_far_is_not_an_answer_yet(case: str) -> None:
+    """Pings alone are no answer: a stream cut after them is truncated, never an empty answer."""
+    schema, profile, _, request = CASES[case]
+    converter = StreamConverter(schema, profile, request=request)
+    for beat in PINGS.values():
+        converter.feed(beat)
+    assert not converter.done and converter.usage is None
+    with pytest.raises(Exception) as failed:
+        converter.finish()
+    assert getattr(failed.value, "kind", None) == "truncated"
