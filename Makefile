@@ -38,7 +38,10 @@ $(VENV)/.test-installed: $(SOURCES) $(LOCKS)/test.lock | $(BIN)/python
 run: $(VENV)/.run-installed
 	$(BIN)/buffered-stream run $(if $(BACKEND),--backend $(BACKEND)) $(ARGS)
 
+# Lint, format and type checks first (ruff; mypy strict on core/ and schemas/), then the suite.
+LINT = $(1)/ruff check filter tests bench && $(1)/ruff format --check filter tests bench && $(1)/mypy
 test: $(VENV)/.test-installed
+	$(call LINT,$(BIN))
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The newest releases pyproject.toml allows, in a venv of their own (not in CI): drift shows here
@@ -49,6 +52,7 @@ test-latest:
 	.venv-latest/bin/python -m pip install --quiet --upgrade pip
 	$(INSTALL_PROMTOOL)
 	.venv-latest/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager -e '.[test,fast]'
+	$(call LINT,.venv-latest/bin)
 	.venv-latest/bin/python -m pytest $(PYTEST_ARGS)
 
 # Refresh every lock from pyproject.toml with the locked uv; run.lock and runtime.lock take the

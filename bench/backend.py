@@ -28,6 +28,7 @@ import functools
 from dataclasses import dataclass
 
 import orjson
+
 from http1 import body_framing
 
 WORDS = [" the", " model", " answer", " is", " streamed", ",", " token", " by", " token", ".", "\n", " 42"]
@@ -56,7 +57,9 @@ def sse_events(tokens: int) -> list[bytes]:
     """The SSE events of an N-token answer, as vLLM streams it with usage included."""
 
     def event(choices: list, **extra: object) -> bytes:
-        return b"data: " + orjson.dumps({**HEAD, "object": "chat.completion.chunk", "choices": choices, **extra}) + b"\n\n"
+        return (
+            b"data: " + orjson.dumps({**HEAD, "object": "chat.completion.chunk", "choices": choices, **extra}) + b"\n\n"
+        )
 
     def choice(delta: dict, finish_reason: str | None = None) -> list:
         return [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]
@@ -94,7 +97,10 @@ def _chunked(events: list[bytes]) -> bytes:
 
 def _response(status: str, content_type: bytes, body: bytes) -> bytes:
     return b"HTTP/1.1 %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n\r\n%s" % (
-        status.encode(), content_type, len(body), body
+        status.encode(),
+        content_type,
+        len(body),
+        body,
     )
 
 
@@ -116,8 +122,16 @@ def vllm_rendered(tokens: int, interval: int) -> tuple[tuple[bytes, ...], tuple[
     """(HTTP chunks: one per SSE event, then the end of the body; seconds before each; the native
     answer's whole response) of an N-token answer in vLLM 0.33's shapes, finish ``length``."""
     head = {**HEAD, "object": "chat.completion.chunk"}
-    events = [{**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                                    "finish_reason": None}], "prompt_token_ids": None, "prompt_text": None}]
+    events = [
+        {
+            **head,
+            "choices": [
+                {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+            ],
+            "prompt_token_ids": None,
+            "prompt_text": None,
+        }
+    ]
     sizes, sent = vllm_batches(tokens, interval), 0
     for number, size in enumerate(sizes):
         text = "".join(WORDS[i % len(WORDS)] for i in range(sent, sent + size))
@@ -127,18 +141,44 @@ def vllm_rendered(tokens: int, interval: int) -> tuple[tuple[bytes, ...], tuple[
             choice.update(finish_reason="length", stop_reason=None, weight_versions=None)
         events.append({**head, "choices": [choice], "kv_transfer_params": None})
     events.append({**head, "choices": [], "usage": _usage(tokens)})
-    chunks = [*(_chunked([b"data: " + orjson.dumps(e) + b"\n\n"]) for e in events), _chunked([b"data: [DONE]\n\n"]) + CHUNKED_END]
+    chunks = [
+        *(_chunked([b"data: " + orjson.dumps(e) + b"\n\n"]) for e in events),
+        _chunked([b"data: [DONE]\n\n"]) + CHUNKED_END,
+    ]
     delays = [0.0, 0.0, *(size * PACE_SECONDS for size in sizes[1:]), 0.0, 0.0]
-    message = {"role": "assistant", "content": answer_text(tokens), "refusal": None, "annotations": None, "audio": None,
-               "function_call": None, "reasoning": None}
+    message = {
+        "role": "assistant",
+        "content": answer_text(tokens),
+        "refusal": None,
+        "annotations": None,
+        "audio": None,
+        "function_call": None,
+        "reasoning": None,
+    }
     native = {
-        **HEAD, "object": "chat.completion",
-        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": "length", "stop_reason": None,
-                     "token_ids": None, "routed_experts": None, "weight_versions": None}],
-        "service_tier": None, "system_fingerprint": None,
+        **HEAD,
+        "object": "chat.completion",
+        "choices": [
+            {
+                "index": 0,
+                "message": message,
+                "logprobs": None,
+                "finish_reason": "length",
+                "stop_reason": None,
+                "token_ids": None,
+                "routed_experts": None,
+                "weight_versions": None,
+            }
+        ],
+        "service_tier": None,
+        "system_fingerprint": None,
         "usage": {**_usage(tokens), "prompt_tokens_details": None, "completion_tokens_details": None},
-        "prompt_logprobs": None, "prompt_token_ids": None, "prompt_text": None, "kv_transfer_params": None,
-        "ec_transfer_params": None, "metrics": None,
+        "prompt_logprobs": None,
+        "prompt_token_ids": None,
+        "prompt_text": None,
+        "kv_transfer_params": None,
+        "ec_transfer_params": None,
+        "metrics": None,
     }
     return tuple(chunks), tuple(delays), _response("200 OK", b"application/json", orjson.dumps(native))
 
@@ -237,14 +277,21 @@ class BenchHttp(asyncio.Protocol):
             kind, _, size = request["model"].partition("-")
             tokens = int(size)
             vllm = kind in ("vllm", "vllmburst")
-            if kind not in ("bench", "hold", "paced", "vllm", "vllmburst") or not 0 < tokens <= (MAX_VLLM_TOKENS if vllm else MAX_TOKENS):
+            if kind not in ("bench", "hold", "paced", "vllm", "vllmburst") or not 0 < tokens <= (
+                MAX_VLLM_TOKENS if vllm else MAX_TOKENS
+            ):
                 raise ValueError(request["model"])
             interval = request.get("stream_interval", 1)
             if vllm and (type(interval) is not int or interval < 1):
                 raise ValueError(interval)
         except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError):
-            write(_response("400 Bad Request", b"application/json",
-                            b'{"error":{"message":"model must be bench-N, hold-N, paced-N, vllm-N or vllmburst-N"}}'))
+            write(
+                _response(
+                    "400 Bad Request",
+                    b"application/json",
+                    b'{"error":{"message":"model must be bench-N, hold-N, paced-N, vllm-N or vllmburst-N"}}',
+                )
+            )
             return False
         if vllm:
             chunks, delays, native = vllm_rendered(tokens, interval)
@@ -354,4 +401,3 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-

@@ -24,8 +24,8 @@ from collections.abc import Callable
 
 import orjson
 
+from buffered_stream.apis import make_assembler, spec_named
 from buffered_stream.core.convert import StreamConverter
-from buffered_stream.core.registry import make_assembler
 from buffered_stream.core.sse import SseDecoder
 
 PIECE = 16 << 10
@@ -121,7 +121,7 @@ def decoder_and_loads(chunks: list[bytes]) -> None:
 
 
 def feed(chunks: list[bytes], profile: str) -> StreamConverter:
-    converter = StreamConverter("chat", profile)
+    converter = StreamConverter(spec_named("chat"), profile)
     for chunk in chunks:
         converter.feed(chunk)
     return converter
@@ -174,9 +174,11 @@ def main() -> None:
     args = parser.parse_args()
 
     print(f"chat schema, profile {args.profile!r}; rates in events/s on one core")
-    print(f"{'shape':>9} {'tokens':>6} {'feed':>6} {'floor':>9} {'decode+loads':>12} {'convert':>9} "
-          f"{'/floor':>6} {'add µs':>6} {'answer B':>8} {'held B':>7} {'/answer':>7} {'feed peak B':>11} "
-          f"{'finish peak B':>13}")
+    print(
+        f"{'shape':>9} {'tokens':>6} {'feed':>6} {'floor':>9} {'decode+loads':>12} {'convert':>9} "
+        f"{'/floor':>6} {'add µs':>6} {'answer B':>8} {'held B':>7} {'/answer':>7} {'feed peak B':>11} "
+        f"{'finish peak B':>13}"
+    )
     for shape in args.shapes:
         for tokens in args.tokens:
             body = chat_body(shape, tokens)
@@ -192,11 +194,15 @@ def main() -> None:
                 answer = len(convert(chunks, args.profile))
                 feed_peak = peak_memory(lambda: feed(chunks, args.profile))
                 finish_peak = peak_memory(lambda: convert(chunks, args.profile))
-                print(f"{shape:>9} {tokens:>6} {'16 KiB' if size else 'whole':>6} {floor:>9,.0f} {decoded:>12,.0f} "
-                      f"{converted:>9,.0f} {converted / floor:>6.2f} {add_us:>6.2f} {answer:>8,} "
-                      f"{held:>7,} {held / answer:>7.2f} {feed_peak:>11,} {finish_peak:>13,}")
-    print("add µs: ChatAssembler.add per pre-parsed chunk. held: the assembler's memory with every chunk "
-          "in; peaks: the converter's while fed and with finish(), body bytes excluded")
+                print(
+                    f"{shape:>9} {tokens:>6} {'16 KiB' if size else 'whole':>6} {floor:>9,.0f} {decoded:>12,.0f} "
+                    f"{converted:>9,.0f} {converted / floor:>6.2f} {add_us:>6.2f} {answer:>8,} "
+                    f"{held:>7,} {held / answer:>7.2f} {feed_peak:>11,} {finish_peak:>13,}"
+                )
+    print(
+        "add µs: ChatAssembler.add per pre-parsed chunk. held: the assembler's memory with every chunk "
+        "in; peaks: the converter's while fed and with finish(), body bytes excluded"
+    )
 
 
 if __name__ == "__main__":

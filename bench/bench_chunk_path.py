@@ -42,13 +42,23 @@ WORDS = [" the", " model", " answer", " is", " streamed", ",", " token", " by", 
 
 def chunks(tokens: int) -> list[bytes]:
     """A vLLM-shaped stream, one SSE event per upstream chunk."""
-    out = [b'data: {%s,"choices":[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]}\n\n'
-           % HEAD.encode()]
-    out += [b'data: {%s,"choices":[{"index":0,"delta":{"content":%s},"logprobs":null,"finish_reason":null}]}\n\n'
-            % (HEAD.encode(), orjson.dumps(WORDS[i % len(WORDS)])) for i in range(tokens)]
-    out.append(b'data: {%s,"choices":[{"index":0,"delta":{"content":""},"logprobs":null,"finish_reason":"stop"}]}\n\n' % HEAD.encode())
-    out.append(b'data: {%s,"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":%d,"total_tokens":%d}}\n\n'
-               % (HEAD.encode(), tokens, tokens + 3))
+    out = [
+        b'data: {%s,"choices":[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]}\n\n'
+        % HEAD.encode()
+    ]
+    out += [
+        b'data: {%s,"choices":[{"index":0,"delta":{"content":%s},"logprobs":null,"finish_reason":null}]}\n\n'
+        % (HEAD.encode(), orjson.dumps(WORDS[i % len(WORDS)]))
+        for i in range(tokens)
+    ]
+    out.append(
+        b'data: {%s,"choices":[{"index":0,"delta":{"content":""},"logprobs":null,"finish_reason":"stop"}]}\n\n'
+        % HEAD.encode()
+    )
+    out.append(
+        b'data: {%s,"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":%d,"total_tokens":%d}}\n\n'
+        % (HEAD.encode(), tokens, tokens + 3)
+    )
     out.append(b"data: [DONE]\n\n")
     return out
 
@@ -56,17 +66,37 @@ def chunks(tokens: int) -> list[bytes]:
 def one_answer(mode: str, messages: list[pb.ProcessingRequest], routes: RouteSettingsCache) -> float:
     """Seconds spent in ``handle`` on the upstream chunks of one converted answer."""
     attributes = struct_pb2.Struct()
-    attributes.update({"xds.route_metadata": METADATA[mode], "xds.route_name": "chat", "request.path": "/v1/chat/completions",
-                       "request.method": "POST"})
+    attributes.update(
+        {
+            "xds.route_metadata": METADATA[mode],
+            "xds.route_name": "chat",
+            "request.path": "/v1/chat/completions",
+            "request.method": "POST",
+        }
+    )
     body_mode = ProcessingMode.FULL_DUPLEX_STREAMED if mode == "keepalive" else ProcessingMode.NONE
     exchange = Exchange(routes)
-    exchange.handle(pb.ProcessingRequest(
-        request_body=pb.HttpBody(body=b'{"model":"m","messages":[{"role":"user","content":"hi"}]}', end_of_stream=True),
-        attributes={"envoy.filters.http.ext_proc": attributes},
-        protocol_config=pb.ProtocolConfiguration(response_body_mode=body_mode),
-    ))
-    exchange.handle(pb.ProcessingRequest(response_headers=pb.HttpHeaders(headers=base_pb2.HeaderMap(headers=[
-        base_pb2.HeaderValue(key=":status", raw_value=b"200"), base_pb2.HeaderValue(key="content-type", raw_value=b"text/event-stream")]))))
+    exchange.handle(
+        pb.ProcessingRequest(
+            request_body=pb.HttpBody(
+                body=b'{"model":"m","messages":[{"role":"user","content":"hi"}]}', end_of_stream=True
+            ),
+            attributes={"envoy.filters.http.ext_proc": attributes},
+            protocol_config=pb.ProtocolConfiguration(response_body_mode=body_mode),
+        )
+    )
+    exchange.handle(
+        pb.ProcessingRequest(
+            response_headers=pb.HttpHeaders(
+                headers=base_pb2.HeaderMap(
+                    headers=[
+                        base_pb2.HeaderValue(key=":status", raw_value=b"200"),
+                        base_pb2.HeaderValue(key="content-type", raw_value=b"text/event-stream"),
+                    ]
+                )
+            )
+        )
+    )
     handle = exchange.handle
     started = time.perf_counter()
     for message in messages:
@@ -82,15 +112,19 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=15)
     args = parser.parse_args()
     stream = chunks(args.tokens)
-    messages = [pb.ProcessingRequest(response_body=pb.HttpBody(body=c, end_of_stream=i == len(stream) - 1))
-                for i, c in enumerate(stream)]
+    messages = [
+        pb.ProcessingRequest(response_body=pb.HttpBody(body=c, end_of_stream=i == len(stream) - 1))
+        for i, c in enumerate(stream)
+    ]
     routes = RouteSettingsCache(RouteSettings())
     print(f"{'mode':<10} {'chunks':>6} {'us/chunk median':>15} {'min':>6} {'max':>6}")
     for mode in ("streamed", "keepalive"):
         for _ in range(3):  # warm up
             one_answer(mode, messages, routes)
         per_chunk = [1e6 * one_answer(mode, messages, routes) / len(messages) for _ in range(args.repeat)]
-        print(f"{mode:<10} {len(messages):>6} {statistics.median(per_chunk):>15.2f} {min(per_chunk):>6.2f} {max(per_chunk):>6.2f}")
+        print(
+            f"{mode:<10} {len(messages):>6} {statistics.median(per_chunk):>15.2f} {min(per_chunk):>6.2f} {max(per_chunk):>6.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -30,16 +30,18 @@ from typing import Any
 import orjson
 
 import backend as bench_backend
+from buffered_stream.envoy_config import enable_keepalive, routes
 from load import pick_loader
 from run import Cell, measure
 from stack import BenchStack, Placement
 from support.net import http_request
 
-from buffered_stream.envoy_config import enable_keepalive, routes
-
 MODES = ("keepalive", "streamed", "buffered")
 INTERVALS = (1, 8, 32)
-TARGET_RATIO, TARGET_INTERVAL = 0.1, 32  # per-token cost at interval 32 against interval 1, keep-alive and streamed modes
+TARGET_RATIO, TARGET_INTERVAL = (
+    0.1,
+    32,
+)  # per-token cost at interval 32 against interval 1, keep-alive and streamed modes
 
 
 def path(mode: str, interval: int) -> str:
@@ -131,20 +133,34 @@ def largest_fitting(limit: int, interval: int) -> int:
 
 def buffer_fit(stack: IntervalStack) -> list[str]:
     limit = stack.buffer_limit
-    lines = [f"{'interval':>8} {'SSE B/token':>11} {'largest answer (tokens)':>23} {'x interval 1':>12} "
-             f"{'at it':>6} {'at +2 %':>8}"]
+    lines = [
+        f"{'interval':>8} {'SSE B/token':>11} {'largest answer (tokens)':>23} {'x interval 1':>12} "
+        f"{'at it':>6} {'at +2 %':>8}"
+    ]
     base = None
     for interval in INTERVALS:
         fits = largest_fitting(limit, interval)
         base = base or fits
-        native = http_request(f"{stack.backend_url}/v1/chat/completions", "POST", request(fits, kind="vllmburst")).json()
-        at = http_request(f"{stack.envoy_url}{path('buffered', interval)}", "POST", request(fits, kind="vllmburst"), timeout=120)
-        over = http_request(f"{stack.envoy_url}{path('buffered', interval)}", "POST", request(int(fits * 1.02), kind="vllmburst"),
-                            timeout=120)
+        native = http_request(
+            f"{stack.backend_url}/v1/chat/completions", "POST", request(fits, kind="vllmburst")
+        ).json()
+        at = http_request(
+            f"{stack.envoy_url}{path('buffered', interval)}", "POST", request(fits, kind="vllmburst"), timeout=120
+        )
+        over = http_request(
+            f"{stack.envoy_url}{path('buffered', interval)}",
+            "POST",
+            request(int(fits * 1.02), kind="vllmburst"),
+            timeout=120,
+        )
         verdict = "200 ok" if at.status == 200 and at.json() == native else f"{at.status} WRONG"
-        lines.append(f"{interval:>8} {sse_bytes(1024, interval) / 1024:>11.1f} {fits:>23,} {fits / base:>12.1f} {verdict:>6} "
-                     f"{over.status:>8}")
-    lines.append(f"(Envoy's per_connection_buffer_limit_bytes and the buffered routes' max_body_bytes: {limit:,} bytes of SSE)")
+        lines.append(
+            f"{interval:>8} {sse_bytes(1024, interval) / 1024:>11.1f} {fits:>23,} {fits / base:>12.1f} {verdict:>6} "
+            f"{over.status:>8}"
+        )
+    lines.append(
+        f"(Envoy's per_connection_buffer_limit_bytes and the buffered routes' max_body_bytes: {limit:,} bytes of SSE)"
+    )
     return lines
 
 
@@ -153,8 +169,10 @@ def per_answer_ms(cell: Cell, role: str) -> float:
 
 
 def table(cells: dict[tuple[str, int], list[Cell]], tokens: int) -> tuple[str, list[str]]:
-    header = (f"{'mode':<15} {'interval':>8} {'answers':>7} {'svc ms/ans':>10} {'envoy ms/ans':>12} {'us/token':>8} "
-              f"{'x i1':>6} {'msg/ans':>7} {'chunks/ans':>10} {'p50 ms':>7}")
+    header = (
+        f"{'mode':<15} {'interval':>8} {'answers':>7} {'svc ms/ans':>10} {'envoy ms/ans':>12} {'us/token':>8} "
+        f"{'x i1':>6} {'msg/ans':>7} {'chunks/ans':>10} {'p50 ms':>7}"
+    )
     lines, verdicts = [header, "-" * len(header)], []
     for mode in (*MODES, "keepalive floor", "streamed floor", "envoy"):
         base = None
@@ -172,11 +190,15 @@ def table(cells: dict[tuple[str, int], list[Cell]], tokens: int) -> tuple[str, l
             chunks = statistics.median(c.chunks_per_request for c in measured) if mode != "envoy" else 0.0
             p50 = statistics.median(c.load.p50_ms for c in measured)
             label = mode if mode != "envoy" else "envoy alone"
-            lines.append(f"{label:<15} {interval:>8} {answers:>7} {svc:>10.2f} {envoy:>12.2f} {per_token:>8.2f} {ratio:>6.3f} "
-                         f"{messages:>7.1f} {chunks:>10.1f} {p50:>7.0f}")
+            lines.append(
+                f"{label:<15} {interval:>8} {answers:>7} {svc:>10.2f} {envoy:>12.2f} {per_token:>8.2f} {ratio:>6.3f} "
+                f"{messages:>7.1f} {chunks:>10.1f} {p50:>7.0f}"
+            )
             if mode in ("keepalive", "streamed") and interval == TARGET_INTERVAL:
-                verdicts.append(f"{mode}: per-token cost (Envoy + service) at interval {interval} is {ratio:.3f}x interval 1 "
-                                f"(target <= {TARGET_RATIO}): {'MET' if ratio <= TARGET_RATIO else 'MISSED'}")
+                verdicts.append(
+                    f"{mode}: per-token cost (Envoy + service) at interval {interval} is {ratio:.3f}x interval 1 "
+                    f"(target <= {TARGET_RATIO}): {'MET' if ratio <= TARGET_RATIO else 'MISSED'}"
+                )
     return "\n".join(lines), verdicts
 
 
@@ -187,13 +209,20 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="2 s per cell")
     parser.add_argument("--tokens", type=int, default=1024)
     parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--repeat", type=int, default=1, help="measure each cell this many times, interleaved (medians)")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="measure each cell this many times, interleaved (medians)"
+    )
     parser.add_argument("--loader", choices=("auto", "wrk", "python"), default="auto")
     parser.add_argument("--no-fit", dest="fit", action="store_false", help="skip the buffer-fit probes")
-    parser.add_argument("--intervals", type=int, nargs="+", default=list(INTERVALS), help="tokens per chunk (default 1 8 32)")
-    parser.add_argument("--floor", action="store_true",
-                        help="also measure bench/floor.py (a minimal servicer, constant replies) on the keep-alive and streamed "
-                             "routes: what any Python ext_proc service pays for the same messages")
+    parser.add_argument(
+        "--intervals", type=int, nargs="+", default=list(INTERVALS), help="tokens per chunk (default 1 8 32)"
+    )
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="also measure bench/floor.py (a minimal servicer, constant replies) on the keep-alive and streamed "
+        "routes: what any Python ext_proc service pays for the same messages",
+    )
     args = parser.parse_args()
     INTERVALS = tuple(sorted(set(args.intervals) | {1}))
     if args.quick:
@@ -204,38 +233,56 @@ def main() -> None:
         directory.mkdir()
         floor_directory = Path(work_dir, "floor")
         floor_directory.mkdir()
-        with closing(IntervalStack(directory, Placement())) as stack, \
-                closing(IntervalStack(floor_directory, Placement(), floor=True)) as floor:
+        with (
+            closing(IntervalStack(directory, Placement())) as stack,
+            closing(IntervalStack(floor_directory, Placement(), floor=True)) as floor,
+        ):
             stack.start()
             if args.floor:
                 floor.start()
             problems = check_answers(stack, args.tokens)
-            print("converted answers equal the native ones: " + ("yes" if not problems else "NO\n  " + "\n  ".join(problems)),
-                  flush=True)
-            print(f"{args.tokens}-token answers at 1 token/ms, {args.concurrency} concurrent, {args.seconds:g} s per cell, "
-                  f"loader {args.loader}", flush=True)
+            print(
+                "converted answers equal the native ones: "
+                + ("yes" if not problems else "NO\n  " + "\n  ".join(problems)),
+                flush=True,
+            )
+            print(
+                f"{args.tokens}-token answers at 1 token/ms, {args.concurrency} concurrent, {args.seconds:g} s per cell, "
+                f"loader {args.loader}",
+                flush=True,
+            )
             cells: dict[tuple[str, int], list[Cell]] = {}
             for _ in range(args.repeat):
                 for interval in INTERVALS:
                     for mode in (*MODES, "envoy"):
                         if mode == "envoy":
-                            url, body = f"{stack.envoy_url}/direct/v1/chat/completions", request(args.tokens, stream=True, interval=interval)
+                            url, body = (
+                                f"{stack.envoy_url}/direct/v1/chat/completions",
+                                request(args.tokens, stream=True, interval=interval),
+                            )
                         else:
                             url, body = f"{stack.envoy_url}{path(mode, interval)}", request(args.tokens)
                         cell = measure(stack, args, mode, url, body, args.tokens, args.concurrency, paced=True)
                         cells.setdefault((mode, interval), []).append(cell)
-                        print(f"  measured {mode} i{interval}: {cell.load.requests} answers, {cell.load.errors} errors", flush=True)
+                        print(
+                            f"  measured {mode} i{interval}: {cell.load.requests} answers, {cell.load.errors} errors",
+                            flush=True,
+                        )
                         if args.floor and mode in ("keepalive", "streamed"):
                             url = f"{floor.envoy_url}{path(mode, interval)}"
-                            cell = measure(floor, args, mode, url, body, args.tokens, args.concurrency, paced=True, variant="floor")
+                            cell = measure(
+                                floor, args, mode, url, body, args.tokens, args.concurrency, paced=True, variant="floor"
+                            )
                             cell.counted = cells[(mode, interval)][-1].counted
                             cells.setdefault((f"{mode} floor", interval), []).append(cell)
             text, verdicts = table(cells, args.tokens)
             print()
             print(text)
-            print("\nsvc/envoy ms/ans: CPU per answer (user+system, all threads, from /proc); us/token: both together per "
-                  "token; x i1: against interval 1 of the same mode in this run; msg/ans: gRPC messages the service got "
-                  "per answer; chunks/ans: upstream body messages per answer.")
+            print(
+                "\nsvc/envoy ms/ans: CPU per answer (user+system, all threads, from /proc); us/token: both together per "
+                "token; x i1: against interval 1 of the same mode in this run; msg/ans: gRPC messages the service got "
+                "per answer; chunks/ans: upstream body messages per answer."
+            )
             print("\n".join(verdicts))
             if args.fit:
                 print("\nlargest answer that fits in buffered mode, per interval:", flush=True)

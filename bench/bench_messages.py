@@ -21,11 +21,12 @@ import argparse
 import tracemalloc
 
 import orjson
-from bench_assembly import PIECE, WORDS, best_seconds, peak_memory, pieces
 
-from buffered_stream.schemas.anthropic_messages import PROFILES, MessagesAssembler, upstream_error
+from bench_assembly import PIECE, WORDS, best_seconds, peak_memory, pieces
+from buffered_stream.apis import spec_named
 from buffered_stream.core.convert import StreamConverter
 from buffered_stream.core.sse import SseDecoder
+from buffered_stream.schemas.anthropic_messages import PROFILES, MessagesAssembler, upstream_error
 
 
 def messages_body(tokens: int) -> bytes:
@@ -35,19 +36,37 @@ def messages_body(tokens: int) -> bytes:
         return b"event: " + data["type"].encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 
     usage = {"input_tokens": 24, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0, "output_tokens": 1}
-    message = {"id": "msg_01XFDUDYJgAACzvnptvVoYEL", "type": "message", "role": "assistant",
-               "model": "claude-sonnet-4-5-20250929", "content": [], "stop_reason": None, "stop_sequence": None,
-               "usage": usage}
-    parts = [event({"type": "message_start", "message": message}),
-             event({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
-             event({"type": "ping"})]
+    message = {
+        "id": "msg_01XFDUDYJgAACzvnptvVoYEL",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude-sonnet-4-5-20250929",
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": usage,
+    }
+    parts = [
+        event({"type": "message_start", "message": message}),
+        event({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        event({"type": "ping"}),
+    ]
     parts += [
-        event({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": WORDS[i % len(WORDS)]}})
+        event(
+            {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": WORDS[i % len(WORDS)]}}
+        )
         for i in range(tokens)
     ]
     parts.append(event({"type": "content_block_stop", "index": 0}))
-    parts.append(event({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                        "usage": {"output_tokens": tokens}}))
+    parts.append(
+        event(
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                "usage": {"output_tokens": tokens},
+            }
+        )
+    )
     parts.append(event({"type": "message_stop"}))
     return b"".join(parts)
 
@@ -86,7 +105,7 @@ def pipeline(chunks: list[bytes]) -> bytes:
 
 
 def converter(chunks: list[bytes]) -> bytes:
-    stream = StreamConverter("chat", assembler=MessagesAssembler(PROFILES["auto"], {}))
+    stream = StreamConverter(spec_named("chat"), assembler=MessagesAssembler(PROFILES["auto"], {}))
     for chunk in chunks:
         stream.feed(chunk)
     return stream.finish()
@@ -118,8 +137,10 @@ def main() -> None:
     args = parser.parse_args()
 
     print("messages schema, profile 'auto'; rates in events/s on one core")
-    print(f"{'tokens':>6} {'feed':>6} {'floor':>9} {'decode+loads':>12} {'pipeline':>9} {'converter':>9} "
-          f"{'/floor':>6} {'add µs':>6} {'answer B':>8} {'held B':>7} {'/answer':>7} {'peak B':>9}")
+    print(
+        f"{'tokens':>6} {'feed':>6} {'floor':>9} {'decode+loads':>12} {'pipeline':>9} {'converter':>9} "
+        f"{'/floor':>6} {'add µs':>6} {'answer B':>8} {'held B':>7} {'/answer':>7} {'peak B':>9}"
+    )
     for tokens in args.tokens:
         body = messages_body(tokens)
         events = body.count(b"\n\n")
@@ -134,11 +155,15 @@ def main() -> None:
             converted = events / best_seconds(lambda: converter(chunks), args.seconds)
             answer = len(pipeline(chunks))
             peak = peak_memory(lambda: pipeline(chunks))
-            print(f"{tokens:>6} {'16 KiB' if size else 'whole':>6} {floor:>9,.0f} {decoded:>12,.0f} {piped:>9,.0f} "
-                  f"{converted:>9,.0f} {piped / floor:>6.2f} {add_us:>6.2f} {answer:>8,} {held:>7,} "
-                  f"{held / answer:>7.2f} {peak:>9,}")
-    print("add µs: MessagesAssembler.add per pre-parsed event. held: the assembler's memory with every event "
-          "in; peak: the pipeline's while fed and with the answer's dumps, body bytes excluded")
+            print(
+                f"{tokens:>6} {'16 KiB' if size else 'whole':>6} {floor:>9,.0f} {decoded:>12,.0f} {piped:>9,.0f} "
+                f"{converted:>9,.0f} {piped / floor:>6.2f} {add_us:>6.2f} {answer:>8,} {held:>7,} "
+                f"{held / answer:>7.2f} {peak:>9,}"
+            )
+    print(
+        "add µs: MessagesAssembler.add per pre-parsed event. held: the assembler's memory with every event "
+        "in; peak: the pipeline's while fed and with the answer's dumps, body bytes excluded"
+    )
 
 
 if __name__ == "__main__":

@@ -24,8 +24,8 @@ from collections.abc import Callable
 
 import orjson
 
-from buffered_stream.schemas.openai_responses import GENERIC, ResponsesAssembler, get_profile
 from buffered_stream.core.sse import SseDecoder
+from buffered_stream.schemas.openai_responses import GENERIC, ResponsesAssembler, get_profile
 from support.responses_replay import replay
 
 PIECE = 16 << 10
@@ -81,8 +81,13 @@ def text_body(shape: str, tokens: int) -> bytes:
     text = "".join(WORDS[i % len(WORDS)] for i in range(tokens))
     part = {"type": "output_text", "annotations": [], "logprobs": [], "text": text}
     item = {"id": item_id, "type": "message", "status": "completed", "content": [part], "role": "assistant"}
-    usage = {"input_tokens": 24, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": tokens,
-             "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 24 + tokens}
+    usage = {
+        "input_tokens": 24,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": tokens,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": 24 + tokens,
+    }
     if numbered:
         event("response.created", {"response": _response("in_progress", [], None)})
         event("response.in_progress", {"response": _response("in_progress", [], None)})
@@ -101,8 +106,20 @@ def text_body(shape: str, tokens: int) -> bytes:
     if numbered:
         event("response.completed", {"response": _response("completed", [item], usage)})
     else:
-        event("response.completed", {"response": {"id": "resp_x", "object": "response", "created_at": 1767225600,
-                                                  "status": "completed", "model": "m", "output": [item], "usage": usage}})
+        event(
+            "response.completed",
+            {
+                "response": {
+                    "id": "resp_x",
+                    "object": "response",
+                    "created_at": 1767225600,
+                    "status": "completed",
+                    "model": "m",
+                    "output": [item],
+                    "usage": usage,
+                }
+            },
+        )
     return b"".join(parts)
 
 
@@ -177,8 +194,10 @@ def main() -> None:
     args = parser.parse_args()
 
     print(f"responses schema, profile {args.profile!r}; rates in events/s on one core")
-    print(f"{'shape':>8} {'tokens':>6} {'feed':>6} {'floor':>9} {'decode+loads':>12} {'convert':>9} {'/floor':>6} "
-          f"{'add µs':>6} {'answer B':>8} {'held B':>7} {'/answer':>7} {'feed peak B':>11} {'/answer':>7}")
+    print(
+        f"{'shape':>8} {'tokens':>6} {'feed':>6} {'floor':>9} {'decode+loads':>12} {'convert':>9} {'/floor':>6} "
+        f"{'add µs':>6} {'answer B':>8} {'held B':>7} {'/answer':>7} {'feed peak B':>11} {'/answer':>7}"
+    )
     for shape in args.shapes:
         for tokens in args.tokens:
             body = text_body(shape, tokens)
@@ -192,11 +211,15 @@ def main() -> None:
                 chunks = pieces(body, size)
                 decoded = events / best_seconds(lambda: decoder_and_loads(chunks), args.seconds)
                 converted = events / best_seconds(lambda: convert(chunks, args.profile), args.seconds)
-                print(f"{shape:>8} {tokens:>6} {'16 KiB' if size else 'whole':>6} {floor:>9,.0f} {decoded:>12,.0f} "
-                      f"{converted:>9,.0f} {converted / floor:>6.2f} {add_us:>6.2f} {answer:>8,} {held:>7,} "
-                      f"{held / answer:>7.2f} {peak:>11,} {peak / answer:>7.2f}")
-    print("add µs: ResponsesAssembler.add per pre-parsed event. held: the assembler's memory with every event in; "
-          "feed peak: its peak while events stream through it (each parsed event included)")
+                print(
+                    f"{shape:>8} {tokens:>6} {'16 KiB' if size else 'whole':>6} {floor:>9,.0f} {decoded:>12,.0f} "
+                    f"{converted:>9,.0f} {converted / floor:>6.2f} {add_us:>6.2f} {answer:>8,} {held:>7,} "
+                    f"{held / answer:>7.2f} {peak:>11,} {peak / answer:>7.2f}"
+                )
+    print(
+        "add µs: ResponsesAssembler.add per pre-parsed event. held: the assembler's memory with every event in; "
+        "feed peak: its peak while events stream through it (each parsed event included)"
+    )
 
 
 if __name__ == "__main__":

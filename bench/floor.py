@@ -34,6 +34,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb  # noqa: E402
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc  # noqa: E402
 
 from buffered_stream.adapter.service import (  # noqa: E402
+    _JSON_HEADERS,
     ATTRIBUTES_KEY,
     CONTINUE_REQUEST_BODY,
     CONTINUE_REQUEST_HEADERS,
@@ -42,20 +43,21 @@ from buffered_stream.adapter.service import (  # noqa: E402
     JSON_RESPONSE_HEADERS,
     PATH_ATTRIBUTE,
     ROUTE_NAME_ATTRIBUTE,
-    _JSON_HEADERS,
     _answer_body,
     _answer_streamed,
     _rewritten_request,
 )
+from buffered_stream.apis import spec_for_path  # noqa: E402
 from buffered_stream.core.convert import StreamConverter  # noqa: E402
-from buffered_stream.core.registry import spec_for_path  # noqa: E402
 from buffered_stream.core.request import Rewrite  # noqa: E402
 
 
 def _headers_reply(mode: int) -> pb.ProcessingResponse:
     return pb.ProcessingResponse(
         response_headers=pb.HeadersResponse(
-            response=pb.CommonResponse(header_mutation=pb.HeaderMutation(set_headers=_JSON_HEADERS, remove_headers=("content-length",)))
+            response=pb.CommonResponse(
+                header_mutation=pb.HeaderMutation(set_headers=_JSON_HEADERS, remove_headers=("content-length",))
+            )
         ),
         mode_override=Mode(request_body_mode=Mode.BUFFERED, response_header_mode=Mode.SEND, response_body_mode=mode),
     )
@@ -73,7 +75,11 @@ class Conversation:
 
     def __init__(self, path: str, body: bytes, stream_interval: int = 0) -> None:
         self.spec = spec_for_path(path)
-        plan = self.spec.plan_request(body, (), stream_interval=stream_interval) if stream_interval else self.spec.plan_request(body, ())
+        plan = (
+            self.spec.plan_request(body, (), stream_interval=stream_interval)
+            if stream_interval
+            else self.spec.plan_request(body, ())
+        )
         assert isinstance(plan, Rewrite), plan
         self.hints = plan.hints
         self.rewrite = _rewritten_request(plan.body)
@@ -125,13 +131,16 @@ class FloorProcessor(pb_grpc.ExternalProcessorServicer):
                 interval = int(route.rpartition("_i")[2]) if INTERVAL_ROUTE.fullmatch(route) else 0
                 conversation = self.conversations.get((key, interval))
                 if conversation is None:
-                    conversation = self.conversations[(key, interval)] = Conversation(fields[PATH_ATTRIBUTE].string_value, key,
-                                                                                       interval if interval > 1 else 0)
+                    conversation = self.conversations[(key, interval)] = Conversation(
+                        fields[PATH_ATTRIBUTE].string_value, key, interval if interval > 1 else 0
+                    )
                 full_duplex = request.protocol_config.response_body_mode == Mode.FULL_DUPLEX_STREAMED
                 streamed = "streamed" in fields[ROUTE_NAME_ATTRIBUTE].string_value
                 await write(conversation.rewrite)
             elif kind == "response_headers":
-                await write(JSON_RESPONSE_HEADERS if full_duplex else STREAMED_HEADERS if streamed else BUFFERED_HEADERS)
+                await write(
+                    JSON_RESPONSE_HEADERS if full_duplex else STREAMED_HEADERS if streamed else BUFFERED_HEADERS
+                )
             elif kind == "request_headers":
                 await write(CONTINUE_REQUEST_HEADERS)
             elif kind == "response_trailers":
@@ -141,8 +150,13 @@ class FloorProcessor(pb_grpc.ExternalProcessorServicer):
 
 
 async def serve(listen: str) -> None:
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20),
-                                      ("grpc.so_reuseport", 0)])
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", 64 << 20),
+            ("grpc.max_send_message_length", 64 << 20),
+            ("grpc.so_reuseport", 0),
+        ]
+    )
     pb_grpc.add_ExternalProcessorServicer_to_server(FloorProcessor(), server)
     server.add_insecure_port(listen)
     await server.start()

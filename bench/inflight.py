@@ -169,12 +169,17 @@ def format_inflight(results: list[InflightResult]) -> str:
     for r in results:
         budget = 40 * 1024 + 1.2 * r.answer_bytes
         verdict = "MET" if r.service_bytes_per_request <= budget else "MISSED"
-        lines.append(f"  {r.mode}: service {r.service_bytes_per_request / 1024:.1f} KB per request in flight "
-                     f"(target <= 40 KB + 1.2 x answer = {budget / 1024:.1f} KB): {verdict}; "
-                     f"{r.ok} of {r.requested} answered correctly; service CPU while held {r.held_cpu_share:.1%} of a core"
-                     + (f" ({r.held_keepalives} keep-alive bytes in {HOLD_WINDOW:g} s: "
-                        f"{1e6 * r.held_cpu_share * HOLD_WINDOW / r.held_keepalives:.0f} us each)" if r.held_keepalives else ""))
+        lines.append(
+            f"  {r.mode}: service {r.service_bytes_per_request / 1024:.1f} KB per request in flight "
+            f"(target <= 40 KB + 1.2 x answer = {budget / 1024:.1f} KB): {verdict}; "
+            f"{r.ok} of {r.requested} answered correctly; service CPU while held {r.held_cpu_share:.1%} of a core"
+            + (
+                f" ({r.held_keepalives} keep-alive bytes in {HOLD_WINDOW:g} s: "
+                f"{1e6 * r.held_cpu_share * HOLD_WINDOW / r.held_keepalives:.0f} us each)"
+                if r.held_keepalives
+                else ""
+            )
+        )
         for why, count in r.failures.items():
             lines.append(f"  {r.mode} failed: {count} x {why}")
     return "\n".join(lines)
-

@@ -47,7 +47,7 @@ class LoadResult:
 
 
 def pick_loader(name: str) -> str:
-    """"wrk" or "python"; "auto" is wrk when it is on PATH."""
+    """ "wrk" or "python"; "auto" is wrk when it is on PATH."""
     if name == "auto":
         return "wrk" if shutil.which("wrk") else "python"
     if name == "wrk" and not shutil.which("wrk"):
@@ -55,15 +55,38 @@ def pick_loader(name: str) -> str:
     return name
 
 
-def run_load(loader: str, url: str, body: bytes, concurrency: int, seconds: float, cpus: str | None = None) -> LoadResult:
+def run_load(
+    loader: str, url: str, body: bytes, concurrency: int, seconds: float, cpus: str | None = None
+) -> LoadResult:
     """Drive ``url`` (POST ``body``, or GET when empty) with ``concurrency`` connections."""
     with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp:
         if loader == "wrk":
             script = Path(tmp, "request.lua")
             script.write_text(_WRK_SCRIPT.format(method="POST" if body else "GET", body=body.decode()))
-            args = ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, math.ceil(seconds))}s", "--timeout", "30s", "-s", str(script), url]
+            args = [
+                "wrk",
+                "-t1",
+                f"-c{concurrency}",
+                f"-d{max(1, math.ceil(seconds))}s",
+                "--timeout",
+                "30s",
+                "-s",
+                str(script),
+                url,
+            ]
         else:
-            args = [sys.executable, str(LOADER), "--url", url, "--body", body.decode(), "-c", str(concurrency), "-d", str(seconds)]
+            args = [
+                sys.executable,
+                str(LOADER),
+                "--url",
+                url,
+                "--body",
+                body.decode(),
+                "-c",
+                str(concurrency),
+                "-d",
+                str(seconds),
+            ]
         if cpus:
             args = ["taskset", "-c", cpus, *args]
         out_path = Path(tmp, "out")

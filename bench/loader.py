@@ -60,9 +60,12 @@ async def connection(host: str, port: int, request: bytes, tally: Tally) -> None
 async def run(url: str, body: bytes, concurrency: int, duration: float) -> dict:
     parts = urlsplit(url)
     method = b"POST" if body else b"GET"
-    request = (
-        b"%s %s HTTP/1.1\r\nhost: %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
-        % (method, (parts.path or "/").encode(), parts.netloc.encode(), len(body), body)
+    request = b"%s %s HTTP/1.1\r\nhost: %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (
+        method,
+        (parts.path or "/").encode(),
+        parts.netloc.encode(),
+        len(body),
+        body,
     )
     tally = Tally()
     started = time.monotonic()

@@ -85,13 +85,32 @@ def main() -> None:
         try:
             url = stack.envoy_url + PATHS[args.path]
             result: dict = {}
-            loader = threading.Thread(target=lambda: result.update(load=run_load(
-                pick_loader("auto"), url, chat_request(args.tokens), args.concurrency, args.seconds + 3)))
+            loader = threading.Thread(
+                target=lambda: result.update(
+                    load=run_load(
+                        pick_loader("auto"), url, chat_request(args.tokens), args.concurrency, args.seconds + 3
+                    )
+                )
+            )
             loader.start()
             out = Path(tmp) / "stacks.txt"
             pid = stack.service_pids()[0]
-            command = [py_spy, "record", "-p", str(pid), "-r", str(args.rate), "-d", str(int(args.seconds)), "-f", "raw",
-                       "-o", str(out), *(["--native"] if args.native else ["--nonblocking"]), *(["--idle"] if args.idle else [])]
+            command = [
+                py_spy,
+                "record",
+                "-p",
+                str(pid),
+                "-r",
+                str(args.rate),
+                "-d",
+                str(int(args.seconds)),
+                "-f",
+                "raw",
+                "-o",
+                str(out),
+                *(["--native"] if args.native else ["--nonblocking"]),
+                *(["--idle"] if args.idle else []),
+            ]
             spy = subprocess.run(command, capture_output=True, text=True)
             if spy.returncode:
                 raise SystemExit(f"py-spy failed: {spy.stderr.strip()}")
@@ -103,7 +122,9 @@ def main() -> None:
             stack.close()
     load = result.get("load")
     if load:
-        print(f"{args.path} {args.tokens} tokens, {args.concurrency} concurrent: {load.rps:.0f} req/s, errors {load.errors}")
+        print(
+            f"{args.path} {args.tokens} tokens, {args.concurrency} concurrent: {load.rps:.0f} req/s, errors {load.errors}"
+        )
     print(summarise(collapsed, args.top))
 
 

@@ -126,8 +126,11 @@ def soak(stack: Stack, requests: int, warmup: int, concurrency: int) -> None:
         ("concurrency", str(concurrency)),
         ("duration", f"{duration:.1f} s"),
         ("throughput", f"{requests / duration:.0f} req/s"),
-        ("latency p50 / p99 / max", f"{statistics.median(latencies) * 1e3:.1f} / "
-                                    f"{latencies[int(len(latencies) * 0.99)] * 1e3:.1f} / {latencies[-1] * 1e3:.1f} ms"),
+        (
+            "latency p50 / p99 / max",
+            f"{statistics.median(latencies) * 1e3:.1f} / "
+            f"{latencies[int(len(latencies) * 0.99)] * 1e3:.1f} / {latencies[-1] * 1e3:.1f} ms",
+        ),
         ("results", ", ".join(f"{k}: {v}" for k, v in sorted((results + warm_results).items()))),
         ("service outcomes (/metrics)", ", ".join(f"{k}: {v}" for k, v in sorted(outcomes.items()))),
         ("service RSS after warm-up", f"{rss_warm / MiB:.1f} MiB"),

@@ -27,19 +27,18 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO_ROOT / "filter"), str(REPO_ROOT / "tests")]
 
 from buffered_stream.envoy_config import (  # noqa: E402
-    enable_keepalive,
     BACKEND_CLUSTER,
     SERVICE_CLUSTER,
     build_envoy_config,
     cluster,
+    enable_keepalive,
     routes,
     write_envoy_config,
 )
+from procstat import ProcStat  # noqa: E402
 from support.net import free_port, port_open, wait_until  # noqa: E402
 from support.processes import ManagedProcess  # noqa: E402
 from support.stack import find_envoy_binary  # noqa: E402
-
-from procstat import ProcStat  # noqa: E402
 
 BENCH_DIR = Path(__file__).resolve().parent
 START_TIMEOUT = 30.0
@@ -69,7 +68,9 @@ class Placement:
     envoy_workers: int = 2
 
     def describe(self) -> str:
-        where = ", ".join(f"{role} on {getattr(self, role) or 'any CPU'}" for role in ("envoy", "service", "backend", "loader"))
+        where = ", ".join(
+            f"{role} on {getattr(self, role) or 'any CPU'}" for role in ("envoy", "service", "backend", "loader")
+        )
         return f"Envoy --concurrency {self.envoy_workers}; {where}"
 
 
@@ -115,22 +116,46 @@ class BenchStack:
 
     def _start_backend(self) -> None:
         port = free_port()
-        self.backend = self._spawn("backend", [sys.executable, str(BENCH_DIR / "backend.py"), "--port", str(port)], self.placement.backend)
+        self.backend = self._spawn(
+            "backend", [sys.executable, str(BENCH_DIR / "backend.py"), "--port", str(port)], self.placement.backend
+        )
         self.backend_url = f"http://127.0.0.1:{port}"
-        wait_until(lambda: self._alive(self.backend) and http_get(f"{self.backend_url}/held"), START_TIMEOUT,
-                   message=lambda: f"backend\n{self.backend.logs()}")
+        wait_until(
+            lambda: self._alive(self.backend) and http_get(f"{self.backend_url}/held"),
+            START_TIMEOUT,
+            message=lambda: f"backend\n{self.backend.logs()}",
+        )
 
     def _start_services(self) -> None:
-        pythonpath = os.pathsep.join(filter(None, [self.service_pythonpath, str(REPO_ROOT / "filter"), os.environ.get("PYTHONPATH")]))
+        pythonpath = os.pathsep.join(
+            filter(None, [self.service_pythonpath, str(REPO_ROOT / "filter"), os.environ.get("PYTHONPATH")])
+        )
         entry = ["-m", "buffered_stream"] if self.service_uvloop else ["-c", _PLAIN_ASYNCIO_SERVE]
         self.targets = []
         for i in range(self.service_count):
             target, metrics = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
             if self.floor:
-                args = [sys.executable, str(BENCH_DIR / "floor.py"), "--listen", target, *([] if self.service_uvloop else ["--asyncio"])]
+                args = [
+                    sys.executable,
+                    str(BENCH_DIR / "floor.py"),
+                    "--listen",
+                    target,
+                    *([] if self.service_uvloop else ["--asyncio"]),
+                ]
             else:
-                args = [sys.executable, *entry, "serve", "--listen", target, "--metrics-listen", metrics, "--log-level", "warning",
-                        "--workers", str(self.workers)]
+                args = [
+                    sys.executable,
+                    *entry,
+                    "serve",
+                    "--listen",
+                    target,
+                    "--metrics-listen",
+                    metrics,
+                    "--log-level",
+                    "warning",
+                    "--workers",
+                    str(self.workers),
+                ]
                 self.metrics_urls.append(f"http://{metrics}")
             process = self._spawn(f"service{i}", args, self.placement.service, env={"PYTHONPATH": pythonpath})
             self.services.append(process)
@@ -138,23 +163,41 @@ class BenchStack:
         if self.floor:
             for process, target in zip(self.services, self.targets):
                 port = int(target.rpartition(":")[2])
-                wait_until(lambda: self._alive(process) and port_open(port), START_TIMEOUT, message=lambda: f"floor\n{process.logs()}")
+                wait_until(
+                    lambda: self._alive(process) and port_open(port),
+                    START_TIMEOUT,
+                    message=lambda: f"floor\n{process.logs()}",
+                )
             return
         for process, url in zip(self.services, self.metrics_urls):
-            wait_until(lambda: self._alive(process) and http_get(f"{url}/healthz"), START_TIMEOUT,
-                       message=lambda: f"service\n{process.logs()}")
+            wait_until(
+                lambda: self._alive(process) and http_get(f"{url}/healthz"),
+                START_TIMEOUT,
+                message=lambda: f"service\n{process.logs()}",
+            )
 
     def _start_envoy(self) -> None:
         port, admin = free_port(), free_port()
         config = bench_envoy_config(self.backend_url, port, admin, self.targets, self.keepalive_seconds)
         path = write_envoy_config(config, self.work_dir / "envoy.json")
-        args = [str(find_envoy_binary()), "-c", str(path), "--concurrency", str(self.placement.envoy_workers),
-                "--use-dynamic-base-id", "--log-level", "warning"]
+        args = [
+            str(find_envoy_binary()),
+            "-c",
+            str(path),
+            "--concurrency",
+            str(self.placement.envoy_workers),
+            "--use-dynamic-base-id",
+            "--log-level",
+            "warning",
+        ]
         self.envoy = self._spawn("envoy", args, self.placement.envoy)
         self.envoy_url = f"http://127.0.0.1:{port}"
         self.envoy_admin = f"http://127.0.0.1:{admin}"
-        wait_until(lambda: self._alive(self.envoy) and http_get(f"{self.envoy_admin}/ready") == b"LIVE\n", START_TIMEOUT,
-                   message=lambda: f"envoy\n{self.envoy.logs()}")
+        wait_until(
+            lambda: self._alive(self.envoy) and http_get(f"{self.envoy_admin}/ready") == b"LIVE\n",
+            START_TIMEOUT,
+            message=lambda: f"envoy\n{self.envoy.logs()}",
+        )
 
     @staticmethod
     def _alive(process: ManagedProcess) -> bool:
@@ -201,10 +244,18 @@ def bench_envoy_config(
         "name": "chat_completions_streamed",
         "match": {"path": "/streamed/v1/chat/completions"},
         "route": {**chat["route"], "prefix_rewrite": "/v1/chat/completions"},
-        "metadata": {"filter_metadata": {"buffered_stream": {**chat["metadata"]["filter_metadata"]["buffered_stream"], "mode": "streamed"}}},
+        "metadata": {
+            "filter_metadata": {
+                "buffered_stream": {**chat["metadata"]["filter_metadata"]["buffered_stream"], "mode": "streamed"}
+            }
+        },
     }
     keepalive = enable_keepalive(
-        {**copy.deepcopy(streamed), "name": "chat_completions_keepalive", "match": {"path": "/keepalive/v1/chat/completions"}},
+        {
+            **copy.deepcopy(streamed),
+            "name": "chat_completions_keepalive",
+            "match": {"path": "/keepalive/v1/chat/completions"},
+        },
         keepalive_seconds,
     )
     table.insert(0, streamed)
@@ -213,7 +264,12 @@ def bench_envoy_config(
     service["load_assignment"]["endpoints"] = [
         {"lb_endpoints": [{"endpoint": {"address": _address(t)}} for t in service_targets]}
     ]
-    thresholds = {"max_connections": UNLIMITED, "max_pending_requests": UNLIMITED, "max_requests": UNLIMITED, "max_retries": UNLIMITED}
+    thresholds = {
+        "max_connections": UNLIMITED,
+        "max_pending_requests": UNLIMITED,
+        "max_requests": UNLIMITED,
+        "max_retries": UNLIMITED,
+    }
     for name in (BACKEND_CLUSTER, SERVICE_CLUSTER):
         cluster(config, name)["circuit_breakers"] = {"thresholds": [thresholds]}
     return config

@@ -40,11 +40,10 @@ sys.path[:0] = [str(REPO_ROOT / "filter"), str(REPO_ROOT / "tests")]
 import orjson  # noqa: E402
 
 from buffered_stream.envoy_config import SERVICE_CLUSTER, ServiceTls, cluster, enable_service_tls  # noqa: E402
+from procstat import ProcStat  # noqa: E402
 from support.backend import Completion  # noqa: E402
 from support.certs import CertificateAuthority, write_pair  # noqa: E402
 from support.stack import Harness, Stack, find_envoy_binary  # noqa: E402
-
-from procstat import ProcStat  # noqa: E402
 
 CONFIGS = ("tcp", "tls", "mtls", "mtls-1/conn", "unix")
 MODEL = "bench-tls"
@@ -92,21 +91,21 @@ def build_stacks(harness: Harness, pki_dir: Path, tokens: int) -> dict[str, Stac
             no_access_log(cfg)
             for step in extra:
                 step(cfg)
+
         return apply
 
-    tls = lambda t: (lambda cfg: enable_service_tls(cfg, t))  # noqa: E731
+    tls = lambda t: lambda cfg: enable_service_tls(cfg, t)  # noqa: E731
     specs = {
         "tcp": ({}, customize()),
         "tls": ({"extra_args": server_args}, customize(tls(ServiceTls(ca_file, "localhost")))),
         "mtls": ({"extra_args": (*server_args, "--tls-client-ca", ca_file)}, customize(tls(mutual))),
         "mtls-1/conn": (
-            {"extra_args": (*server_args, "--tls-client-ca", ca_file)}, customize(tls(mutual), one_stream_per_connection)
+            {"extra_args": (*server_args, "--tls-client-ca", ca_file)},
+            customize(tls(mutual), one_stream_per_connection),
         ),
         "unix": ({"unix_socket": True}, customize()),
     }
-    return {
-        name: harness.stack(backend=backend, customize=apply, **kwargs) for name, (kwargs, apply) in specs.items()
-    }
+    return {name: harness.stack(backend=backend, customize=apply, **kwargs) for name, (kwargs, apply) in specs.items()}
 
 
 def send(connection: http.client.HTTPConnection, body: bytes) -> None:
@@ -147,8 +146,10 @@ def table(results: dict[str, list[Measured]]) -> str:
     """Median (and best) µs of CPU per request over the rounds, and the medians' ratios to tcp."""
 
     def per_request(rounds: list[Measured], what: str) -> list[float]:
-        return [getattr(m, what) / m.requests * 1e6 if what != "both" else (m.service_cpu + m.envoy_cpu) / m.requests * 1e6
-                for m in rounds]
+        return [
+            getattr(m, what) / m.requests * 1e6 if what != "both" else (m.service_cpu + m.envoy_cpu) / m.requests * 1e6
+            for m in rounds
+        ]
 
     base = {what: statistics.median(per_request(results["tcp"], what)) for what in ("service_cpu", "envoy_cpu", "both")}
     rows = [
@@ -168,7 +169,9 @@ def table(results: dict[str, list[Measured]]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--requests", type=int, default=300, help="sequential converted requests per round and configuration")
+    parser.add_argument(
+        "--requests", type=int, default=300, help="sequential converted requests per round and configuration"
+    )
     parser.add_argument("--rounds", type=int, default=5, help="rounds, alternating the configurations")
     parser.add_argument("--warmup", type=int, default=30, help="requests per configuration before measuring")
     parser.add_argument("--tokens", type=int, default=256, help="tokens in the answer")
@@ -187,9 +190,11 @@ def main(argv: list[str] | None = None) -> None:
                     run_round(stacks[name], args.requests, results[name][-1])
         finally:
             harness.close()
-    print(f"{args.rounds} x {args.requests} sequential converted chat requests per link, {args.tokens}-token answers "
-          "(buffered), one client connection; CPU of the service and of Envoy from /proc/<pid>/stat; median (best) "
-          "over the rounds, ratios of the medians to tcp")
+    print(
+        f"{args.rounds} x {args.requests} sequential converted chat requests per link, {args.tokens}-token answers "
+        "(buffered), one client connection; CPU of the service and of Envoy from /proc/<pid>/stat; median (best) "
+        "over the rounds, ratios of the medians to tcp"
+    )
     print(table(results))
 
 

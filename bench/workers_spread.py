@@ -21,9 +21,9 @@ from pathlib import Path
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
+import stack as stack_module
 from load import pick_loader, run_load
 from run import PATHS, chat_request
-import stack as stack_module
 from stack import BenchStack, Placement, http_get
 
 _shipped_config = stack_module.bench_envoy_config
@@ -59,7 +59,9 @@ def per_process_requests(stack: BenchStack) -> list[float]:
 
 
 def envoy_connections(stack: BenchStack) -> int:
-    stats = orjson.loads(http_get(f"{stack.envoy_admin}/stats?format=json&filter=cluster.buffered_stream.upstream_cx_total"))
+    stats = orjson.loads(
+        http_get(f"{stack.envoy_admin}/stats?format=json&filter=cluster.buffered_stream.upstream_cx_total")
+    )
     return int(next(s["value"] for s in stats["stats"] if s["name"] == "cluster.buffered_stream.upstream_cx_total"))
 
 
@@ -74,21 +76,27 @@ def run_variant(work_dir: Path, variant: str, args: argparse.Namespace, concurre
         load = run_load(args.loader, url, chat_request(args.tokens), concurrency, args.seconds)
         counts = per_process_requests(stack)
         share = max(counts) / sum(counts) if sum(counts) else 0.0
-        return (f"{variant:9} conc {concurrency:3} run {run}: {load.rps:7.0f} req/s, {load.errors} errors, "
-                f"{envoy_connections(stack)} Envoy connection(s); per process {[int(c) for c in counts]}, busiest {share:.0%}")
+        return (
+            f"{variant:9} conc {concurrency:3} run {run}: {load.rps:7.0f} req/s, {load.errors} errors, "
+            f"{envoy_connections(stack)} Envoy connection(s); per process {[int(c) for c in counts]}, busiest {share:.0%}"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--envoy-workers", type=int, default=2, help="Envoy --concurrency (each Envoy worker has its own connections)")
+    parser.add_argument(
+        "--envoy-workers", type=int, default=2, help="Envoy --concurrency (each Envoy worker has its own connections)"
+    )
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--repeat", type=int, default=3, help="fresh stacks per cell (the kernel's choice is random)")
     parser.add_argument("--tokens", type=int, default=256)
     parser.add_argument("--variants", nargs="+", default=["reuseport", "endpoints"], choices=["reuseport", "endpoints"])
     parser.add_argument("--loader", choices=("auto", "wrk", "python"), default="auto")
-    parser.add_argument("--streams-per-connection", type=int, default=0, help="Envoy's own cap per ext_proc connection (0: none)")
+    parser.add_argument(
+        "--streams-per-connection", type=int, default=0, help="Envoy's own cap per ext_proc connection (0: none)"
+    )
     args = parser.parse_args()
     if args.streams_per_connection:
         capped_streams(args.streams_per_connection)

@@ -14,10 +14,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "filter"))
 
+from buffered_stream.envoy_config import build_envoy_config  # noqa: E402
 from support import ast_guard  # noqa: E402,F401  (installs itself: see its docstring)
 from support.backend import ScriptedBackend  # noqa: E402
 from support.processes import LIVE  # noqa: E402
-from buffered_stream.envoy_config import build_envoy_config  # noqa: E402
 from support.stack import Envoy, Harness, Service, Stack, find_envoy_binary  # noqa: E402
 
 

@@ -33,11 +33,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from buffered_stream.apis import spec_named
 from buffered_stream.core.convert import StreamConverter
 from buffered_stream.core.errors import MALFORMED, UPSTREAM_ERROR, ConversionError
-from buffered_stream.core.registry import spec_named
 from support.corpus import load_case
 from support.responses_replay import hints_of
+from support.specs import spec_of
 
 TESTS = Path(__file__).parent
 
@@ -351,7 +352,7 @@ EDGES: tuple[Any, ...] = (
     -0.0,
     "",
     f"{LEAK}",
-    f"{LEAK}-\x00\n\"\\",
+    f'{LEAK}-\x00\n"\\',
     [None],
     [f"{LEAK}"],
     [{}],
@@ -395,10 +396,17 @@ _INTEGERS = st.one_of(
 _TEXT = st.one_of(
     st.text(max_size=12),
     st.text(st.characters(min_codepoint=0x80, codec="utf-8"), max_size=6),  # non-ASCII only
-    st.sampled_from(["", LEAK, f"{LEAK}-é", "AAECAwQFBg==", "é==", "{", '{"a":1}', "[DONE]", "error", "text", DEEP_TEXT]),
+    st.sampled_from(
+        ["", LEAK, f"{LEAK}-é", "AAECAwQFBg==", "é==", "{", '{"a":1}', "[DONE]", "error", "text", DEEP_TEXT]
+    ),
 )
 _SCALARS = st.one_of(
-    st.none(), st.booleans(), _INTEGERS, st.floats(allow_nan=False, allow_infinity=False), _TEXT, st.sampled_from(list(DEEP))
+    st.none(),
+    st.booleans(),
+    _INTEGERS,
+    st.floats(allow_nan=False, allow_infinity=False),
+    _TEXT,
+    st.sampled_from(list(DEEP)),
 )
 
 
@@ -510,7 +518,9 @@ def test_damaged_framing_assembles_or_is_a_conversion_error(
         junk = data.draw(
             st.one_of(
                 st.binary(max_size=6),
-                st.sampled_from([b"\n", b"\n\n", b"\r", b"data: ", b"event: error\n", b":", b"\xff", b"\xc3", b"{", b'"']),
+                st.sampled_from(
+                    [b"\n", b"\n\n", b"\r", b"data: ", b"event: error\n", b":", b"\xff", b"\xc3", b"{", b'"']
+                ),
             )
         )
         body = body[:at] + junk + body[at:]
@@ -539,7 +549,7 @@ def test_non_ascii_base64_audio_data_is_malformed(data: str) -> None:
     finish = b'data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n'
     body = _audio_chunk("AAECAwQFBg==") + _audio_chunk(data) + finish + b"data: [DONE]\n\n"
     for pieces in ([body], [body[: len(_audio_chunk("AAECAwQFBg=="))], body[len(_audio_chunk("AAECAwQFBg==")) :]]):
-        converter = StreamConverter("chat", "openai")
+        converter = StreamConverter(spec_of("chat"), "openai")
         with pytest.raises(ConversionError) as caught:
             for piece in pieces:
                 converter.feed(piece)
@@ -569,7 +579,9 @@ def test_tool_arguments_nested_too_deep_to_rewrite_are_kept_as_streamed() -> Non
     """TGI's answer re-serialises the arguments compactly; orjson reads 600 levels but writes 254:
     ``orjson.JSONEncodeError`` escaped the render. Now they stay as streamed."""
     call = {"index": 0, "id": "0", "type": "function", "function": {"name": "f", "arguments": DEEP_TEXT}}
-    body = _chat_chunk({"role": "assistant", "tool_calls": [call]}) + _chat_chunk({}, "tool_calls") + b"data: [DONE]\n\n"
+    body = (
+        _chat_chunk({"role": "assistant", "tool_calls": [call]}) + _chat_chunk({}, "tool_calls") + b"data: [DONE]\n\n"
+    )
     for outcome in _outcomes("chat", "tgi", body):
         assert isinstance(outcome, bytes)
         assert orjson.loads(outcome)["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"] == DEEP_TEXT
@@ -579,8 +591,12 @@ def test_a_tool_input_nested_too_deep_to_answer_is_malformed() -> None:
     """A Messages tool input is parsed from its ``partial_json`` pieces: one nested deeper than an
     answer can be written is ``malformed`` where it is parsed."""
     start = b'{"type":"message_start","message":{"id":"m","type":"message","role":"assistant","model":"x","content":[],"stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":1,"output_tokens":1}}}'
-    block = b'{"type":"content_block_start","index":0,"content_block":{"type":"tool_use","id":"t","name":"f","input":{}}}'
-    delta = orjson.dumps({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": DEEP_TEXT}})
+    block = (
+        b'{"type":"content_block_start","index":0,"content_block":{"type":"tool_use","id":"t","name":"f","input":{}}}'
+    )
+    delta = orjson.dumps(
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": DEEP_TEXT}}
+    )
     body = b"".join(
         _named(name, payload)
         for name, payload in (
@@ -588,7 +604,10 @@ def test_a_tool_input_nested_too_deep_to_answer_is_malformed() -> None:
             ("content_block_start", block),
             ("content_block_delta", delta),
             ("content_block_stop", b'{"type":"content_block_stop","index":0}'),
-            ("message_delta", b'{"type":"message_delta","delta":{"stop_reason":"tool_use"},"usage":{"output_tokens":2}}'),
+            (
+                "message_delta",
+                b'{"type":"message_delta","delta":{"stop_reason":"tool_use"},"usage":{"output_tokens":2}}',
+            ),
             ("message_stop", b'{"type":"message_stop"}'),
         )
     )
@@ -601,8 +620,12 @@ def test_text_deltas_with_the_same_deeply_nested_item_id_are_no_recursion_error(
     """The Responses hot path compared each delta's (output_index, content_index, item_id) with the
     last one's: two equal item ids nested 1000 levels made ``==`` raise ``RecursionError``."""
     deep = DEEP[DEEP_OBJECT]
-    delta = b'{"type":"response.output_text.delta","output_index":0,"content_index":0,"item_id":' + deep + b',"delta":"x"}'
-    terminal = b'{"type":"response.completed","response":{"id":"r","object":"response","status":"completed","output":[]}}'
+    delta = (
+        b'{"type":"response.output_text.delta","output_index":0,"content_index":0,"item_id":' + deep + b',"delta":"x"}'
+    )
+    terminal = (
+        b'{"type":"response.completed","response":{"id":"r","object":"response","status":"completed","output":[]}}'
+    )
     body = _named("response.output_text.delta", delta) * 3 + _named("response.completed", terminal)
     for outcome in _outcomes("responses", "generic", body):
         assert isinstance(outcome, bytes)
@@ -617,10 +640,21 @@ def test_text_deltas_with_the_same_deeply_nested_item_id_are_no_recursion_error(
         ("chat", b"event: error\ndata: " + DEEP[DEEP_ARRAY] + b"\n\n"),
         ("responses", _named("error", b'{"type":"error","message":' + DEEP[DEEP_OBJECT] + b',"code":"x"}')),
         ("responses", b'data: {"error":{"message":"m","param":' + DEEP[DEEP_ARRAY] + b"}}\n\n"),
-        ("messages", _named("error", b'{"type":"error","error":{"type":"api_error","message":' + DEEP[DEEP_OBJECT] + b"}}")),
+        (
+            "messages",
+            _named("error", b'{"type":"error","error":{"type":"api_error","message":' + DEEP[DEEP_OBJECT] + b"}}"),
+        ),
         ("messages", _named("error", b'{"type":"error","error":' + DEEP[DEEP_ARRAY] + b"}")),
     ],
-    ids=["chat-message", "chat-error", "chat-error-event", "responses-message", "responses-param", "messages-message", "messages-error"],
+    ids=[
+        "chat-message",
+        "chat-error",
+        "chat-error-event",
+        "responses-message",
+        "responses-param",
+        "messages-message",
+        "messages-error",
+    ],
 )
 def test_an_upstream_error_nested_too_deep_is_still_an_upstream_error(api: str, body: bytes) -> None:
     """Its message was ``str()``-ed (a ``RecursionError`` at 1000 levels) and its object kept for
@@ -634,7 +668,12 @@ def test_an_upstream_error_nested_too_deep_is_still_an_upstream_error(api: str, 
 
 def test_a_block_index_that_is_no_integer_is_not_quoted() -> None:
     """Messages quoted a bad block index with ``repr``: any JSON value, completion text included."""
-    body = _named("content_block_delta", b'{"type":"content_block_delta","index":"' + LEAK.encode() + b' text","delta":{"type":"text_delta","text":"x"}}')
+    body = _named(
+        "content_block_delta",
+        b'{"type":"content_block_delta","index":"'
+        + LEAK.encode()
+        + b' text","delta":{"type":"text_delta","text":"x"}}',
+    )
     for outcome in _outcomes("messages", "generic", body):
         assert isinstance(outcome, ConversionError) and outcome.kind == MALFORMED
         assert "of type str" in outcome.message

@@ -11,13 +11,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from buffered_stream.apis import PROFILE_NAMES, SCHEMAS, get_profile, make_assembler
+from buffered_stream.core.errors import LIMIT, MALFORMED, ConversionError
 from buffered_stream.schemas.chat import ChatAssembler
 from buffered_stream.schemas.chat_fold import MAX_TOOL_CALLS, MAX_TOOL_NAME_CHARS
-from buffered_stream.schemas.completions import CompletionsAssembler
-from buffered_stream.core.errors import LIMIT, MALFORMED, ConversionError
 from buffered_stream.schemas.chat_profiles import PROFILES
+from buffered_stream.schemas.completions import CompletionsAssembler
 from buffered_stream.schemas.openai_base import MAX_CHOICES
-from buffered_stream.core.registry import PROFILE_NAMES, SCHEMAS, get_profile, make_assembler
 
 
 def chunk(*choices: dict[str, Any], **top: Any) -> dict[str, Any]:
@@ -434,26 +434,48 @@ def _vllm_stream(*deltas: dict[str, Any], prompt_token_ids: bool = True) -> list
         # 0.10.2-0.11.0: reasoning_content deltas only where there is reasoning.
         (({}, {"reasoning_content": "r"}, {"content": "hi"}), True, "vllm-0.11.0"),
         # 0.11.1-0.15: reasoning_content on every delta, reasoning beside it.
-        (({"reasoning_content": None}, {"reasoning": "r", "reasoning_content": "r"}, {"content": "hi", "reasoning_content": None}), True, "vllm-0.11.1"),
+        (
+            (
+                {"reasoning_content": None},
+                {"reasoning": "r", "reasoning_content": "r"},
+                {"content": "hi", "reasoning_content": None},
+            ),
+            True,
+            "vllm-0.11.1",
+        ),
         (({"reasoning_content": None}, {"content": "hi", "reasoning_content": None}), True, "vllm-0.11.1"),
         # 0.16 on: reasoning only; the stream cannot tell 0.16-0.23 from the current line.
         (({}, {"reasoning": "r"}, {"content": "hi"}), True, "vllm"),
         (({}, {"content": "hi"}), True, "vllm"),
     ],
 )
-def test_auto_follows_the_vllm_release_line_its_stream_shows(deltas: tuple[dict[str, Any], ...], prompt_token_ids: bool, line: str) -> None:
+def test_auto_follows_the_vllm_release_line_its_stream_shows(
+    deltas: tuple[dict[str, Any], ...], prompt_token_ids: bool, line: str
+) -> None:
     chunks = _vllm_stream(*deltas, prompt_token_ids=prompt_token_ids)
     assert assemble(chunks, "auto") == assemble(chunks, line)
 
 
 def test_vllm_lines_differ_in_the_reasoning_key_and_empty_tool_calls() -> None:
     chunks = _vllm_stream({}, {"content": "hi"})
-    messages = {name: assemble(chunks, name)["choices"][0]["message"] for name in ("vllm", "vllm-0.16", "vllm-0.11.1", "vllm-0.11.0")}
-    assert messages["vllm"] == {"role": "assistant", "content": "hi", "refusal": None, "annotations": None, "audio": None,
-                                "function_call": None, "reasoning": None}
+    messages = {
+        name: assemble(chunks, name)["choices"][0]["message"]
+        for name in ("vllm", "vllm-0.16", "vllm-0.11.1", "vllm-0.11.0")
+    }
+    assert messages["vllm"] == {
+        "role": "assistant",
+        "content": "hi",
+        "refusal": None,
+        "annotations": None,
+        "audio": None,
+        "function_call": None,
+        "reasoning": None,
+    }
     assert messages["vllm-0.16"] == {**messages["vllm"], "tool_calls": []}
     assert messages["vllm-0.11.1"] == {**messages["vllm-0.16"], "reasoning_content": None}
-    assert messages["vllm-0.11.0"] == {key: value for key, value in messages["vllm-0.11.1"].items() if key != "reasoning"}
+    assert messages["vllm-0.11.0"] == {
+        key: value for key, value in messages["vllm-0.11.1"].items() if key != "reasoning"
+    }
 
 
 def test_the_stream_reasoning_key_wins_over_the_profile() -> None:

@@ -14,11 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import test_deploy_envoy_gateway as gateway
 import yaml
-from support.manifests import REPO_ROOT, Manifests, ext_proc_filter, hcm
-from support.stack import SOURCE_ROOT
 
+import test_deploy_envoy_gateway as gateway
 from buffered_stream.check_config import ERROR, INFO, WARNING, Finding, check, load_bootstrap
 from buffered_stream.envoy_config import (
     LISTENER_NAME,
@@ -30,6 +28,8 @@ from buffered_stream.envoy_config import (
     routes,
 )
 from buffered_stream.settings import RouteSettings
+from support.manifests import REPO_ROOT, Manifests, ext_proc_filter, hcm
+from support.stack import SOURCE_ROOT
 
 KUBERNETES = {
     "back": ("kubernetes", "litellm-envoy"),
@@ -43,7 +43,9 @@ def configmap_bootstrap(directory: str, name: str) -> dict[str, Any]:
 
 def gateway_rendering(keepalive: bool) -> dict[str, Any]:
     config = load_packaged_config()
-    route, policy = (gateway.KEEPALIVE_ROUTE, gateway.KEEPALIVE_EXT_PROC) if keepalive else (gateway.ROUTE, gateway.EXT_PROC)
+    route, policy = (
+        (gateway.KEEPALIVE_ROUTE, gateway.KEEPALIVE_EXT_PROC) if keepalive else (gateway.ROUTE, gateway.EXT_PROC)
+    )
     gateway.rendering(route, policy)(config)
     return config
 
@@ -165,7 +167,9 @@ def no_http2(config: dict[str, Any]) -> None:
 def filter_disabled(config: dict[str, Any]) -> None:
     first_converting(config)["typed_per_filter_config"] = {
         "envoy.filters.http.ext_proc": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute", "disabled": True}
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute",
+            "disabled": True,
+        }
     }
 
 
@@ -176,49 +180,151 @@ def short_stream_idle_timeout(config: dict[str, Any]) -> None:
 
 # name: (edit, level, where (start), what the message says, what the fix says)
 BROKEN: dict[str, tuple[Callable[[dict[str, Any]], None], str, str, str, str]] = {
-    "keepalive-without-full-duplex": (set_metadata(keepalive_seconds=5), ERROR, "route chat_completions",
-                                      "not FULL_DUPLEX_STREAMED", "response_body_mode: FULL_DUPLEX_STREAMED"),
-    "full-duplex-without-trailers": (keepalive_route(lambda r: r["typed_per_filter_config"]["envoy.filters.http.ext_proc"]
-                                                     ["overrides"]["processing_mode"].update(response_trailer_mode="SKIP")),
-                                     ERROR, "route chat_completions", "needs response_trailer_mode: SEND", "response_trailer_mode: SEND"),
-    "no-route-metadata-attribute": (without_attribute("xds.route_metadata"), ERROR, "listener ingress, filter",
-                                    "lacks xds.route_metadata", "xds.route_metadata"),
-    "no-route-name-attribute": (without_attribute("xds.route_name"), WARNING, "listener ingress, filter",
-                                "lacks xds.route_name", "xds.route_name"),
-    "no-path-attribute": (without_attribute("request.path"), ERROR, "listener ingress, filter",
-                          "request headers are skipped", "request.path"),
-    "accept-encoding-kept": (edit_route(lambda r: r.pop("request_headers_to_remove")), ERROR, "route chat_completions",
-                             "accept-encoding reaches the upstream", "request_headers_to_remove: [accept-encoding]"),
-    "default-route-timeout": (edit_route(lambda r: r["route"].pop("timeout")), ERROR, "route chat_completions",
-                              "Envoy's default 15 s", "timeout: 0s"),
-    "finite-route-timeout": (edit_route(lambda r: r["route"].update(timeout="120s")), WARNING, "route chat_completions",
-                             "timeout 120 s runs until the upstream response ends", "timeout: 0s"),
-    "keepalive-route-deadline": (keepalive_route(lambda r: r["route"].update(timeout="120s")), INFO, "route chat_completions",
-                                 "timeout 120 s is the hard deadline", ""),
-    "short-idle-timeout": (edit_route(lambda r: r["route"].update(idle_timeout="30s")), WARNING, "route chat_completions",
-                           "idle_timeout 30 s", "idle_timeout: 600s"),
-    "short-stream-idle-timeout": (short_stream_idle_timeout, WARNING, "route chat_completions",
-                                  "stream_idle_timeout (HTTP connection manager) 20 s", "idle_timeout: 600s"),
-    "default-message-timeout": (edit_filter(lambda f: f.pop("message_timeout")), WARNING, "listener ingress, filter",
-                                "message_timeout is unset (Envoy's default 200 ms)", "message_timeout: 5s"),
-    "failure-mode-allow": (edit_filter(lambda f: f.update(failure_mode_allow=True)), ERROR, "listener ingress, filter",
-                           "failure_mode_allow: true", "failure_mode_allow: false"),
-    "no-mode-override": (edit_filter(lambda f: f.update(allow_mode_override=False)), ERROR, "listener ingress, filter",
-                         "allow_mode_override is not true", "allow_mode_override: true"),
-    "streamed-mode-not-allowed": (lambda c: (set_metadata(mode="streamed")(c), without_allowed_mode("STREAMED")(c)),
-                                  ERROR, "listener ingress, filter", "when converting (streamed mode): Envoy refuses it (routes chat_completions)",
-                                  "response_body_mode: STREAMED"),
-    "skip-override-not-allowed": (sending_request_headers, ERROR, "listener ingress, filter",
-                                  "when skipping a request that is not ours", "response_header_mode: SKIP"),
-    "request-body-streamed": (edit_filter(lambda f: f["processing_mode"].update(request_body_mode="STREAMED")), ERROR,
-                              "listener ingress, filter", "request_body_mode is STREAMED", "request_body_mode: BUFFERED"),
+    "keepalive-without-full-duplex": (
+        set_metadata(keepalive_seconds=5),
+        ERROR,
+        "route chat_completions",
+        "not FULL_DUPLEX_STREAMED",
+        "response_body_mode: FULL_DUPLEX_STREAMED",
+    ),
+    "full-duplex-without-trailers": (
+        keepalive_route(
+            lambda r: r["typed_per_filter_config"]["envoy.filters.http.ext_proc"]["overrides"][
+                "processing_mode"
+            ].update(response_trailer_mode="SKIP")
+        ),
+        ERROR,
+        "route chat_completions",
+        "needs response_trailer_mode: SEND",
+        "response_trailer_mode: SEND",
+    ),
+    "no-route-metadata-attribute": (
+        without_attribute("xds.route_metadata"),
+        ERROR,
+        "listener ingress, filter",
+        "lacks xds.route_metadata",
+        "xds.route_metadata",
+    ),
+    "no-route-name-attribute": (
+        without_attribute("xds.route_name"),
+        WARNING,
+        "listener ingress, filter",
+        "lacks xds.route_name",
+        "xds.route_name",
+    ),
+    "no-path-attribute": (
+        without_attribute("request.path"),
+        ERROR,
+        "listener ingress, filter",
+        "request headers are skipped",
+        "request.path",
+    ),
+    "accept-encoding-kept": (
+        edit_route(lambda r: r.pop("request_headers_to_remove")),
+        ERROR,
+        "route chat_completions",
+        "accept-encoding reaches the upstream",
+        "request_headers_to_remove: [accept-encoding]",
+    ),
+    "default-route-timeout": (
+        edit_route(lambda r: r["route"].pop("timeout")),
+        ERROR,
+        "route chat_completions",
+        "Envoy's default 15 s",
+        "timeout: 0s",
+    ),
+    "finite-route-timeout": (
+        edit_route(lambda r: r["route"].update(timeout="120s")),
+        WARNING,
+        "route chat_completions",
+        "timeout 120 s runs until the upstream response ends",
+        "timeout: 0s",
+    ),
+    "keepalive-route-deadline": (
+        keepalive_route(lambda r: r["route"].update(timeout="120s")),
+        INFO,
+        "route chat_completions",
+        "timeout 120 s is the hard deadline",
+        "",
+    ),
+    "short-idle-timeout": (
+        edit_route(lambda r: r["route"].update(idle_timeout="30s")),
+        WARNING,
+        "route chat_completions",
+        "idle_timeout 30 s",
+        "idle_timeout: 600s",
+    ),
+    "short-stream-idle-timeout": (
+        short_stream_idle_timeout,
+        WARNING,
+        "route chat_completions",
+        "stream_idle_timeout (HTTP connection manager) 20 s",
+        "idle_timeout: 600s",
+    ),
+    "default-message-timeout": (
+        edit_filter(lambda f: f.pop("message_timeout")),
+        WARNING,
+        "listener ingress, filter",
+        "message_timeout is unset (Envoy's default 200 ms)",
+        "message_timeout: 5s",
+    ),
+    "failure-mode-allow": (
+        edit_filter(lambda f: f.update(failure_mode_allow=True)),
+        ERROR,
+        "listener ingress, filter",
+        "failure_mode_allow: true",
+        "failure_mode_allow: false",
+    ),
+    "no-mode-override": (
+        edit_filter(lambda f: f.update(allow_mode_override=False)),
+        ERROR,
+        "listener ingress, filter",
+        "allow_mode_override is not true",
+        "allow_mode_override: true",
+    ),
+    "streamed-mode-not-allowed": (
+        lambda c: (set_metadata(mode="streamed")(c), without_allowed_mode("STREAMED")(c)),
+        ERROR,
+        "listener ingress, filter",
+        "when converting (streamed mode): Envoy refuses it (routes chat_completions)",
+        "response_body_mode: STREAMED",
+    ),
+    "skip-override-not-allowed": (
+        sending_request_headers,
+        ERROR,
+        "listener ingress, filter",
+        "when skipping a request that is not ours",
+        "response_header_mode: SKIP",
+    ),
+    "request-body-streamed": (
+        edit_filter(lambda f: f["processing_mode"].update(request_body_mode="STREAMED")),
+        ERROR,
+        "listener ingress, filter",
+        "request_body_mode is STREAMED",
+        "request_body_mode: BUFFERED",
+    ),
     "invalid-settings": (set_metadata(mode="fast"), ERROR, "route chat_completions", "invalid route settings", ""),
-    "filter-disabled-on-converting-route": (filter_disabled, ERROR, "route chat_completions",
-                                            "the ext_proc filter is disabled here", "disabled: true"),
-    "ext-proc-cluster-without-http2": (no_http2, ERROR, f"cluster {SERVICE_CLUSTER}", "does not speak HTTP/2",
-                                       "http2_protocol_options"),
-    "usage-metadata-refused": (edit_filter(lambda f: f.pop("metadata_options")), INFO, "listener ingress, filter",
-                               "usage and outcome", "receiving_namespaces"),
+    "filter-disabled-on-converting-route": (
+        filter_disabled,
+        ERROR,
+        "route chat_completions",
+        "the ext_proc filter is disabled here",
+        "disabled: true",
+    ),
+    "ext-proc-cluster-without-http2": (
+        no_http2,
+        ERROR,
+        f"cluster {SERVICE_CLUSTER}",
+        "does not speak HTTP/2",
+        "http2_protocol_options",
+    ),
+    "usage-metadata-refused": (
+        edit_filter(lambda f: f.pop("metadata_options")),
+        INFO,
+        "listener ingress, filter",
+        "usage and outcome",
+        "receiving_namespaces",
+    ),
 }
 
 
@@ -260,7 +366,10 @@ def test_defaults_from_the_service_settings_apply_before_route_metadata() -> Non
 def run_check(*argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "buffered_stream", "check-config", *argv],
-        capture_output=True, text=True, timeout=60, env={"PYTHONPATH": str(SOURCE_ROOT), "PATH": ""},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PYTHONPATH": str(SOURCE_ROOT), "PATH": ""},
     )
 
 

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from buffered_stream.core.convert import StreamConverter
 from buffered_stream.core.errors import LIMIT, MALFORMED, TRUNCATED, UPSTREAM_ERROR, ConversionError
+from support.specs import spec_of
 
 
 class RecordingAssembler:
@@ -46,13 +47,11 @@ class RecordingAssembler:
 
 
 def converter(**limits: int) -> StreamConverter:
-    return StreamConverter("chat", assembler=RecordingAssembler(), **limits)
+    return StreamConverter(spec_of("chat"), assembler=RecordingAssembler(), **limits)
 
 
 def sse(*payloads: Any) -> bytes:
-    return b"".join(
-        b"data: " + (p if isinstance(p, bytes) else orjson.dumps(p)) + b"\n\n" for p in payloads
-    )
+    return b"".join(b"data: " + (p if isinstance(p, bytes) else orjson.dumps(p)) + b"\n\n" for p in payloads)
 
 
 def delta(text: str, index: int = 0) -> dict[str, Any]:
@@ -146,9 +145,7 @@ def test_done_without_any_choice_is_truncation() -> None:
 
 
 def test_done_after_an_unfinished_choice_keeps_what_the_server_sent() -> None:
-    assert orjson.loads(convert(sse(delta("a"), b"[DONE]"))) == {
-        "choices": [{"index": "0", "finish_reason": None}]
-    }
+    assert orjson.loads(convert(sse(delta("a"), b"[DONE]"))) == {"choices": [{"index": "0", "finish_reason": None}]}
 
 
 def test_empty_data_is_a_keep_alive() -> None:
@@ -226,8 +223,14 @@ def test_event_error_with_text_data() -> None:
 @pytest.mark.parametrize(
     "line,upstream",
     [
-        (b'{"error":"model runner crashed"}', {"message": "model runner crashed", "type": "upstream_error", "param": None, "code": None}),
-        (b'{"error":{"message":"boom","type":"api_error","param":null,"code":null}}', {"message": "boom", "type": "api_error", "param": None, "code": None}),
+        (
+            b'{"error":"model runner crashed"}',
+            {"message": "model runner crashed", "type": "upstream_error", "param": None, "code": None},
+        ),
+        (
+            b'{"error":{"message":"boom","type":"api_error","param":null,"code":null}}',
+            {"message": "boom", "type": "api_error", "param": None, "code": None},
+        ),
     ],
 )
 def test_ollama_plain_json_error_line(line: bytes, upstream: dict[str, Any]) -> None:
@@ -289,7 +292,10 @@ def test_event_larger_than_the_limit() -> None:
 
 _json = st.recursive(
     st.none() | st.booleans() | st.integers(-2, 2) | st.text(max_size=3),
-    lambda inner: st.lists(inner, max_size=2) | st.dictionaries(st.sampled_from(["index", "text", "content", "id"]), inner, max_size=2),
+    lambda inner: (
+        st.lists(inner, max_size=2)
+        | st.dictionaries(st.sampled_from(["index", "text", "content", "id"]), inner, max_size=2)
+    ),
     max_leaves=4,
 )
 _choice = st.fixed_dictionaries(
@@ -332,7 +338,7 @@ def upstream_body(draw: st.DrawFn) -> bytes:
 @given(body=upstream_body(), piece=st.integers(1, 64))
 def test_any_bytes_give_an_answer_or_a_conversion_error(schema: str | None, body: bytes, piece: int) -> None:
     limits = {"max_event_bytes": 256, "max_body_bytes": 1500}
-    conv = StreamConverter(schema, **limits) if schema else converter(**limits)
+    conv = StreamConverter(spec_of(schema), **limits) if schema else converter(**limits)
     try:
         for i in range(0, len(body), piece):
             conv.feed(body[i : i + piece])

@@ -19,6 +19,7 @@ import pytest
 from buffered_stream.core.convert import StreamConverter
 from buffered_stream.core.errors import ConversionError
 from support.corpus import byte_by_byte, every_split, whole
+from support.specs import spec_of
 
 CORPUS = Path(__file__).parent / "corpus"
 CASES = sorted(path.name[: -len(".meta.json")] for path in CORPUS.glob("*.meta.json"))
@@ -34,7 +35,7 @@ def load(name: str) -> tuple[dict[str, Any], bytes, dict[str, Any] | None]:
 
 
 def convert(meta: dict[str, Any], pieces: list[bytes]) -> dict[str, Any]:
-    converter = StreamConverter(meta["schema"], meta["profile"], request=meta.get("request"))
+    converter = StreamConverter(spec_of(meta["schema"]), meta["profile"], request=meta.get("request"))
     for piece in pieces:
         converter.feed(piece)
     return orjson.loads(converter.finish())
@@ -110,8 +111,10 @@ BATCHED = {name: load(name)[0]["stream_interval"] for name in CASES if "stream_i
 
 
 def test_batched_stream_cases_cover_every_shape() -> None:
-    assert set(BATCHED) == {f"vllm-interval-{shape}" for shape in
-                            ("chat-text", "chat-logprobs", "tool-calls", "reasoning", "n2", "completions")}
+    assert set(BATCHED) == {
+        f"vllm-interval-{shape}"
+        for shape in ("chat-text", "chat-logprobs", "tool-calls", "reasoning", "n2", "completions")
+    }
 
 
 @pytest.mark.parametrize("name", sorted(BATCHED))

@@ -11,12 +11,13 @@ from typing import Any
 
 import orjson
 import pytest
-from support.net import free_port, port_open, wait_until
-from support.processes import ManagedProcess
-from support.stack import SOURCE_ROOT
 
 from buffered_stream.core.convert import StreamConverter
 from buffered_stream.demo_backend import KEEP_ALIVE_COMMENT, WAIT_HEADER
+from support.net import free_port, port_open, wait_until
+from support.processes import ManagedProcess
+from support.specs import spec_of
+from support.stack import SOURCE_ROOT
 
 CHAT = {"model": "demo", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
 
@@ -24,8 +25,17 @@ CHAT = {"model": "demo", "messages": [{"role": "user", "content": "hi"}], "max_t
 @pytest.fixture(scope="module")
 def demo_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     port = free_port()
-    args = [sys.executable, "-m", "buffered_stream.demo_backend", "--port", str(port), "--delay", "0.01",
-            "--sse-keep-alive-interval", "0.1"]
+    args = [
+        sys.executable,
+        "-m",
+        "buffered_stream.demo_backend",
+        "--port",
+        str(port),
+        "--delay",
+        "0.01",
+        "--sse-keep-alive-interval",
+        "0.1",
+    ]
     with ManagedProcess(
         "demo-backend", args, tmp_path_factory.mktemp("demo"), env={"PYTHONPATH": str(SOURCE_ROOT)}
     ) as process:
@@ -43,7 +53,7 @@ def exchange(
 def sse_payloads(raw: bytes) -> list[Any]:
     events = [e for e in raw.decode().split("\n\n") if e]
     assert all(e.startswith("data: ") for e in events), raw
-    return [e[len("data: "):] if e == "data: [DONE]" else orjson.loads(e[len("data: "):]) for e in events]
+    return [e[len("data: ") :] if e == "data: [DONE]" else orjson.loads(e[len("data: ") :]) for e in events]
 
 
 def test_chat_stream_and_native_agree_on_one_keep_alive_connection(demo_port: int) -> None:
@@ -102,8 +112,13 @@ def test_completions_stream_without_usage_and_native(demo_port: int) -> None:
 def test_chunked_request_body_models_and_errors(demo_port: int) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", demo_port, timeout=10)
     body = orjson.dumps({**CHAT, "max_tokens": 2})
-    conn.request("POST", "/v1/chat/completions", body=iter([body[:10], body[10:]]), encode_chunked=True,
-                 headers={"transfer-encoding": "chunked"})
+    conn.request(
+        "POST",
+        "/v1/chat/completions",
+        body=iter([body[:10], body[10:]]),
+        encode_chunked=True,
+        headers={"transfer-encoding": "chunked"},
+    )
     response = conn.getresponse()
     assert response.status == 200
     assert orjson.loads(response.read())["usage"]["completion_tokens"] == 2
@@ -140,7 +155,10 @@ API_REQUESTS = {
     "responses": ("/v1/responses", {"model": "demo", "input": "hi"}),
     "responses-incomplete": ("/v1/responses", {"model": "demo", "input": "hi", "max_output_tokens": 3}),
     "messages": ("/v1/messages", {"model": "demo", "max_tokens": 256, "messages": [{"role": "user", "content": "hi"}]}),
-    "messages-max-tokens": ("/v1/messages", {"model": "demo", "max_tokens": 3, "messages": [{"role": "user", "content": "hi"}]}),
+    "messages-max-tokens": (
+        "/v1/messages",
+        {"model": "demo", "max_tokens": 3, "messages": [{"role": "user", "content": "hi"}]},
+    ),
 }
 
 
@@ -169,7 +187,7 @@ def test_every_api_streams_what_its_non_stream_call_answers(demo_port: int, api:
     native_answer = orjson.loads(native.read())
     conn.close()
 
-    converter = StreamConverter(schema, "auto", request=request)
+    converter = StreamConverter(spec_of(schema), "auto", request=request)
     converter.feed(body)
     assert without_random(orjson.loads(converter.finish())) == without_random(native_answer)
     if schema in ("responses", "messages"):

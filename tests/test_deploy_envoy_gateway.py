@@ -13,15 +13,15 @@ from typing import Any
 import orjson
 import pytest
 import yaml
+
+from buffered_stream.apis import schema_for_path
+from buffered_stream.cli import build_parser
+from buffered_stream.envoy_config import LISTENER_NAME, converting_routes
+from buffered_stream.settings import RouteSettings, route_settings_from_metadata
 from support.backend import Completion, Json, Sse
 from support.manifests import Manifests, ext_proc_filter
 from support.net import http_request
 from support.stack import Harness, Stack
-
-from buffered_stream.cli import build_parser
-from buffered_stream.envoy_config import LISTENER_NAME, converting_routes
-from buffered_stream.core.registry import schema_for_path
-from buffered_stream.settings import RouteSettings, route_settings_from_metadata
 
 MANIFESTS = Path(__file__).resolve().parents[1] / "deploy" / "envoy-gateway"
 GATEWAY_API = "gateway.networking.k8s.io"
@@ -109,7 +109,9 @@ def test_kinds_and_api_versions() -> None:
 @pytest.mark.parametrize(("policy", "route"), [(POLICY, ROUTE), (KEEPALIVE_POLICY, KEEPALIVE_ROUTE)])
 def test_each_extension_policy_targets_only_its_converting_route(policy: dict[str, Any], route: dict[str, Any]) -> None:
     assert policy["metadata"]["namespace"] == route["metadata"]["namespace"]
-    assert policy["spec"]["targetRefs"] == [{"group": GATEWAY_API, "kind": "HTTPRoute", "name": route["metadata"]["name"]}]
+    assert policy["spec"]["targetRefs"] == [
+        {"group": GATEWAY_API, "kind": "HTTPRoute", "name": route["metadata"]["name"]}
+    ]
     assert "targetSelectors" not in policy["spec"] and "targetRef" not in policy["spec"]
 
 
@@ -265,8 +267,12 @@ def test_keepalive_clients_reach_the_rest_of_the_api_under_the_same_prefix() -> 
     ]
 
 
-BODY_MODES = {"Buffered": "BUFFERED", "BufferedPartial": "BUFFERED_PARTIAL", "Streamed": "STREAMED",
-              "FullDuplexStreamed": "FULL_DUPLEX_STREAMED"}
+BODY_MODES = {
+    "Buffered": "BUFFERED",
+    "BufferedPartial": "BUFFERED_PARTIAL",
+    "Streamed": "STREAMED",
+    "FullDuplexStreamed": "FULL_DUPLEX_STREAMED",
+}
 
 
 def gateway_ext_proc(ext_proc: dict[str, Any]) -> dict[str, Any]:
@@ -299,8 +305,12 @@ def removed_request_headers(route: dict[str, Any]) -> list[str]:
     """The request headers the HTTPRoute's RequestHeaderModifier filters remove (Envoy Gateway writes
     them into the xDS route's ``request_headers_to_remove``); every rule of the route alike."""
     removed = [
-        [name for f in rule.get("filters", ()) if f["type"] == "RequestHeaderModifier"
-         for name in f["requestHeaderModifier"].get("remove", ())]
+        [
+            name
+            for f in rule.get("filters", ())
+            if f["type"] == "RequestHeaderModifier"
+            for name in f["requestHeaderModifier"].get("remove", ())
+        ]
         for rule in route["spec"]["rules"]
     ]
     assert all(r == removed[0] for r in removed), "every rule of the route removes the same headers"
@@ -389,10 +399,10 @@ def test_keepalive_route_as_envoy_gateway_configures_it_passes_what_it_does_not_
 # --- mutual TLS to the service, and who may reach it (tls.yaml, networkpolicy.yaml) -------------
 
 import kubernetes_validate  # noqa: E402
-from support.certs import CertificateAuthority, SecretVolume, write_pair  # noqa: E402
 
 from buffered_stream.envoy_config import SERVICE_CLUSTER, cluster  # noqa: E402
 from buffered_stream.settings import load_service_settings  # noqa: E402
+from support.certs import CertificateAuthority, SecretVolume, write_pair  # noqa: E402
 
 CORE_APIS = ("v1", "apps/v1", "networking.k8s.io/v1")
 # The oldest Kubernetes the manifests need (native preStop `sleep`), and the newest schemas shipped.
@@ -440,7 +450,12 @@ def grpc_port() -> dict[str, Any]:
 def served_tls_args() -> dict[str, str]:
     """The service container's TLS options, as `serve` parses them."""
     args = build_parser().parse_args(SERVICE_CONTAINER["args"])
-    return {"tls_cert": args.tls_cert, "tls_key": args.tls_key, "tls_client_ca": args.tls_client_ca, "listen": args.listen}
+    return {
+        "tls_cert": args.tls_cert,
+        "tls_key": args.tls_key,
+        "tls_client_ca": args.tls_client_ca,
+        "listen": args.listen,
+    }
 
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
@@ -471,7 +486,9 @@ def test_cert_manager_objects_have_what_cert_manager_requires() -> None:
 
 
 @pytest.mark.parametrize(("certificate", "usage"), [(SERVER_CERT, "server auth"), (CLIENT_CERT, "client auth")])
-def test_leaf_certificates_are_renewed_with_new_keys_well_before_they_expire(certificate: dict[str, Any], usage: str) -> None:
+def test_leaf_certificates_are_renewed_with_new_keys_well_before_they_expire(
+    certificate: dict[str, Any], usage: str
+) -> None:
     spec = certificate["spec"]
     assert usage in spec["usages"]
     assert spec["privateKey"]["rotationPolicy"] == "Always"
@@ -485,7 +502,9 @@ def test_backend_tls_policy_targets_the_grpc_port_the_extension_policies_reach()
     (target,) = spec["targetRefs"]
     assert {"group", "kind", "name"} <= target.keys()  # required by the CRD
     assert (target["group"], target["kind"], target["name"]) == ("", "Service", SERVICE["metadata"]["name"])
-    assert BACKEND_TLS["metadata"]["namespace"] == SERVICE["metadata"]["namespace"]  # a policy targets its own namespace
+    assert (
+        BACKEND_TLS["metadata"]["namespace"] == SERVICE["metadata"]["namespace"]
+    )  # a policy targets its own namespace
     assert target["sectionName"] == grpc_port()["name"]
     for policy in (POLICY, KEEPALIVE_POLICY):
         (backend,) = policy["spec"]["extProc"][0]["backendRefs"]
@@ -509,7 +528,9 @@ def test_the_gateway_presents_a_client_certificate_the_service_trusts() -> None:
     assert ref.get("kind", "Secret") == "Secret" and ref.get("group", "") == ""
     # Envoy Gateway reads it only from the EnvoyProxy's namespace; a Gateway-level EnvoyProxy lives
     # in the Gateway's, and the routes' Gateway `eg` is in theirs.
-    assert ref.get("namespace", ENVOY_PROXY["metadata"]["namespace"]) == ENVOY_PROXY["metadata"]["namespace"] == NAMESPACE
+    assert (
+        ref.get("namespace", ENVOY_PROXY["metadata"]["namespace"]) == ENVOY_PROXY["metadata"]["namespace"] == NAMESPACE
+    )
     assert {p.get("namespace", NAMESPACE) for p in ROUTE["spec"]["parentRefs"]} == {NAMESPACE}
     assert secret_of_certificate(ref["name"]) is CLIENT_CERT
     # The service's --tls-client-ca is its own Secret's ca.crt: the CA that issued the client certificate.
@@ -529,7 +550,10 @@ def test_service_serves_mutual_tls_from_its_whole_mounted_secret() -> None:
         files[key] = name
     assert files == {"tls_cert": "tls.crt", "tls_key": "tls.key", "tls_client_ca": "ca.crt"}
     # Readable by the container's group only.
-    assert volume["secret"]["defaultMode"] == 0o440 and SERVICE_POD["securityContext"]["fsGroup"] == SERVICE_POD["securityContext"]["runAsGroup"]
+    assert (
+        volume["secret"]["defaultMode"] == 0o440
+        and SERVICE_POD["securityContext"]["fsGroup"] == SERVICE_POD["securityContext"]["runAsGroup"]
+    )
     assert load_service_settings(None, **args).tls  # a TCP address: TLS allowed
 
 
@@ -550,15 +574,21 @@ def test_network_policy_admits_only_the_gateway_to_grpc_and_only_prometheus_to_m
     gateway = by_port[grpc_port()["targetPort"]]
     assert gateway["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": CONTROLLER_NAMESPACE}
     gateways = {p["name"] for route in CONVERTING_ROUTES for p in route["spec"]["parentRefs"]}
-    assert gateway["podSelector"]["matchLabels"] == {
-        **ENVOY_PROXY_POD_LABELS,
-        "gateway.envoyproxy.io/owning-gateway-name": gateways.pop(),
-        "gateway.envoyproxy.io/owning-gateway-namespace": NAMESPACE,
-    } and not gateways
+    assert (
+        gateway["podSelector"]["matchLabels"]
+        == {
+            **ENVOY_PROXY_POD_LABELS,
+            "gateway.envoyproxy.io/owning-gateway-name": gateways.pop(),
+            "gateway.envoyproxy.io/owning-gateway-namespace": NAMESPACE,
+        }
+        and not gateways
+    )
     scraper = by_port["metrics"]
     assert scraper["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "prometheus"}
     # The kubelet's probes come from the node, which a NetworkPolicy always admits.
-    assert {SERVICE_CONTAINER[p]["httpGet"]["port"] for p in ("startupProbe", "readinessProbe", "livenessProbe")} == {"metrics"}
+    assert {SERVICE_CONTAINER[p]["httpGet"]["port"] for p in ("startupProbe", "readinessProbe", "livenessProbe")} == {
+        "metrics"
+    }
 
 
 def test_security_page_is_linked_from_the_readme_and_the_manifests() -> None:
@@ -591,7 +621,9 @@ def gateway_upstream_tls(ca_file: Path, client: tuple[Path, Path] | None) -> dic
     return {
         "name": "envoy.transport_sockets.tls",
         "typed_config": {
-            "@type": UPSTREAM_TLS_CONTEXT, "sni": validation["hostname"], "auto_sni_san_validation": True,
+            "@type": UPSTREAM_TLS_CONTEXT,
+            "sni": validation["hostname"],
+            "auto_sni_san_validation": True,
             "common_tls_context": common,
         },
     }
@@ -604,7 +636,9 @@ def test_service_as_deployed_serves_the_gateways_mutual_tls_and_refuses_a_gatewa
     # cert-manager's work, done here: the CA, the service's Secret (as the kubelet mounts it) and the client's.
     ca = CertificateAuthority(CA_CERT["spec"]["commonName"])
     server = ca.issue("buffered-stream", server_names=tuple(SERVER_CERT["spec"]["dnsNames"]))
-    secret = SecretVolume(tmp_path / "secret", {"tls.crt": server.cert_pem, "tls.key": server.key_pem, "ca.crt": ca.cert_pem})
+    secret = SecretVolume(
+        tmp_path / "secret", {"tls.crt": server.cert_pem, "tls.key": server.key_pem, "ca.crt": ca.cert_pem}
+    )
     assert set(p.name for p in secret.directory.iterdir() if not p.name.startswith("..")) == SECRET_FILES
     client = write_pair(tmp_path / "client", "tls", ca.issue(CLIENT_CERT["spec"]["commonName"], client=True))
     ca_file = secret.path("ca.crt")

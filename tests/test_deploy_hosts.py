@@ -22,13 +22,6 @@ from typing import Any
 import orjson
 import pytest
 import yaml
-from support.backend import Completion
-from support.endpoint_picker import DESTINATION_HEADER, EndpointPicker
-from support.hosts import GCP_NAMESPACE, HOSTS, add_endpoint_picker
-from support.manifests import Manifests, assert_envoy_accepts
-from support.net import http_request
-from support.probes import raw_post, service_samples, wait_service_idle
-from support.stack import Harness
 
 from buffered_stream.envoy_config import (
     EXT_PROC_FILTER,
@@ -38,6 +31,13 @@ from buffered_stream.envoy_config import (
     load_packaged_config,
 )
 from buffered_stream.settings import RouteSettings, ServiceSettings, load_service_settings, route_settings_from_metadata
+from support.backend import Completion
+from support.endpoint_picker import DESTINATION_HEADER, EndpointPicker
+from support.hosts import GCP_NAMESPACE, HOSTS, add_endpoint_picker
+from support.manifests import Manifests, assert_envoy_accepts
+from support.net import http_request
+from support.probes import raw_post, service_samples, wait_service_idle
+from support.stack import Harness
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HOSTS_DIR = REPO_ROOT / "deploy" / "hosts"
@@ -87,7 +87,9 @@ def of_kind(manifests: Manifests, kind: str) -> list[dict[str, Any]]:
 
 
 def gcp_extensions() -> dict[str, dict[str, Any]]:
-    return {p.name: yaml.safe_load(p.read_text()) for p in sorted((HOSTS_DIR / "gcp").glob("lb-traffic-extension*.yaml"))}
+    return {
+        p.name: yaml.safe_load(p.read_text()) for p in sorted((HOSTS_DIR / "gcp").glob("lb-traffic-extension*.yaml"))
+    }
 
 
 def shipped_ext_proc() -> dict[str, Any]:
@@ -135,7 +137,9 @@ def deployment_container(manifests: Manifests) -> dict[str, Any]:
 @pytest.mark.parametrize("name", KUBERNETES_RECIPES)
 def test_every_manifest_is_a_kustomize_resource_of_a_known_kind(name: str) -> None:
     manifests = recipe(name)
-    on_disk = {p.name for p in (HOSTS_DIR / name).glob("*.yaml")} - {"kustomization.yaml"} - NOT_RESOURCES.get(name, set())
+    on_disk = (
+        {p.name for p in (HOSTS_DIR / name).glob("*.yaml")} - {"kustomization.yaml"} - NOT_RESOURCES.get(name, set())
+    )
     assert set(manifests.resources) == on_disk, "a manifest left out of resources is never applied"
     assert manifests.docs
     for doc in manifests.docs:
@@ -190,7 +194,9 @@ def patches(applies_to: str, filters: list[dict[str, Any]] = ISTIO_PATCHES) -> l
 
 
 def route_patches() -> dict[str, dict[str, Any]]:
-    return {p["match"]["routeConfiguration"]["vhost"]["route"]["name"]: p["patch"]["value"] for p in patches("HTTP_ROUTE")}
+    return {
+        p["match"]["routeConfiguration"]["vhost"]["route"]["name"]: p["patch"]["value"] for p in patches("HTTP_ROUTE")
+    }
 
 
 def inserted_filters(filters: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -200,7 +206,11 @@ def inserted_filters(filters: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for p in patches("HTTP_FILTER", filters):
         listener = p["match"]["listener"]["filterChain"]["filter"]
         assert p["match"]["context"] == "GATEWAY"
-        assert (listener["name"], listener["subFilter"]["name"], p["patch"]["operation"]) == (HCM, ROUTER, "INSERT_BEFORE")
+        assert (listener["name"], listener["subFilter"]["name"], p["patch"]["operation"]) == (
+            HCM,
+            ROUTER,
+            "INSERT_BEFORE",
+        )
         found.append(p["patch"]["value"])
     return found
 
@@ -241,7 +251,9 @@ def test_istio_routes_enable_the_filter_with_valid_settings() -> None:
             assert overrides == {"processing_mode": FULL_DUPLEX_MODE}, name
         else:
             assert overrides == {}, name
-    assert any(route_settings_from_metadata(v["metadata"]["filter_metadata"]).keepalive_seconds for v in patched.values())
+    assert any(
+        route_settings_from_metadata(v["metadata"]["filter_metadata"]).keepalive_seconds for v in patched.values()
+    )
 
 
 def test_istio_buffer_patches_cover_the_backend_of_the_routes() -> None:
@@ -289,28 +301,60 @@ def bootstrap(http_filters: list[dict[str, Any]], routes: list[dict[str, Any]], 
             "name": name,
             "type": "STATIC",
             "connect_timeout": "1s",
-            "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
-                {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]},
+            "load_assignment": {
+                "cluster_name": name,
+                "endpoints": [
+                    {
+                        "lb_endpoints": [
+                            {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}
+                        ]
+                    }
+                ],
+            },
         }
         if http2:
-            c["typed_extension_protocol_options"] = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                "explicit_http_config": {"http2_protocol_options": {}}}}
+            c["typed_extension_protocol_options"] = {
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                    "explicit_http_config": {"http2_protocol_options": {}},
+                }
+            }
         return c
 
     return {
         "static_resources": {
-            "listeners": [{
-                "name": LISTENER_NAME,
-                "address": {"socket_address": {"address": "127.0.0.1", "port_value": 10000}},
-                "filter_chains": [{"filters": [{"name": HCM, "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                    "stat_prefix": "ingress",
-                    "route_config": {"name": "llm", "virtual_hosts": [{"name": "llm", "domains": ["*"], "routes": routes}]},
-                    "http_filters": [*http_filters, {"name": ROUTER, "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
-                }}]}],
-            }],
+            "listeners": [
+                {
+                    "name": LISTENER_NAME,
+                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": 10000}},
+                    "filter_chains": [
+                        {
+                            "filters": [
+                                {
+                                    "name": HCM,
+                                    "typed_config": {
+                                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                                        "stat_prefix": "ingress",
+                                        "route_config": {
+                                            "name": "llm",
+                                            "virtual_hosts": [{"name": "llm", "domains": ["*"], "routes": routes}],
+                                        },
+                                        "http_filters": [
+                                            *http_filters,
+                                            {
+                                                "name": ROUTER,
+                                                "typed_config": {
+                                                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+                                                },
+                                            },
+                                        ],
+                                    },
+                                }
+                            ]
+                        }
+                    ],
+                }
+            ],
             "clusters": [cluster(name, 50051 + i, http2=i > 0) for i, name in enumerate(clusters)],
         }
     }
@@ -335,7 +379,10 @@ def test_istio_filter_and_routes_convert_through_real_envoy(harness: Harness) ->
 
     def customize(cfg: dict[str, Any]) -> None:
         hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-        hcm["http_filters"] = [istio_filter("buffered_stream"), *[f for f in hcm["http_filters"] if f["name"] == ROUTER]]
+        hcm["http_filters"] = [
+            istio_filter("buffered_stream"),
+            *[f for f in hcm["http_filters"] if f["name"] == ROUTER],
+        ]
         routes = istio_routes("backend")
         for route in routes:  # the 5 s of the recipe, shortened for the test
             settings = route.get("metadata", {}).get("filter_metadata", {}).get(METADATA_NAMESPACE, {})
@@ -393,7 +440,9 @@ def test_kgateway_policy_targets_the_route_and_the_extension() -> None:
     (rule,) = route["spec"]["rules"]
     paths = {m["path"]["value"] for m in rule["matches"]}
     assert paths == {"/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/messages"}
-    assert rule["filters"] == [{"type": "RequestHeaderModifier", "requestHeaderModifier": {"remove": ["accept-encoding"]}}]
+    assert rule["filters"] == [
+        {"type": "RequestHeaderModifier", "requestHeaderModifier": {"remove": ["accept-encoding"]}}
+    ]
     gateways = {ref["name"] for r in of_kind(KGATEWAY, "HTTPRoute") for ref in r["spec"]["parentRefs"]}
     assert gateways == {"llm-gateway"}
 
@@ -410,7 +459,9 @@ def test_kgateway_modes_are_the_shape_run_for_real() -> None:
 def test_kgateway_service_enables_the_route_and_reads_the_forwarded_namespace(tmp_path: Path) -> None:
     settings = settings_file(KGATEWAY, tmp_path)
     assert settings.defaults.enabled, "kgateway sends no route metadata: the defaults enable conversion"
-    forwarded = find(KGATEWAY, "GatewayExtension", "buffered-stream")["spec"]["extProc"]["metadataOptions"]["forwarding"]
+    forwarded = find(KGATEWAY, "GatewayExtension", "buffered-stream")["spec"]["extProc"]["metadataOptions"][
+        "forwarding"
+    ]
     assert set(forwarded["untyped"]) <= set(settings.metadata_namespaces)
     assert HOSTS["kgateway"].service_defaults == {"enabled": True}, "the shape run for real enables by defaults too"
 
@@ -418,7 +469,14 @@ def test_kgateway_service_enables_the_route_and_reads_the_forwarded_namespace(tm
 # --- GCP Service Extensions --------------------------------------------------------------------------
 
 
-GCP_EVENTS = {"REQUEST_HEADERS", "REQUEST_BODY", "REQUEST_TRAILERS", "RESPONSE_HEADERS", "RESPONSE_BODY", "RESPONSE_TRAILERS"}
+GCP_EVENTS = {
+    "REQUEST_HEADERS",
+    "REQUEST_BODY",
+    "REQUEST_TRAILERS",
+    "RESPONSE_HEADERS",
+    "RESPONSE_BODY",
+    "RESPONSE_TRAILERS",
+}
 GCP_BODY_MODES = {"BODY_SEND_MODE_STREAMED": "STREAMED", "BODY_SEND_MODE_FULL_DUPLEX_STREAMED": "FULL_DUPLEX_STREAMED"}
 GCP_SHAPES = {"lb-traffic-extension.yaml": "gcp-streamed", "lb-traffic-extension-keepalive.yaml": "gcp-full-duplex"}
 
@@ -457,7 +515,10 @@ def test_gcp_traffic_extension_fields(file: str) -> None:
             assert RFC1034_NAME.fullmatch(extension["name"])
             assert "/backendServices/" in extension["service"] and extension["authority"]
             events = set(extension["supportedEvents"])
-            assert events <= GCP_EVENTS and {"REQUEST_HEADERS", "REQUEST_BODY", "RESPONSE_HEADERS", "RESPONSE_BODY"} <= events
+            assert (
+                events <= GCP_EVENTS
+                and {"REQUEST_HEADERS", "REQUEST_BODY", "RESPONSE_HEADERS", "RESPONSE_BODY"} <= events
+            )
             for side in ("request", "response"):
                 mode = extension[f"{side}BodySendMode"]
                 assert mode in GCP_BODY_MODES
@@ -499,7 +560,13 @@ def test_gcp_namespace_is_the_one_the_service_reads(tmp_path: Path) -> None:
 
 AGENTGATEWAY = recipe("agentgateway")
 AGENTGATEWAY_CONFIG = yaml.safe_load((HOSTS_DIR / "agentgateway" / "config.yaml").read_text())
-AGW_MODE_VALUES = {"Send": "SEND", "Skip": "SKIP", "Buffered": "BUFFERED", "FullDuplexStreamed": "FULL_DUPLEX_STREAMED", "None": "NONE"}
+AGW_MODE_VALUES = {
+    "Send": "SEND",
+    "Skip": "SKIP",
+    "Buffered": "BUFFERED",
+    "FullDuplexStreamed": "FULL_DUPLEX_STREAMED",
+    "None": "NONE",
+}
 
 
 def snake(name: str) -> str:
@@ -515,7 +582,9 @@ def cel_literal(expression: str) -> Any:
 
 def agentgateway_ext_procs() -> list[dict[str, Any]]:
     policy = find(AGENTGATEWAY, "AgentgatewayPolicy", "buffered-stream")["spec"]["traffic"]["extProc"]
-    (route,) = [r for b in AGENTGATEWAY_CONFIG["binds"] for l in b["listeners"] for r in l["routes"] if "policies" in r]
+    (route,) = [
+        r for b in AGENTGATEWAY_CONFIG["binds"] for lis in b["listeners"] for r in lis["routes"] if "policies" in r
+    ]
     return [policy, route["policies"]["extProc"]]
 
 
@@ -526,7 +595,9 @@ def test_agentgateway_policy_targets_the_route_and_the_service() -> None:
     route = find(AGENTGATEWAY, "HTTPRoute", target["name"])
     assert route["metadata"]["namespace"] == policy["metadata"]["namespace"]
     ext_proc = policy["spec"]["traffic"]["extProc"]
-    port = service_port(AGENTGATEWAY, ext_proc["backendRef"]["name"], policy["metadata"]["namespace"], ext_proc["backendRef"]["port"])
+    port = service_port(
+        AGENTGATEWAY, ext_proc["backendRef"]["name"], policy["metadata"]["namespace"], ext_proc["backendRef"]["port"]
+    )
     assert port["appProtocol"] == "kubernetes.io/h2c"
     assert ext_proc["failureMode"] == "FailClosed"
     standalone = agentgateway_ext_procs()[1]
@@ -598,7 +669,9 @@ def test_inference_settings_travel_as_forwarded_dynamic_metadata(tmp_path: Path)
     # its request body stays BUFFERED (two FULL_DUPLEX_STREAMED filters still truncate bodies).
     assert ext_proc["name"] != EXT_PROC_FILTER and ext_proc["name"].startswith(EXT_PROC_FILTER)
     shipped = shipped_ext_proc()
-    assert without(ext_proc["typed_config"], "grpc_service", "metadata_options") == without(shipped, "grpc_service", "metadata_options")
+    assert without(ext_proc["typed_config"], "grpc_service", "metadata_options") == without(
+        shipped, "grpc_service", "metadata_options"
+    )
     assert without(options, "forwarding_namespaces") == shipped["metadata_options"]
     assert ext_proc["typed_config"]["processing_mode"]["request_body_mode"] == "BUFFERED"
 
@@ -608,7 +681,9 @@ def inference_chain(picker_cluster: str, service_cluster: str) -> list[dict[str,
     set_metadata, ext_proc = copy.deepcopy(inference_filters())
     ext_proc["typed_config"]["grpc_service"]["envoy_grpc"]["cluster_name"] = service_cluster
     with_picker = add_endpoint_picker(bootstrap([{"name": EXT_PROC_FILTER}], [], []), "127.0.0.1:9002", first=True)
-    picker_filter = with_picker["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][0]
+    picker_filter = with_picker["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"][
+        "http_filters"
+    ][0]
     picker_filter["typed_config"]["grpc_service"]["envoy_grpc"]["cluster_name"] = picker_cluster
     return [picker_filter, set_metadata, ext_proc]
 
@@ -616,8 +691,14 @@ def inference_chain(picker_cluster: str, service_cluster: str) -> list[dict[str,
 def test_inference_filters_are_config_envoy_accepts(envoy_binary: Path, tmp_path: Path) -> None:
     (_, ext_proc) = inference_filters()
     service_cluster = ext_proc["typed_config"]["grpc_service"]["envoy_grpc"]["cluster_name"]
-    routes = [{"name": "llm-route", "match": {"prefix": "/"}, "route": {"cluster": "pool", "timeout": "3600s"},
-               "request_headers_to_remove": ["accept-encoding"]}]
+    routes = [
+        {
+            "name": "llm-route",
+            "match": {"prefix": "/"},
+            "route": {"cluster": "pool", "timeout": "3600s"},
+            "request_headers_to_remove": ["accept-encoding"],
+        }
+    ]
     config = bootstrap(inference_chain("epp", service_cluster), routes, ["pool", "epp", service_cluster])
     assert_envoy_accepts(envoy_binary, json.dumps(config), tmp_path)
 
@@ -630,15 +711,21 @@ def test_inference_filters_convert_next_to_an_endpoint_picker(harness: Harness) 
     backend = harness.backend()
     picker = EndpointPicker(destination=backend.url.removeprefix("http://")).start()
     try:
+
         def customize(cfg: dict[str, Any]) -> None:
             cfg.update(add_endpoint_picker(cfg, picker.target, first=True))
             hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
             picker_filter, set_metadata, ext_proc = inference_chain("endpoint_picker", "buffered_stream")
             keep = [f for f in hcm["http_filters"] if f["name"] in (picker_filter["name"], ROUTER)]
             hcm["http_filters"] = [keep[0], set_metadata, ext_proc, keep[1]]
-            hcm["route_config"]["virtual_hosts"][0]["routes"] = [{
-                "name": "llm-route", "match": {"prefix": "/"},
-                "route": {"cluster": "backend", "timeout": "3600s"}, "request_headers_to_remove": ["accept-encoding"]}]
+            hcm["route_config"]["virtual_hosts"][0]["routes"] = [
+                {
+                    "name": "llm-route",
+                    "match": {"prefix": "/"},
+                    "route": {"cluster": "backend", "timeout": "3600s"},
+                    "request_headers_to_remove": ["accept-encoding"],
+                }
+            ]
 
         stack = harness.stack(backend=backend, customize=customize)
         backend.on(Completion("Picked, then converted.", token_delay=0.01), model="pool-model")
@@ -657,7 +744,7 @@ def test_inference_filters_convert_next_to_an_endpoint_picker(harness: Harness) 
 def test_every_relative_link_in_the_hosts_doc_exists() -> None:
     text = DOCS.read_text()
     links = re.findall(r"\]\(([^)\s]+)\)", text)
-    relative = [l.split("#")[0] for l in links if not re.match(r"[a-z]+:", l) and not l.startswith("#")]
+    relative = [link.split("#")[0] for link in links if not re.match(r"[a-z]+:", link) and not link.startswith("#")]
     assert len(relative) >= 10
     for link in relative:
         assert (DOCS.parent / link).resolve().exists(), link

@@ -11,6 +11,8 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
+
+from buffered_stream.cli import build_parser
 from support.manifests import (
     LITELLM_PROBES,
     REPO_ROOT,
@@ -31,8 +33,6 @@ from support.manifests import (
     routes,
     seconds,
 )
-
-from buffered_stream.cli import build_parser
 
 MANIFESTS = Manifests(REPO_ROOT / "deploy" / "kubernetes")
 SIXTEEN_MIB = 16 * 1024 * 1024
@@ -90,7 +90,10 @@ def test_only_litellm_is_reachable_from_outside_the_pod() -> None:
     assert_admin_reachable_only_through_probe_route(ENVOY_CONFIG, "readiness")
     assert len(routes(ENVOY_CONFIG, "readiness")) == 2  # GET /ready, and 404 for the rest
     service = find("Service", "litellm")
-    assert service["spec"]["selector"].items() <= find("Deployment", "litellm")["spec"]["template"]["metadata"]["labels"].items()
+    assert (
+        service["spec"]["selector"].items()
+        <= find("Deployment", "litellm")["spec"]["template"]["metadata"]["labels"].items()
+    )
     (port,) = service["spec"]["ports"]
     assert port["targetPort"] in container_ports(CONTAINERS["litellm"])
 
@@ -126,8 +129,12 @@ def test_service_arguments_are_ones_the_cli_accepts() -> None:
 
 def test_probe_ports_are_the_ones_the_processes_listen_on() -> None:
     ports = {name: container_ports(c) for name, c in CONTAINERS.items()}
-    assert arg_after(SIDECARS["buffered-stream"], "--metrics-listen") == f"0.0.0.0:{ports['buffered-stream']['metrics']}"
-    assert listener(ENVOY_CONFIG, "readiness")["address"]["socket_address"]["port_value"] == ports["envoy"]["envoy-ready"]
+    assert (
+        arg_after(SIDECARS["buffered-stream"], "--metrics-listen") == f"0.0.0.0:{ports['buffered-stream']['metrics']}"
+    )
+    assert (
+        listener(ENVOY_CONFIG, "readiness")["address"]["socket_address"]["port_value"] == ports["envoy"]["envoy-ready"]
+    )
     assert arg_after(CONTAINERS["litellm"], "--port") == str(ports["litellm"]["http"])
 
 
@@ -233,5 +240,6 @@ def test_check_config_finds_no_error_and_no_warning() -> None:
     report = check(ENVOY_CONFIG)
     assert [f for f in report.all_findings if f.level in (ERROR, WARNING)] == [], report.text()
     assert [r.name for r in report.routes if r.action.startswith("converts")] == [
-        "vllm_a_chat_completions", "vllm_a_completions"
+        "vllm_a_chat_completions",
+        "vllm_a_completions",
     ]

@@ -16,6 +16,10 @@ from urllib.parse import urlsplit
 import orjson
 import pytest
 import yaml
+
+from buffered_stream.cli import build_parser
+from buffered_stream.envoy_config import enable_keepalive
+from buffered_stream.settings import RouteSettings, route_settings_from_metadata
 from support.backend import Completion, Json, ScriptedBackend
 from support.manifests import (
     LITELLM_PROBES,
@@ -40,10 +44,6 @@ from support.manifests import (
 )
 from support.net import free_port, http_request
 from support.stack import Envoy, Harness, Service
-
-from buffered_stream.cli import build_parser
-from buffered_stream.envoy_config import enable_keepalive
-from buffered_stream.settings import RouteSettings, route_settings_from_metadata
 
 MANIFESTS = Manifests(REPO_ROOT / "deploy" / "kubernetes-front")
 CONVERTING_PATHS = {"/v1/chat/completions", "/chat/completions", "/v1/completions", "/completions"}
@@ -162,7 +162,9 @@ def test_litellm_probes_go_through_envoys_probe_listener(container: str, probe: 
 
 def test_probe_ports_are_the_ones_the_processes_listen_on() -> None:
     ports = {name: container_ports(c) for name, c in CONTAINERS.items()}
-    assert arg_after(CONTAINERS["buffered-stream"], "--metrics-listen") == f"0.0.0.0:{ports['buffered-stream']['metrics']}"
+    assert (
+        arg_after(CONTAINERS["buffered-stream"], "--metrics-listen") == f"0.0.0.0:{ports['buffered-stream']['metrics']}"
+    )
     assert listener(ENVOY_CONFIG, "probes")["address"]["socket_address"]["port_value"] == ports["envoy"]["probes"]
 
 

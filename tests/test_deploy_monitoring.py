@@ -12,17 +12,16 @@ import json
 import re
 import shutil
 import subprocess
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
+
+from buffered_stream.envoy_config import enable_keepalive, routes
 from support.backend import Completion, Sse
 from support.net import http_request, wait_until
 from support.stack import REPO_ROOT, Harness, Stack
-
-from buffered_stream.envoy_config import enable_keepalive, routes
 
 RULES = REPO_ROOT / "deploy/prometheus/buffered-stream-rules.yaml"
 RULE_TESTS = REPO_ROOT / "deploy/prometheus/buffered-stream-rules.test.yaml"
@@ -39,7 +38,9 @@ LABEL_VALUES = re.compile(r"label_values\(\s*([a-z_]+)(?:\{[^}]*\})?\s*,\s*([a-z
 def promtool() -> str:
     found = shutil.which("promtool")
     if found is None:
-        pytest.fail("promtool is not installed: apt-get install -y prometheus (Debian's package ships it)", pytrace=False)
+        pytest.fail(
+            "promtool is not installed: apt-get install -y prometheus (Debian's package ships it)", pytrace=False
+        )
     return found
 
 
@@ -50,8 +51,13 @@ def test_the_rules_pass_promtool_check() -> None:
 
 
 def test_the_rules_fire_as_their_unit_tests_say() -> None:
-    result = subprocess.run([promtool(), "test", "rules", RULE_TESTS.name], cwd=RULE_TESTS.parent, capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess.run(
+        [promtool(), "test", "rules", RULE_TESTS.name],
+        cwd=RULE_TESTS.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout + result.stderr
 
@@ -104,11 +110,24 @@ def used(expressions: list[str]) -> dict[str, set[str]]:
 
 def test_expressions_are_parsed() -> None:
     """The checks below see what the files use (a guard against a parser that finds nothing)."""
-    rules, board = used(rule_expressions()), used(dashboard_expressions() + [v.get("definition", "") for v in dashboard()["templating"]["list"]])
-    assert {"buffered_stream_requests_total", "buffered_stream_worker_restarts_total", "buffered_stream_assembly_seconds_bucket", "up"} <= set(rules)
+    rules, board = (
+        used(rule_expressions()),
+        used(dashboard_expressions() + [v.get("definition", "") for v in dashboard()["templating"]["list"]]),
+    )
+    assert {
+        "buffered_stream_requests_total",
+        "buffered_stream_worker_restarts_total",
+        "buffered_stream_assembly_seconds_bucket",
+        "up",
+    } <= set(rules)
     assert rules["buffered_stream_requests_total"] >= {"outcome", "job", "instance"}
-    assert {"buffered_stream_first_token_seconds_bucket", "buffered_stream_tokens_per_second_sum",
-            "buffered_stream_keepalive_bytes_total", "buffered_stream_in_flight_requests", "buffered_stream_workers"} <= set(board)
+    assert {
+        "buffered_stream_first_token_seconds_bucket",
+        "buffered_stream_tokens_per_second_sum",
+        "buffered_stream_keepalive_bytes_total",
+        "buffered_stream_in_flight_requests",
+        "buffered_stream_workers",
+    } <= set(board)
     assert "route" in board["buffered_stream_first_token_seconds_bucket"]
     assert "worker" in board["buffered_stream_worker_requests_total"]
 
@@ -139,8 +158,14 @@ def exposed(module_harness: Harness) -> dict[str, set[str]]:
     backend.on(Sse([{"error": {"message": "overloaded", "code": 503}}]), model="broken")
     stack: Stack = module_harness.stack(backend=backend, customize=monitoring_routes, workers=2)
     chat = {"messages": [{"role": "user", "content": "hi"}]}
-    for path, model, status in (("", "paced", 200), ("/streamed", "paced", 200), ("/keepalive", "paced", 200),
-                                ("/keepalive", "slow", 200), ("", "broken", 503), ("/streamed", "paced", 200)):
+    for path, model, status in (
+        ("", "paced", 200),
+        ("/streamed", "paced", 200),
+        ("/keepalive", "paced", 200),
+        ("/keepalive", "slow", 200),
+        ("", "broken", 503),
+        ("/streamed", "paced", 200),
+    ):
         got = http_request(f"{stack.url}{path}/v1/chat/completions", "POST", {**chat, "model": model}, timeout=30)
         assert got.status == status, got.body[:300]
 
@@ -153,8 +178,14 @@ def exposed(module_harness: Harness) -> dict[str, set[str]]:
 
     def complete() -> bool:
         found = scrape()
-        return all(name in found for name in ("buffered_stream_keepalive_bytes_total", "buffered_stream_first_token_seconds_bucket",
-                                              "buffered_stream_worker_requests_total"))
+        return all(
+            name in found
+            for name in (
+                "buffered_stream_keepalive_bytes_total",
+                "buffered_stream_first_token_seconds_bucket",
+                "buffered_stream_worker_requests_total",
+            )
+        )
 
     wait_until(complete, 15, message=lambda: stack.service.metrics())
     return scrape()
@@ -162,14 +193,19 @@ def exposed(module_harness: Harness) -> dict[str, set[str]]:
 
 @pytest.mark.parametrize("source", ["dashboard", "rules"])
 def test_every_metric_and_label_used_is_exposed(exposed: dict[str, set[str]], source: str) -> None:
-    expressions = rule_expressions() if source == "rules" else (
-        dashboard_expressions() + [v.get("definition", "") for v in dashboard()["templating"]["list"]])
+    expressions = (
+        rule_expressions()
+        if source == "rules"
+        else (dashboard_expressions() + [v.get("definition", "") for v in dashboard()["templating"]["list"]])
+    )
     for name, labels in used(expressions).items():
         if name in PROMETHEUS_SERIES:
             continue
         assert name in exposed, f"{source} uses {name}, which the service does not expose"
         missing = labels - TARGET_LABELS - exposed[name]
-        assert not missing, f"{source} uses {name} with labels {sorted(missing)} it does not have ({sorted(exposed[name])})"
+        assert not missing, (
+            f"{source} uses {name} with labels {sorted(missing)} it does not have ({sorted(exposed[name])})"
+        )
 
 
 def test_the_timing_histograms_carry_a_route_label_and_no_model_label(exposed: dict[str, set[str]]) -> None:

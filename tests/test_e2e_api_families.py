@@ -12,11 +12,11 @@ import anthropic
 import openai
 import orjson
 import pytest
+
+from buffered_stream.envoy_config import routes
 from support.backend import Json, RecordedRequest, Sse
 from support.net import http_request
 from support.stack import Harness, Stack
-
-from buffered_stream.envoy_config import routes
 
 pytestmark = pytest.mark.e2e
 

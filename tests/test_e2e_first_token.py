@@ -26,14 +26,14 @@ import anthropic
 import openai
 import orjson
 import pytest
+
+from buffered_stream.demo_backend import completion_pair, responses_pair, sse_event
+from buffered_stream.envoy_config import converting_routes, enable_keepalive
 from support.backend import Completion, Sse
 from support.litellm import MASTER_KEY, find_litellm, proxy_config, running_litellm
 from support.net import wait_until
 from support.probes import outcome_count, raw_post, service_samples
 from support.stack import Harness, Stack
-
-from buffered_stream.demo_backend import completion_pair, responses_pair, sse_event
-from buffered_stream.envoy_config import converting_routes, enable_keepalive
 
 pytestmark = pytest.mark.e2e
 
@@ -254,8 +254,11 @@ def test_without_any_upstream_ping_the_hop_still_cuts(module_harness: Harness, a
     assert not (result.status == 200 and result.complete), result.raw[:200]
     assert result.body.strip() == b"" or result.status == 504, result.body[:200]
     # The 200 had gone out when the hop gave up: the stream ended after the commit.
-    wait_until(lambda: outcome_count(alone.service, "aborted_after_commit") > aborted_before, 15,
-               message="aborted_after_commit counted")
+    wait_until(
+        lambda: outcome_count(alone.service, "aborted_after_commit") > aborted_before,
+        15,
+        message="aborted_after_commit counted",
+    )
 
 
 # --- the route timeout: the hard deadline of a keep-alive route ------------------------------------
@@ -274,13 +277,20 @@ def test_route_timeout_after_the_200_resets_the_response_and_is_counted(module_h
     assert result.status == 200 and result.headers["content-type"] == "application/json"
     assert not result.complete, f"the body must not end cleanly: {result.raw[-80:]!r}"
     assert result.body and result.body.strip() == b"", "only keep-alive bytes went out"
-    wait_until(lambda: outcome_count(deadline.service, "aborted_after_commit") == counts["aborted_after_commit"] + 1,
-               15, message="aborted_after_commit counted")
+    wait_until(
+        lambda: outcome_count(deadline.service, "aborted_after_commit") == counts["aborted_after_commit"] + 1,
+        15,
+        message="aborted_after_commit counted",
+    )
     assert outcome_count(deadline.service, "aborted") == counts["aborted"]
-    wait_until(lambda: any(" 200 UT " in line and "route=chat_completions" in line for line in deadline.envoy.access_log()),
-               15, message=lambda: "\n".join(deadline.envoy.access_log()))
+    wait_until(
+        lambda: any(" 200 UT " in line and "route=chat_completions" in line for line in deadline.envoy.access_log()),
+        15,
+        message=lambda: "\n".join(deadline.envoy.access_log()),
+    )
 
 
 def test_deadline_outcome_is_documented() -> None:
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    assert "`aborted_after_commit`" in readme
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    assert "`aborted_after_commit`" in (docs / "keepalive.md").read_text()
+    assert "`aborted_after_commit`" in (docs / "operations.md").read_text()

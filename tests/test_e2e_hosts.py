@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 import pytest
 import yaml
+
 from support.backend import Completion, Json, Sse
 from support.endpoint_picker import DESTINATION_HEADER, EndpointPicker
 from support.hosts import HOSTS, HostShape, add_endpoint_picker, shape_config
@@ -66,9 +67,7 @@ def service_settings(tmp: Path, host: HostShape) -> Path:
 @pytest.fixture(scope="module", params=sorted(HOSTS))
 def hosted(request: pytest.FixtureRequest, module_harness: Harness) -> tuple[HostShape, Stack]:
     host = HOSTS[request.param]
-    stack = module_harness.stack(
-        customize=reshaped(host), settings=service_settings(module_harness.work_dir, host)
-    )
+    stack = module_harness.stack(customize=reshaped(host), settings=service_settings(module_harness.work_dir, host))
     return host, stack
 
 
@@ -100,8 +99,9 @@ def test_stream_true_passes_byte_for_byte(hosted: tuple[HostShape, Stack]) -> No
 def test_json_error_passes_byte_for_byte(hosted: tuple[HostShape, Stack]) -> None:
     host, stack = hosted
     model = unique("busy")
-    stack.backend.on(Json({"error": {"message": "busy", "type": "rate_limit", "param": None, "code": None}},
-                          status=429), model=model)
+    stack.backend.on(
+        Json({"error": {"message": "busy", "type": "rate_limit", "param": None, "code": None}}, status=429), model=model
+    )
 
     result = raw_post(f"{stack.url}{PATH}", {"model": model, "messages": MESSAGES})
 
@@ -159,8 +159,10 @@ def test_a_request_body_in_chunks_is_rewritten_byte_for_byte(hosted: tuple[HostS
     edited = body.index(b'"stream"')
     assert sent.body[:edited] == body[:edited], "every byte before the edited member is the client's"
     assert b"123456789012345678901234567890" in sent.body and sent.json["stream"] is True
-    chunks = service_samples(stack.service)['buffered_stream_grpc_messages_total{phase="request_body"}'] - \
-        before['buffered_stream_grpc_messages_total{phase="request_body"}']
+    chunks = (
+        service_samples(stack.service)['buffered_stream_grpc_messages_total{phase="request_body"}']
+        - before['buffered_stream_grpc_messages_total{phase="request_body"}']
+    )
     if host.modes and host.modes["request_body_mode"] != "BUFFERED":
         assert chunks > 1, "the body arrived in several chunks"
 

@@ -21,13 +21,14 @@ import openai
 import orjson
 import pytest
 import requests
-from support.backend import Completion, Json, Sse
-from support.net import http_request
-from support.probes import outcome_count, raw_post, service_samples, wait_service_idle
-from support.stack import Harness, Stack
 
 from buffered_stream.core.convert import StreamConverter
 from buffered_stream.envoy_config import converting_routes, enable_keepalive
+from support.backend import Completion, Json, Sse
+from support.net import http_request
+from support.probes import outcome_count, raw_post, service_samples, wait_service_idle
+from support.specs import spec_of
+from support.stack import Harness, Stack
 
 pytestmark = pytest.mark.e2e
 
@@ -75,7 +76,7 @@ def native(reply: Completion, model: str) -> dict[str, Any]:
 def split_body(body: bytes) -> tuple[bytes, bytes]:
     """(the leading keep-alive bytes, the rest)."""
     whitespace = LEADING_WHITESPACE.match(body).group()
-    return whitespace, body[len(whitespace):]
+    return whitespace, body[len(whitespace) :]
 
 
 def sdk(base_url: str) -> openai.OpenAI:
@@ -114,7 +115,7 @@ def test_tool_calls_and_n2_are_newlines_then_the_assembled_json(ka: Stack, case:
     sse = (CORPUS / f"{case}.sse").read_bytes()
     events = [event + b"\n\n" for event in sse.split(b"\n\n") if event.strip()]
     ka.backend.on(Sse(events, delay=[0.0, 1.2] + [0.05] * len(events)), model=model)
-    converter = StreamConverter("chat", "auto")
+    converter = StreamConverter(spec_of("chat"), "auto")
     converter.feed(sse)
     expected = converter.finish()
 
@@ -153,8 +154,7 @@ def test_openai_sdk_sync_and_async_parse_it_with_a_read_timeout_shorter_than_the
     assert answer.choices[0].message.content == expected
 
     async def call() -> Any:
-        client = openai.AsyncOpenAI(base_url=f"{ka.url}/v1", api_key="none", max_retries=0,
-                                    timeout=3.0)
+        client = openai.AsyncOpenAI(base_url=f"{ka.url}/v1", api_key="none", max_retries=0, timeout=3.0)
         async with client:
             return await client.chat.completions.create(model=model, messages=MESSAGES)
 
@@ -173,7 +173,10 @@ def test_httpx_requests_and_curl_parse_it(ka: Stack) -> None:
     curl = subprocess.run(
         f"curl -sS --max-time 30 -H 'content-type: application/json' -d '{orjson.dumps(chat(model)).decode()}' {url}"
         f" | {sys.executable} -m json.tool",
-        shell=True, capture_output=True, text=True, timeout=60,
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert curl.returncode == 0, curl.stderr
     assert stable(orjson.loads(curl.stdout)) == expected
@@ -222,8 +225,12 @@ def test_stream_true_passes_byte_for_byte(ka: Stack) -> None:
 @pytest.mark.parametrize("status", [200, 429])
 def test_json_answers_pass_byte_for_byte(ka: Stack, status: int) -> None:
     model = unique(f"json{status}")
-    ka.backend.on(Json({"error": {"message": "busy", "type": "rate_limit", "param": None, "code": None}},
-                       status=status, delay=1.2), model=model)
+    ka.backend.on(
+        Json(
+            {"error": {"message": "busy", "type": "rate_limit", "param": None, "code": None}}, status=status, delay=1.2
+        ),
+        model=model,
+    )
     result = raw_post(f"{ka.url}/v1/chat/completions", chat(model))
     assert result.status == status and result.complete
     assert result.body == bytes(ka.backend.requests[-1].response_body)
@@ -235,15 +242,19 @@ def test_json_answers_pass_byte_for_byte(ka: Stack, status: int) -> None:
 
 def role_chunk(model: str, text: str = "partial") -> dict[str, Any]:
     return {
-        "id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": model,
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": model,
         "choices": [{"index": 0, "delta": {"role": "assistant", "content": text}, "finish_reason": None}],
     }
 
 
 FAILURES = {
     "backend_closes": lambda m: Sse([role_chunk(m)], delay=[0.0], then="hang", hang_seconds=1.5),
-    "error_event": lambda m: Sse([role_chunk(m), {"error": {"message": "boom", "type": "server_error", "code": 500}}],
-                                 delay=[0.0, 1.5]),
+    "error_event": lambda m: Sse(
+        [role_chunk(m), {"error": {"message": "boom", "type": "server_error", "code": 500}}], delay=[0.0, 1.5]
+    ),
     "truncated": lambda m: Sse([role_chunk(m), role_chunk(m, "more")], delay=[0.0, 1.5]),
     "malformed": lambda m: Sse([role_chunk(m), b"data: {not json\n\n"], delay=[0.0, 1.5]),
     "limit": lambda m: Sse([role_chunk(m), role_chunk(m, "x" * 5000)], delay=[0.0, 1.5]),
@@ -276,4 +287,7 @@ def test_failure_after_commit_resets_the_response(ka: Stack, ka_limited: Stack, 
 
     after = unique("after")
     stack.backend.on(Completion("fine"), model=after)
-    assert sdk(f"{stack.url}/v1").chat.completions.create(model=after, messages=MESSAGES).choices[0].message.content == "fine"
+    assert (
+        sdk(f"{stack.url}/v1").chat.completions.create(model=after, messages=MESSAGES).choices[0].message.content
+        == "fine"
+    )

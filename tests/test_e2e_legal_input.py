@@ -14,17 +14,16 @@ from typing import Any
 
 import orjson
 import pytest
+
+from buffered_stream.envoy_config import converting_routes, enable_keepalive
 from support.backend import Completion, Sse
 from support.net import http_request, wait_until
 from support.probes import CONVERTING, raw_post, service_samples, wait_service_idle
-
-OUTCOMES = "buffered_stream_requests_total"
-RESPONSE_BYTES = "buffered_stream_response_bytes_total"
 from support.stack import Harness, Stack
 
-from buffered_stream.envoy_config import converting_routes, enable_keepalive
-
 pytestmark = pytest.mark.e2e
+OUTCOMES = "buffered_stream_requests_total"
+RESPONSE_BYTES = "buffered_stream_response_bytes_total"
 
 MiB = 1 << 20
 MESSAGES = [{"role": "user", "content": "Say something."}]
@@ -144,9 +143,7 @@ def test_a_100_mb_answer_is_delivered_whole(stacks: dict[str, Stack], mode: str)
     stack, model = stacks[mode], unique("huge")
     events, _ = stream_and_native(model, "start")
     piece = "abcdefgh" * (64 << 10)  # 512 KiB of text per event, under max_event_bytes
-    content = orjson.dumps(
-        {**events[1], "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
-    )
+    content = orjson.dumps({**events[1], "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]})
     count = 200  # 100 MiB of answer text
     stack.backend.on(Sse([events[0], *[b"data: " + content + b"\n\n"] * count, *events[1:]]), model=model)
 
@@ -193,8 +190,9 @@ def test_pathological_bodies_do_not_starve_ordinary_requests(stacks: dict[str, S
     received = lambda: service_samples(stack.service)[RESPONSE_BYTES] - before[RESPONSE_BYTES]  # noqa: E731
 
     with ThreadPoolExecutor(8) as pool:
-        heavy_results = [pool.submit(http_request, f"{stack.url}{PATH}", "POST", request(heavy), timeout=120)
-                         for _ in range(8)]
+        heavy_results = [
+            pool.submit(http_request, f"{stack.url}{PATH}", "POST", request(heavy), timeout=120) for _ in range(8)
+        ]
         # Measure while the service converts all eight (their bodies have arrived: the client,
         # backend and Envoy moving 112 MB are not what is measured).
         wait_until(lambda: received() >= 8 * body_bytes, timeout=60)
@@ -246,7 +244,10 @@ def test_a_conversion_over_its_cpu_budget_fails_with_a_clear_limit(budgeted: Sta
     error = result.json()["error"]
     assert (error["type"], error["code"]) == ("limit", "conversion_too_slow"), error
     assert "max_conversion_seconds=0.05" in error["message"]
-    assert http_request(f"{budgeted.url}{PATH}", "POST", request(light)).json()["choices"][0]["message"]["content"] == "fine"
+    assert (
+        http_request(f"{budgeted.url}{PATH}", "POST", request(light)).json()["choices"][0]["message"]["content"]
+        == "fine"
+    )
 
 
 # --- bounded logs -----------------------------------------------------------------------------

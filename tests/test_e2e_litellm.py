@@ -14,12 +14,12 @@ from typing import Any
 
 import openai
 import pytest
+
+from buffered_stream.envoy_config import converting_routes, routes
 from support.backend import Completion, RecordedRequest, ScriptedBackend, Sse, tokens_of
 from support.litellm import client as proxy_client
 from support.litellm import find_litellm, proxy_config, running_litellm
 from support.stack import Harness, Stack
-
-from buffered_stream.envoy_config import converting_routes, routes
 
 pytestmark = pytest.mark.e2e
 
@@ -93,8 +93,18 @@ def tool_call_events(model: str) -> list[dict[str, Any] | str]:
 
     return [
         delta({"role": "assistant", "content": ""}),
-        delta({"tool_calls": [{"index": 0, "id": "call_7", "type": "function",
-                               "function": {"name": "get_weather", "arguments": ""}}]}),
+        delta(
+            {
+                "tool_calls": [
+                    {
+                        "index": 0,
+                        "id": "call_7",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": ""},
+                    }
+                ]
+            }
+        ),
         delta(arguments('{"city": ')),
         delta(arguments('"Paris"}')),
         delta({}, "tool_calls"),
@@ -114,7 +124,9 @@ def test_non_stream_call_is_served_from_an_upstream_stream(litellm_stack: Stack,
     assert choice.finish_reason == "stop"
     n_tokens = len(tokens_of(TEXT))
     assert (answer.usage.prompt_tokens, answer.usage.completion_tokens, answer.usage.total_tokens) == (
-        5, n_tokens, 5 + n_tokens,
+        5,
+        n_tokens,
+        5 + n_tokens,
     )
     (upstream,) = backend_requests(litellm_stack.backend, "e2e-text")
     assert upstream.stream is True
@@ -125,9 +137,7 @@ def test_non_stream_call_is_served_from_an_upstream_stream(litellm_stack: Stack,
 def test_non_stream_tool_call(litellm_stack: Stack, litellm_url: str) -> None:
     litellm_stack.backend.on(Sse(tool_call_events("e2e-tools")), model="e2e-tools")
     tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
-    answer = client(litellm_url).chat.completions.create(
-        model="tools", messages=MESSAGES, tools=tools, stream=False
-    )
+    answer = client(litellm_url).chat.completions.create(model="tools", messages=MESSAGES, tools=tools, stream=False)
 
     (choice,) = answer.choices
     assert choice.finish_reason == "tool_calls"
@@ -162,9 +172,7 @@ def test_stream_call_still_streams(litellm_stack: Stack, litellm_url: str) -> No
     assert upstream.stream is True
 
 
-def test_long_generation_outlives_the_idle_timeout_only_when_converted(
-    litellm_stack: Stack, litellm_url: str
-) -> None:
+def test_long_generation_outlives_the_idle_timeout_only_when_converted(litellm_stack: Stack, litellm_url: str) -> None:
     # A token every 0.5 s, for longer than the routes' idle timeout: a non-stream call is silent
     # all that time unless it is converted.
     slow = Completion(TEXT, token_delay=ROUTE_IDLE_TIMEOUT / 4)

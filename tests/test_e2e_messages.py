@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+
 from support.backend import Completion
 from support.net import http_request
 from support.stack import Harness, Stack
@@ -70,6 +71,11 @@ def test_request_without_body_on_an_enabled_route_costs_one_message(stacks: dict
 
 def test_disabled_routes_cost_nothing(stacks: dict[str, Stack]) -> None:
     stack = stacks["buffered"]
-    spent = cost(stack, lambda: (http_request(f"{stack.url}/v1/models", "GET"),
-                                 http_request(f"{stack.url}/direct/v1/chat/completions", "POST", CHAT)))
+    spent = cost(
+        stack,
+        lambda: (
+            http_request(f"{stack.url}/v1/models", "GET"),
+            http_request(f"{stack.url}/direct/v1/chat/completions", "POST", CHAT),
+        ),
+    )
     assert spent == {}

@@ -7,6 +7,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
+
 from support.backend import Completion, Sse
 from support.net import http_request, wait_until
 from support.stack import Harness, Stack
@@ -65,6 +66,8 @@ def test_grpc_health_and_reflection(stack: Stack) -> None:
             reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
         reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
-        (reply,) = reflection.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
+        (reply,) = reflection.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
+        )
         names = {s.name for s in reply.list_services_response.service}
         assert {"envoy.service.ext_proc.v3.ExternalProcessor", "grpc.health.v1.Health"} <= names

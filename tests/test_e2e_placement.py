@@ -19,11 +19,11 @@ import httpx
 import openai
 import orjson
 import pytest
+
+from buffered_stream.envoy_config import converting_routes, enable_keepalive
 from support.backend import Completion, Json, RecordedRequest, ScriptedBackend, Sse
 from support.litellm import MASTER_KEY, client, find_litellm, proxy_config, running_litellm
 from support.stack import Harness, Stack
-
-from buffered_stream.envoy_config import converting_routes, enable_keepalive
 
 pytestmark = pytest.mark.e2e
 
@@ -71,7 +71,10 @@ def behind(module_harness: Harness, backend: ScriptedBackend) -> dict[str, Stack
 
 @pytest.fixture(scope="module")
 def litellm(
-    module_harness: Harness, backend: ScriptedBackend, behind: dict[str, Stack], tmp_path_factory: pytest.TempPathFactory
+    module_harness: Harness,
+    backend: ScriptedBackend,
+    behind: dict[str, Stack],
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[str]:
     try:
         find_litellm()
@@ -163,9 +166,7 @@ def test_front_placement_slow_text(backend: ScriptedBackend, front: str) -> None
     backend.on(SLOW_TEXT, model="front-text")
     native = SLOW_TEXT.pair("/v1/chat/completions", {"model": "front-text"})[1]
 
-    answer = client(front, timeout=3.0).chat.completions.create(
-        model="front-text", messages=MESSAGES
-    )
+    answer = client(front, timeout=3.0).chat.completions.create(model="front-text", messages=MESSAGES)
 
     assert essentials(answer.model_dump()) == essentials(native)
 
@@ -203,6 +204,7 @@ def test_litellm_responses_call_is_converted(backend: ScriptedBackend, litellm: 
     )
     upstream = [r for r in backend.requests if r.path == "/v1/responses"][-1]
     assert upstream.stream is True
+
 
 def test_front_answer_is_litellms_own_but_for_what_only_one_of_its_shapes_carries(
     backend: ScriptedBackend, litellm: str, front: str

@@ -13,13 +13,13 @@ from typing import Any
 import httpx
 import openai
 import pytest
+
+from buffered_stream.demo_backend import DEMO_TEXT
+from buffered_stream.envoy_config import converting_routes
 from support.backend import Completion, Json, Sse
 from support.net import free_port, http_request, wait_until
 from support.processes import ManagedProcess
 from support.stack import SOURCE_ROOT, Harness, Stack
-
-from buffered_stream.demo_backend import DEMO_TEXT
-from buffered_stream.envoy_config import converting_routes
 
 pytestmark = pytest.mark.e2e
 
@@ -37,15 +37,19 @@ def stable(answer: dict[str, Any]) -> dict[str, Any]:
 
 
 def chat_raw(base_url: str, model: str, **extra: Any) -> httpx.Response:
-    return client(base_url).chat.completions.with_raw_response.create(
-        model=model, messages=MESSAGES, stream=False, **extra
-    ).http_response
+    return (
+        client(base_url)
+        .chat.completions.with_raw_response.create(model=model, messages=MESSAGES, stream=False, **extra)
+        .http_response
+    )
 
 
 def completion_raw(base_url: str, model: str, **extra: Any) -> httpx.Response:
-    return client(base_url).completions.with_raw_response.create(
-        model=model, prompt="Say", stream=False, **extra
-    ).http_response
+    return (
+        client(base_url)
+        .completions.with_raw_response.create(model=model, prompt="Say", stream=False, **extra)
+        .http_response
+    )
 
 
 def post(stack: Stack, path: str, body: dict[str, Any]) -> Any:
@@ -168,7 +172,10 @@ def test_model_outside_the_route_list_is_not_converted(harness: Harness) -> None
 
 def role_chunk(model: str) -> dict[str, Any]:
     return {
-        "id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": model,
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": model,
         "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
     }
 
@@ -256,11 +263,18 @@ def test_slow_generation_survives_an_idle_timeout_that_kills_the_direct_call(har
 def test_run_without_backend_answers_within_seconds(tmp_path) -> None:
     port, admin_port, metrics_port = free_port(), free_port(), free_port()
     args = [
-        sys.executable, "-m", "buffered_stream", "run",
-        "--listen", f"127.0.0.1:{port}",
-        "--admin-port", str(admin_port),
-        "--metrics-listen", f"127.0.0.1:{metrics_port}",
-        "--demo-delay", "0.01",
+        sys.executable,
+        "-m",
+        "buffered_stream",
+        "run",
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--admin-port",
+        str(admin_port),
+        "--metrics-listen",
+        f"127.0.0.1:{metrics_port}",
+        "--demo-delay",
+        "0.01",
     ]
     with ManagedProcess("run", args, tmp_path, env={"PYTHONPATH": str(SOURCE_ROOT)}) as run:
         request = {"model": "demo", "messages": [{"role": "user", "content": "hi"}]}
@@ -297,7 +311,9 @@ def test_buffered_mode_holds_60k_tokens_and_refuses_more_than_16_mib_as_json(sta
 def test_converted_request_asks_for_an_uncompressed_stream(stack: Stack) -> None:
     stack.backend.on(Completion(TEXT), model="compressible")
     result = http_request(
-        f"{stack.url}/v1/chat/completions", "POST", {"model": "compressible", "messages": MESSAGES},
+        f"{stack.url}/v1/chat/completions",
+        "POST",
+        {"model": "compressible", "messages": MESSAGES},
         headers={"accept-encoding": "gzip, br"},
     )
     assert result.status == 200, result.body

@@ -15,11 +15,11 @@ from typing import Any
 import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+
+from buffered_stream.envoy_config import enable_keepalive, routes
 from support.net import http_request, wait_until
 from support.stack import Harness, Stack
 from support.vllm_stream import paced_vllm
-
-from buffered_stream.envoy_config import enable_keepalive, routes
 
 pytestmark = pytest.mark.e2e
 
@@ -32,9 +32,17 @@ TOKEN_DELAY = 0.01
 ROUTES = {
     "chat_streamed_i1": ("/i1/streamed", {"mode": "streamed", "profile": "vllm"}, False),
     "chat_keepalive_i1": ("/i1/keepalive", {"profile": "vllm"}, True),
-    "chat_streamed_i8": ("/i8/streamed", {"mode": "streamed", "profile": "vllm", "upstream_stream_interval": INTERVAL}, False),
+    "chat_streamed_i8": (
+        "/i8/streamed",
+        {"mode": "streamed", "profile": "vllm", "upstream_stream_interval": INTERVAL},
+        False,
+    ),
     "chat_keepalive_i8": ("/i8/keepalive", {"profile": "vllm", "upstream_stream_interval": INTERVAL}, True),
-    "chat_buffered_i8": ("/i8/buffered", {"mode": "buffered", "profile": "vllm", "upstream_stream_interval": INTERVAL}, False),
+    "chat_buffered_i8": (
+        "/i8/buffered",
+        {"mode": "buffered", "profile": "vllm", "upstream_stream_interval": INTERVAL},
+        False,
+    ),
 }
 
 
@@ -102,7 +110,9 @@ def test_the_interval_reaches_the_backend_and_the_answer_stays_exact(stack: Stac
 
 def access_log_fields(stack: Stack, route: str, count: int) -> list[dict[str, str]]:
     def lines() -> list[dict[str, str]]:
-        found = [dict(re.findall(r"(\w+)=(\S+)", line)) for line in stack.envoy.access_log() if f"route={route} " in line]
+        found = [
+            dict(re.findall(r"(\w+)=(\S+)", line)) for line in stack.envoy.access_log() if f"route={route} " in line
+        ]
         return [f for f in found if f.get("outcome", "-") != "-"]
 
     wait_until(lambda: len(lines()) >= count, 10, message=lambda: "\n".join(stack.envoy.access_log()[-5:]))
@@ -141,6 +151,10 @@ def test_buffered_mode_reports_no_timing(stack: Stack) -> None:
     answer, native, messages = convert(stack, "chat_buffered_i8", "paced")
     assert answer == native and messages == 1
     fields = access_log_fields(stack, "chat_buffered_i8", 1)[-1]
-    assert fields["outcome"] == "converted" and fields["first_token_seconds"] == "-" and fields["tokens_per_second"] == "-"
-    assert not any(name.startswith("buffered_stream_first_token") and dict(labels).get("route") == "chat_buffered_i8"
-                   for name, labels in settled(stack))
+    assert (
+        fields["outcome"] == "converted" and fields["first_token_seconds"] == "-" and fields["tokens_per_second"] == "-"
+    )
+    assert not any(
+        name.startswith("buffered_stream_first_token") and dict(labels).get("route") == "chat_buffered_i8"
+        for name, labels in settled(stack)
+    )

@@ -49,12 +49,15 @@ def ext_proc(cfg: dict[str, Any]) -> ext_proc_pb2.ExternalProcessor:
 
 
 def mode_tuple(mode: Any) -> tuple[str, ...]:
-    names = ("request_header_mode", "request_body_mode", "response_header_mode",
-             "response_body_mode", "request_trailer_mode", "response_trailer_mode")
-    return tuple(
-        mode.DESCRIPTOR.fields_by_name[n].enum_type.values_by_number[getattr(mode, n)].name
-        for n in names
+    names = (
+        "request_header_mode",
+        "request_body_mode",
+        "response_header_mode",
+        "response_body_mode",
+        "request_trailer_mode",
+        "response_trailer_mode",
     )
+    return tuple(mode.DESCRIPTOR.fields_by_name[n].enum_type.values_by_number[getattr(mode, n)].name for n in names)
 
 
 def test_root_envoy_yaml_is_the_packaged_config(envoy_binary: Path) -> None:
@@ -109,7 +112,10 @@ def test_timeouts_and_buffer_limits() -> None:
     assert cluster(cfg, BACKEND_CLUSTER)["per_connection_buffer_limit_bytes"] == SIXTEEN_MIB
     service_cluster = cluster(cfg, SERVICE_CLUSTER)
     options = service_cluster["typed_extension_protocol_options"]
-    assert "http2_protocol_options" in options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["explicit_http_config"]
+    assert (
+        "http2_protocol_options"
+        in options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["explicit_http_config"]
+    )
     fmt = manager["access_log"][0]["typed_config"]["log_format"]["text_format_source"]["inline_string"]
     for key in ("prompt_tokens", "completion_tokens", "total_tokens", "outcome"):
         assert f"%DYNAMIC_METADATA(buffered_stream:{key})%" in fmt
@@ -122,7 +128,10 @@ def test_envoy_errors_become_json_but_service_replies_stay() -> None:
     assert only_without_outcome["matcher"]["value"] == {"present_match": False}
     assert only_without_outcome["match_if_key_not_found"] is True
     assert service_failed["filter"]["and_filter"]["filters"][0]["metadata_filter"] == only_without_outcome
-    assert "ext_proc_error" in service_failed["filter"]["and_filter"]["filters"][1]["extension_filter"]["typed_config"]["expression"]
+    assert (
+        "ext_proc_error"
+        in service_failed["filter"]["and_filter"]["filters"][1]["extension_filter"]["typed_config"]["expression"]
+    )
     assert service_failed["body"]["inline_string"]
     for mapper in (service_failed, generic):
         assert set(mapper["body_format_override"]["json_format"]["error"]) == {"message", "type", "param", "code"}
@@ -131,8 +140,12 @@ def test_envoy_errors_become_json_but_service_replies_stay() -> None:
 def test_routes() -> None:
     cfg = load_packaged_config()
     by_name = {r["name"]: r for r in routes(cfg)}
-    paths = {"chat_completions": "/v1/chat/completions", "completions": "/v1/completions",
-             "responses": "/v1/responses", "messages": "/v1/messages"}
+    paths = {
+        "chat_completions": "/v1/chat/completions",
+        "completions": "/v1/completions",
+        "responses": "/v1/responses",
+        "messages": "/v1/messages",
+    }
     assert [r["name"] for r in converting_routes(cfg)] == list(paths)
     for name, path in paths.items():
         route = by_name[name]

@@ -22,12 +22,12 @@ import grpc
 import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+
+from buffered_stream.envoy_config import build_envoy_config, converting_routes, enable_keepalive
 from support.backend import ScriptedBackend, Sse
 from support.net import free_port
 from support.probes import open_post, read_response
 from support.stack import Harness
-
-from buffered_stream.envoy_config import build_envoy_config, converting_routes, enable_keepalive
 
 pytestmark = pytest.mark.e2e
 
@@ -126,7 +126,9 @@ def full_duplex_envoy(harness: Harness, backend: ScriptedBackend, processor_port
     return harness.envoy(config)
 
 
-def test_a_processor_chunk_before_the_first_upstream_chunk_is_rejected(harness: Harness, backend: ScriptedBackend) -> None:
+def test_a_processor_chunk_before_the_first_upstream_chunk_is_rejected(
+    harness: Harness, backend: ScriptedBackend
+) -> None:
     with ProcessorThread(EagerProcessor(send_after_first_chunk=False)) as processor:
         envoy = full_duplex_envoy(harness, backend, processor.port)
         result = read_response(open_post(f"{envoy.url()}/v1/chat/completions", {"model": "m"}), timeout=20)

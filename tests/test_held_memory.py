@@ -16,9 +16,9 @@ import orjson
 import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+
 from support.probes import rss_bytes
 from support.stack import Harness
-
 from test_service import ENABLED, STREAMED, body, first_body, full_duplex_request, response_headers
 
 pytestmark = pytest.mark.e2e
@@ -34,7 +34,9 @@ def _event(payload: dict) -> bytes:
 
 def _chunk(delta: dict, finish: str | None = None) -> bytes:
     choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-    return _event({"id": "chatcmpl-held", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [choice]})
+    return _event(
+        {"id": "chatcmpl-held", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [choice]}
+    )
 
 
 WORDS = [f" w{i}" for i in range(TOKENS)]

@@ -11,10 +11,10 @@ from envoy.config.core.v3 import base_pb2
 from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from google.protobuf import struct_pb2
-from test_service import CHAT_BODY, ENABLED, SSE, body, headers, response_headers
 
 from buffered_stream.adapter.service import Exchange, RouteSettingsCache
 from buffered_stream.settings import RouteSettings, ServiceSettings, SettingsError, load_service_settings
+from test_service import CHAT_BODY, ENABLED, SSE, body, headers, response_headers
 
 Mode = ProcessingMode
 HOST_NS = "com.example.extension"
@@ -30,13 +30,18 @@ def dynamic(**namespaces: dict) -> base_pb2.Metadata:
 
 
 def first_headers(
-    *, route_metadata: str = "", metadata: base_pb2.Metadata | None = None,
-    request_body: int = Mode.BUFFERED, response_body: int = Mode.NONE,
+    *,
+    route_metadata: str = "",
+    metadata: base_pb2.Metadata | None = None,
+    request_body: int = Mode.BUFFERED,
+    response_body: int = Mode.NONE,
 ) -> pb.ProcessingRequest:
     attributes = struct_pb2.Struct()
     attributes.update({"xds.route_metadata": route_metadata, "xds.route_name": "chat"})
     message = pb.ProcessingRequest(
-        request_headers=headers((":method", "POST"), (":path", "/v1/chat/completions"), ("content-type", "application/json")),
+        request_headers=headers(
+            (":method", "POST"), (":path", "/v1/chat/completions"), ("content-type", "application/json")
+        ),
         attributes={"envoy.filters.http.ext_proc": attributes},
         protocol_config=pb.ProtocolConfiguration(request_body_mode=request_body, response_body_mode=response_body),
     )
@@ -61,13 +66,15 @@ def test_dynamic_metadata_enables_a_route_without_route_metadata() -> None:
 def test_precedence_defaults_then_route_metadata_then_namespaces_in_order() -> None:
     cache = RouteSettingsCache(RouteSettings(max_event_bytes=1000), namespaces=("buffered_stream", HOST_NS))
     ex = Exchange(cache)
-    ex.handle(first_headers(
-        route_metadata=ENABLED,  # enabled: true
-        metadata=dynamic(
-            buffered_stream={"mode": "streamed", "keepalive_seconds": 5},
-            com_DOT_example_DOT_extension={"keepalive_seconds": 2},
-        ),
-    ))
+    ex.handle(
+        first_headers(
+            route_metadata=ENABLED,  # enabled: true
+            metadata=dynamic(
+                buffered_stream={"mode": "streamed", "keepalive_seconds": 5},
+                com_DOT_example_DOT_extension={"keepalive_seconds": 2},
+            ),
+        )
+    )
     assert ex.route == RouteSettings(enabled=True, mode="streamed", keepalive_seconds=2.0, max_event_bytes=1000)
 
 
@@ -79,8 +86,11 @@ def test_namespaces_not_listed_are_ignored() -> None:
 
 @pytest.mark.parametrize(
     ("values", "named"),
-    [({"enabled": "yes"}, "enabled must be true or false"), ({"mdoe": "streamed"}, "unknown key 'mdoe'"),
-     ({"keepalive_seconds": -1}, "keepalive_seconds")],
+    [
+        ({"enabled": "yes"}, "enabled must be true or false"),
+        ({"mdoe": "streamed"}, "unknown key 'mdoe'"),
+        ({"keepalive_seconds": -1}, "keepalive_seconds"),
+    ],
 )
 def test_a_bad_dynamic_value_is_a_500_naming_the_key_and_the_namespace(values: dict, named: str) -> None:
     ex = exchange()
@@ -112,7 +122,10 @@ def test_a_request_body_in_chunks_is_held_then_rewritten(mode: int) -> None:
     ex = exchange()
     reply = ex.handle(first_headers(metadata=dynamic(**ENABLED_HERE), request_body=mode, response_body=mode))
     assert list(reply.request_headers.response.header_mutation.remove_headers) == ["content-length", "accept-encoding"]
-    held = [ex.handle(body(CHAT_BODY[:10], end_of_stream=False)), ex.handle(body(CHAT_BODY[10:20], end_of_stream=False))]
+    held = [
+        ex.handle(body(CHAT_BODY[:10], end_of_stream=False)),
+        ex.handle(body(CHAT_BODY[10:20], end_of_stream=False)),
+    ]
     if mode == Mode.STREAMED:
         assert all(r.request_body.response.body_mutation.clear_body for r in held)
     else:
@@ -128,9 +141,13 @@ def test_a_request_body_in_chunks_is_held_then_rewritten(mode: int) -> None:
 @pytest.mark.parametrize("mode", [Mode.STREAMED, Mode.FULL_DUPLEX_STREAMED])
 def test_a_request_body_over_the_limit_goes_on_as_it_came(mode: int) -> None:
     ex = exchange()
-    ex.handle(first_headers(
-        metadata=dynamic(buffered_stream={"enabled": True, "max_request_bytes": 15}), request_body=mode, response_body=mode,
-    ))
+    ex.handle(
+        first_headers(
+            metadata=dynamic(buffered_stream={"enabled": True, "max_request_bytes": 15}),
+            request_body=mode,
+            response_body=mode,
+        )
+    )
     ex.handle(body(CHAT_BODY[:10], end_of_stream=False))
     reply = ex.handle(body(CHAT_BODY[10:20], end_of_stream=False))
     mutation = reply.request_body.response.body_mutation
@@ -149,7 +166,9 @@ def test_host_fixed_streamed_response_converts_without_a_mode_override() -> None
     ex.handle(body(CHAT_BODY, end_of_stream=True))
     reply = ex.handle(response_headers())
     assert not reply.HasField("mode_override")
-    assert ex.handle(body(SSE[:120], end_of_stream=False, response=True)).response_body.response.body_mutation.clear_body
+    assert ex.handle(
+        body(SSE[:120], end_of_stream=False, response=True)
+    ).response_body.response.body_mutation.clear_body
     answer = ex.handle(body(SSE[120:], end_of_stream=True, response=True)).response_body.response
     assert orjson.loads(answer.body_mutation.body)["choices"][0]["message"]["content"] == "Hello"
     assert not answer.header_mutation.set_headers, "the headers already left: no content-length"

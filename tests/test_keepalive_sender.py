@@ -20,7 +20,9 @@ from buffered_stream.settings import ServiceSettings
 from test_service import CHAT_BODY, ENABLED, SSE, body, full_duplex_request, response_headers
 
 INTERVAL = 0.1  # the shortest keep-alive a route may ask for
-FAST = ENABLED.replace("} } } }", f'}} }} fields {{ key: "keepalive_seconds" value {{ number_value: {INTERVAL} }} }} }} }}')
+FAST = ENABLED.replace(
+    "} } } }", f'}} }} fields {{ key: "keepalive_seconds" value {{ number_value: {INTERVAL} }} }} }} }}'
+)
 DEADLINE = 20.0
 
 
@@ -33,7 +35,7 @@ async def _serve() -> tuple[grpc.aio.Server, str]:
 
 
 def _kind(reply: pb.ProcessingResponse) -> str:
-    """"keepalive", "answer" or the reply's oneof name."""
+    """ "keepalive", "answer" or the reply's oneof name."""
     streamed = reply.response_body.response.body_mutation.streamed_response
     if reply.HasField("response_body") and streamed.body == KEEPALIVE_BYTE and not streamed.end_of_stream:
         return "keepalive"
@@ -42,8 +44,9 @@ def _kind(reply: pb.ProcessingResponse) -> str:
     return reply.WhichOneof("response")
 
 
-async def _one_stream(stub: pb_grpc.ExternalProcessorStub, pieces: list[bytes], gaps: list[float],
-                      wait_for_keepalives: int = 0) -> list[pb.ProcessingResponse]:
+async def _one_stream(
+    stub: pb_grpc.ExternalProcessorStub, pieces: list[bytes], gaps: list[float], wait_for_keepalives: int = 0
+) -> list[pb.ProcessingResponse]:
     """Envoy's side of one full-duplex request: the replies it got, in order, until the stream ended."""
     call = stub.Process()
     replies: list[pb.ProcessingResponse] = []
@@ -94,7 +97,9 @@ def test_keepalive_bytes_flow_while_the_upstream_is_silent_then_the_answer_ends_
         server, target = await _serve()
         try:
             async with grpc.aio.insecure_channel(target) as channel:
-                replies = await _one_stream(pb_grpc.ExternalProcessorStub(channel), [SSE[:40], SSE[40:]], [0, 0], wait_for_keepalives=3)
+                replies = await _one_stream(
+                    pb_grpc.ExternalProcessorStub(channel), [SSE[:40], SSE[40:]], [0, 0], wait_for_keepalives=3
+                )
                 return _check_order(replies)
         finally:
             await server.stop(None)

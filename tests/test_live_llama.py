@@ -18,26 +18,24 @@ from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+
+from buffered_stream.apis import CHAT, COMPLETIONS
+from buffered_stream.envoy_config import build_envoy_config
 from support.llama_server import LlamaServer, start_llama_server
 from support.net import http_request
 from support.record_llama import CASES, THROWAWAY
 from support.stack import Envoy, Harness, Service
-
-from buffered_stream.envoy_config import build_envoy_config
-from buffered_stream.core.registry import CHAT, COMPLETIONS
 
 # Not marked e2e, so that `-m e2e` never starts a build; the first build takes longer than the
 # suite's per-test timeout.
 pytestmark = [pytest.mark.live, pytest.mark.timeout(3600)]
 
 VARYING = ("id", "created", "timings")
+
+
 def params(schema: str) -> list[Any]:
     """The recorder's cases of ``schema``, so the corpus and this test exercise the same requests."""
-    return [
-        pytest.param(case.request, id=case.name)
-        for case in CASES
-        if case.schema == schema
-    ]
+    return [pytest.param(case.request, id=case.name) for case in CASES if case.schema == schema]
 
 
 @pytest.fixture(scope="module")

@@ -18,10 +18,13 @@ from typing import Any
 import anthropic.types
 import orjson
 import pytest
-from support.corpus import byte_by_byte, case_names, every_split, load_case, whole
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from buffered_stream.core.convert import StreamConverter
+from buffered_stream.core.errors import LIMIT, MALFORMED, TRUNCATED, UPSTREAM_ERROR, ConversionError
+from buffered_stream.core.request import Rewrite, Skip
+from buffered_stream.core.sse import SseDecoder
 from buffered_stream.schemas import anthropic_messages as messages
 from buffered_stream.schemas.anthropic_messages import (
     MAX_BLOCKS,
@@ -34,10 +37,8 @@ from buffered_stream.schemas.anthropic_messages import (
     upstream_error,
     usage_tokens,
 )
-from buffered_stream.core.convert import StreamConverter
-from buffered_stream.core.errors import LIMIT, MALFORMED, TRUNCATED, UPSTREAM_ERROR, ConversionError
-from buffered_stream.core.request import Rewrite, Skip
-from buffered_stream.core.sse import SseDecoder
+from support.corpus import byte_by_byte, case_names, every_split, load_case, whole
+from support.specs import spec_of
 
 CORPUS = Path(__file__).parent / "corpus_messages"
 CASES = case_names(CORPUS)
@@ -47,11 +48,9 @@ def load(name: str) -> tuple[dict[str, Any], bytes, dict[str, Any] | None]:
     return load_case(CORPUS, name)
 
 
-
-
 def replay(meta: dict[str, Any], pieces: list[bytes]) -> dict[str, Any]:
     """The real pipeline a Messages route runs: ``StreamConverter`` with the Messages spec."""
-    converter = StreamConverter(messages.SCHEMA, meta["profile"])
+    converter = StreamConverter(spec_of(messages.SCHEMA), meta["profile"])
     for piece in pieces:
         converter.feed(piece)
     return orjson.loads(converter.finish())
@@ -84,12 +83,6 @@ def check(name: str, pieces_of: Any) -> None:
             answer, native = comparable(meta, replay(meta, pieces)), comparable(meta, expected)
             assert answer == native
             assert orjson.dumps(answer) == orjson.dumps(native), "same keys, different key order"
-
-
-
-
-
-
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -162,16 +155,37 @@ def test_auto_resolves_each_servers_profile_from_message_start(name: str, profil
 
 
 def test_detect_falls_back_to_generic() -> None:
-    assert detect({"id": "m", "type": "message", "role": "assistant", "model": "x", "content": [],
-                   "stop_reason": None, "stop_sequence": None, "usage": {}}).name == "generic"
+    assert (
+        detect(
+            {
+                "id": "m",
+                "type": "message",
+                "role": "assistant",
+                "model": "x",
+                "content": [],
+                "stop_reason": None,
+                "stop_sequence": None,
+                "usage": {},
+            }
+        ).name
+        == "generic"
+    )
 
 
 # --------------------------------------------------------------------------- assembly rules
 
 
 def start(**message: Any) -> dict[str, Any]:
-    base = {"id": "msg_1", "type": "message", "role": "assistant", "model": "m", "content": [],
-            "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 3, "output_tokens": 1}}
+    base = {
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "model": "m",
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": {"input_tokens": 3, "output_tokens": 1},
+    }
     return {"type": "message_start", "message": {**base, **message}}
 
 
@@ -200,8 +214,13 @@ def assemble(events: list[dict[str, Any]], profile: str = "generic") -> dict[str
 
 def test_finished_only_at_message_stop_and_later_events_are_ignored() -> None:
     assembler = MessagesAssembler(PROFILES["generic"], {})
-    for event in [start(), block_start(0, type="text", text=""), block_delta(0, type="text_delta", text="a"),
-                  {"type": "content_block_stop", "index": 0}, finish()[0]]:
+    for event in [
+        start(),
+        block_start(0, type="text", text=""),
+        block_delta(0, type="text_delta", text="a"),
+        {"type": "content_block_stop", "index": 0},
+        finish()[0],
+    ]:
         assembler.add(event)
         assert not assembler.finished
     assembler.add({"type": "message_stop"})
@@ -222,13 +241,19 @@ def test_usage_replaces_never_adds_and_nulls_never_overwrite() -> None:
 
 
 def test_blocks_are_ordered_by_index_and_never_merged() -> None:
-    events = [start(), block_start(1, type="text", text=""), block_start(0, type="text", text=""),
-              block_delta(1, type="text_delta", text="second"), block_delta(0, type="text_delta", text="first"),
-              block_start(5, type="tool_use", id="a", name="f", input={}),
-              block_start(3, type="tool_use", id="b", name="g", input={}),
-              block_delta(5, type="input_json_delta", partial_json='{"x": 1}'),
-              block_delta(3, type="input_json_delta", partial_json='{"y": '),
-              block_delta(3, type="input_json_delta", partial_json="2}"), *finish("tool_use")]
+    events = [
+        start(),
+        block_start(1, type="text", text=""),
+        block_start(0, type="text", text=""),
+        block_delta(1, type="text_delta", text="second"),
+        block_delta(0, type="text_delta", text="first"),
+        block_start(5, type="tool_use", id="a", name="f", input={}),
+        block_start(3, type="tool_use", id="b", name="g", input={}),
+        block_delta(5, type="input_json_delta", partial_json='{"x": 1}'),
+        block_delta(3, type="input_json_delta", partial_json='{"y": '),
+        block_delta(3, type="input_json_delta", partial_json="2}"),
+        *finish("tool_use"),
+    ]
     assert assemble(events)["content"] == [
         {"type": "text", "text": "first"},
         {"type": "text", "text": "second"},
@@ -238,23 +263,34 @@ def test_blocks_are_ordered_by_index_and_never_merged() -> None:
 
 
 def test_tool_input_without_deltas_is_the_starts_or_empty() -> None:
-    events = [start(), block_start(0, type="tool_use", id="a", name="f", input={"preset": True}),
-              block_delta(0, type="input_json_delta", partial_json=""),
-              block_start(1, type="tool_use", id="b", name="g"), *finish("tool_use")]
+    events = [
+        start(),
+        block_start(0, type="tool_use", id="a", name="f", input={"preset": True}),
+        block_delta(0, type="input_json_delta", partial_json=""),
+        block_start(1, type="tool_use", id="b", name="g"),
+        *finish("tool_use"),
+    ]
     content = assemble(events)["content"]
     assert [block["input"] for block in content] == [{"preset": True}, {}]
 
 
 def test_no_empty_text_block_is_invented() -> None:
-    events = [start(), block_start(0, type="thinking", thinking=""), block_delta(0, type="thinking_delta", thinking="t"),
-              *finish()]
+    events = [
+        start(),
+        block_start(0, type="thinking", thinking=""),
+        block_delta(0, type="thinking_delta", thinking="t"),
+        *finish(),
+    ]
     assert assemble(events)["content"] == [{"type": "thinking", "thinking": "t"}]
 
 
 def test_invalid_tool_json_is_malformed() -> None:
     assembler = MessagesAssembler(PROFILES["generic"], {})
-    for event in [start(), block_start(0, type="tool_use", id="a", name="f", input={}),
-                  block_delta(0, type="input_json_delta", partial_json='{"x": ')]:
+    for event in [
+        start(),
+        block_start(0, type="tool_use", id="a", name="f", input={}),
+        block_delta(0, type="input_json_delta", partial_json='{"x": '),
+    ]:
         assembler.add(event)
     with pytest.raises(ConversionError) as caught:
         assembler.add({"type": "content_block_stop", "index": 0})
@@ -338,7 +374,9 @@ def block_streams(draw: st.DrawFn) -> tuple[list[list[dict[str, Any]]], list[dic
             events.append(block_delta(index, type="signature_delta", signature=signature))
             expected.append({"type": "thinking", "thinking": "".join(pieces), "signature": signature})
         else:
-            value = draw(st.dictionaries(st.text(max_size=4), st.integers(-(2**63), 2**63 - 1) | st.text(max_size=4), max_size=3))
+            value = draw(
+                st.dictionaries(st.text(max_size=4), st.integers(-(2**63), 2**63 - 1) | st.text(max_size=4), max_size=3)
+            )
             text = orjson.dumps(value).decode()
             cuts = sorted(draw(st.lists(st.integers(0, len(text)), max_size=4)))
             parts = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)])]
@@ -367,14 +405,52 @@ def test_any_interleaving_of_blocks_gives_the_same_answer(data: st.DataObject) -
     assert answer["usage"] == {"input_tokens": 3, "output_tokens": 7}
 
 
-KEYS = ["type", "index", "delta", "content_block", "message", "usage", "text", "thinking", "signature",
-        "partial_json", "citation", "input", "stop_reason", "input_tokens", "output_tokens", "error", "x"]
-TYPES = ["message_start", "content_block_start", "content_block_delta", "content_block_stop", "message_delta",
-         "message_stop", "ping", "error", "text", "thinking", "tool_use", "text_delta", "thinking_delta",
-         "signature_delta", "input_json_delta", "citations_delta", "redacted_thinking", "unknown"]
+KEYS = [
+    "type",
+    "index",
+    "delta",
+    "content_block",
+    "message",
+    "usage",
+    "text",
+    "thinking",
+    "signature",
+    "partial_json",
+    "citation",
+    "input",
+    "stop_reason",
+    "input_tokens",
+    "output_tokens",
+    "error",
+    "x",
+]
+TYPES = [
+    "message_start",
+    "content_block_start",
+    "content_block_delta",
+    "content_block_stop",
+    "message_delta",
+    "message_stop",
+    "ping",
+    "error",
+    "text",
+    "thinking",
+    "tool_use",
+    "text_delta",
+    "thinking_delta",
+    "signature_delta",
+    "input_json_delta",
+    "citations_delta",
+    "redacted_thinking",
+    "unknown",
+]
 json_scalars = (
-    st.none() | st.booleans() | st.integers(-3, 3) | st.floats(allow_nan=False, allow_infinity=False)
-    | st.sampled_from(TYPES) | st.text(max_size=3)
+    st.none()
+    | st.booleans()
+    | st.integers(-3, 3)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.sampled_from(TYPES)
+    | st.text(max_size=3)
 )
 json_values = st.recursive(
     json_scalars,
@@ -385,11 +461,22 @@ events_strategy = st.fixed_dictionaries(
     {"type": st.sampled_from(TYPES)},
     optional={
         "index": st.integers(0, 3) | json_values,
-        "delta": st.fixed_dictionaries({"type": st.sampled_from(TYPES)}, optional={
-            "text": json_values, "thinking": json_values, "signature": json_values, "partial_json": json_values,
-            "citation": json_values, "stop_reason": json_values}) | json_values,
-        "content_block": st.fixed_dictionaries({"type": st.sampled_from(TYPES)}, optional={
-            "text": json_values, "input": json_values}) | json_values,
+        "delta": st.fixed_dictionaries(
+            {"type": st.sampled_from(TYPES)},
+            optional={
+                "text": json_values,
+                "thinking": json_values,
+                "signature": json_values,
+                "partial_json": json_values,
+                "citation": json_values,
+                "stop_reason": json_values,
+            },
+        )
+        | json_values,
+        "content_block": st.fixed_dictionaries(
+            {"type": st.sampled_from(TYPES)}, optional={"text": json_values, "input": json_values}
+        )
+        | json_values,
         "message": st.fixed_dictionaries({}, optional={"usage": json_values, "content": json_values, "id": json_values})
         | json_values,
         "usage": json_values,
@@ -465,8 +552,9 @@ def test_our_own_errors_render_as_api_error(kind: str) -> None:
 
 
 def test_usage_tokens_normalises_and_never_invents() -> None:
-    assert usage_tokens({"input_tokens": 10, "cache_read_input_tokens": 5, "cache_creation_input_tokens": 2,
-                         "output_tokens": 7}) == {"input_tokens": 17, "output_tokens": 7, "total_tokens": 24}
+    assert usage_tokens(
+        {"input_tokens": 10, "cache_read_input_tokens": 5, "cache_creation_input_tokens": 2, "output_tokens": 7}
+    ) == {"input_tokens": 17, "output_tokens": 7, "total_tokens": 24}
     assert usage_tokens({"output_tokens": 7, "input_tokens": None}) == {"output_tokens": 7}
     assert usage_tokens(None) == {} and usage_tokens({}) == {}
 

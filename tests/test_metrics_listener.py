@@ -21,11 +21,11 @@ from contextlib import contextmanager
 import pytest
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
+
+from buffered_stream.adapter.metrics import HEAD_TIMEOUT, MAX_HEAD_BYTES, connection_cap
 from support.backend import Completion
 from support.net import http_request, wait_until
 from support.stack import Harness, Service, Stack
-
-from buffered_stream.adapter.metrics import HEAD_TIMEOUT, MAX_HEAD_BYTES, connection_cap
 
 pytestmark = pytest.mark.e2e
 
@@ -38,7 +38,9 @@ INCIDENT_NOFILE = 1024
 FD_SLACK = 8
 
 HEALTHZ_200 = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 8\r\nConnection: close\r\n\r\nSERVING\n"
-NOT_FOUND = b"HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: 10\r\nConnection: close\r\n\r\nnot found\n"
+NOT_FOUND = (
+    b"HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: 10\r\nConnection: close\r\n\r\nnot found\n"
+)
 
 
 @pytest.fixture(scope="module")
@@ -238,9 +240,13 @@ def test_only_get_and_head_and_no_body(stack: Stack) -> None:
         response = exchange(target, method + b" /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
         assert status_of(response) == 405 and b"\r\nAllow: GET, HEAD\r\n" in response, response
     body = b"x" * 100_000
-    response = exchange(target, b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    response = exchange(
+        target, b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
     assert status_of(response) == 413, response
-    response = exchange(target, b"GET /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+    response = exchange(
+        target, b"GET /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+    )
     assert status_of(response) == 413, response
     assert healthz(stack.service) == 200
 

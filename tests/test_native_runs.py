@@ -78,7 +78,23 @@ def test_escapes_and_utf8_are_decoded_as_json_strings() -> None:
 
 @pytest.mark.parametrize(
     "middle",
-    [b'"', b'","', b'"},"x":"', b"\\", b"a\\", b"\x01", b"\x7f", b"\\x", b"\\u12", b"\\ud83d", b"\xff", b"\xc3", b"\xed\xa0\x80", b"\n", b"\n\n"],
+    [
+        b'"',
+        b'","',
+        b'"},"x":"',
+        b"\\",
+        b"a\\",
+        b"\x01",
+        b"\x7f",
+        b"\\x",
+        b"\\u12",
+        b"\\ud83d",
+        b"\xff",
+        b"\xc3",
+        b"\xed\xa0\x80",
+        b"\n",
+        b"\n\n",
+    ],
 )
 def test_a_doubtful_middle_stops_both_at_the_same_event(middle: bytes) -> None:
     for position in (0, 1, 30, 98, 99):
@@ -143,7 +159,22 @@ def test_bad_arguments_raise_instead_of_reading_out_of_bounds() -> None:
 
 
 pieces_of_a_body = st.lists(
-    st.sampled_from([b"data: ", b"data:", b"\n", b"\n\n", b"\\", b'"', b"\\u00e9", b"\xc3\xa9", b"\xff", b"x", b"[DONE]", b"event: a\n"])
+    st.sampled_from(
+        [
+            b"data: ",
+            b"data:",
+            b"\n",
+            b"\n\n",
+            b"\\",
+            b'"',
+            b"\\u00e9",
+            b"\xc3\xa9",
+            b"\xff",
+            b"x",
+            b"[DONE]",
+            b"event: a\n",
+        ]
+    )
     | st.binary(max_size=5),
     max_size=12,
 )
@@ -168,7 +199,10 @@ def test_any_forged_or_cut_body_gives_the_same_run(
 
 @settings(max_examples=500, deadline=None)
 @given(
-    st.binary(max_size=400) | st.lists(st.sampled_from([b"data: ", b"{", b"}", b"\n", b"\n\n", b"\\", b'"', b"x", b"\xff"]), max_size=60).map(b"".join),
+    st.binary(max_size=400)
+    | st.lists(st.sampled_from([b"data: ", b"{", b"}", b"\n", b"\n\n", b"\\", b'"', b"x", b"\xff"]), max_size=60).map(
+        b"".join
+    ),
     st.integers(-5, 450),
     st.integers(-5, 900),
     st.binary(max_size=8),
@@ -202,8 +236,10 @@ def test_any_arguments_give_an_answer_within_the_body_or_a_clear_error(
 
 def delta_event(text: bytes, counter: bytes) -> bytes:
     """A vLLM-shaped Responses delta (sorted keys): the counter stands after the text."""
-    return (b'{"content_index":0,"delta":"' + text + b'","item_id":"msg_1","logprobs":[],"output_index":0,'
-            b'"sequence_number":' + counter + b',"type":"response.output_text.delta"}')
+    return (
+        b'{"content_index":0,"delta":"' + text + b'","item_id":"msg_1","logprobs":[],"output_index":0,'
+        b'"sequence_number":' + counter + b',"type":"response.output_text.delta"}'
+    )
 
 
 def counted() -> TextTemplate:
@@ -245,8 +281,22 @@ def native_counted_run(body: bytes, pos: int, field: bytes, max_middle: int) -> 
 
 @pytest.mark.parametrize(
     "counter",
-    [b"0", b"9", b"10", b"123456789012345678", b"1234567890123456789", b"07", b"00", b"-1", b"1.0", b"1e3", b"", b" 5",
-     b'"5"', b"5 "],
+    [
+        b"0",
+        b"9",
+        b"10",
+        b"123456789012345678",
+        b"1234567890123456789",
+        b"07",
+        b"00",
+        b"-1",
+        b"1.0",
+        b"1e3",
+        b"",
+        b" 5",
+        b'"5"',
+        b"5 ",
+    ],
 )
 def test_a_counted_run_takes_exactly_the_counters_orjson_reads_the_same(counter: bytes) -> None:
     events = [delta_event(f"t{i}".encode(), str(i).encode()) for i in range(60)]

@@ -15,6 +15,7 @@ from openai.types.chat import ChatCompletion
 from pydantic import BaseModel, ValidationError
 
 from buffered_stream.core.convert import StreamConverter
+from support.specs import spec_of
 
 CORPUS = Path(__file__).parent / "corpus"
 TYPES: dict[str, type[BaseModel]] = {"chat": ChatCompletion, "completions": Completion}
@@ -33,7 +34,7 @@ ANSWERING_CASES = sorted(
 
 def assembled(name: str) -> tuple[str, dict]:
     meta = orjson.loads((CORPUS / f"{name}.meta.json").read_bytes())
-    converter = StreamConverter(meta["schema"], meta["profile"], request=meta.get("request"))
+    converter = StreamConverter(spec_of(meta["schema"]), meta["profile"], request=meta.get("request"))
     converter.feed((CORPUS / f"{name}.sse").read_bytes())
     return meta["schema"], orjson.loads(converter.finish())
 
@@ -48,7 +49,7 @@ def test_every_assembled_answer_is_a_valid_openai_object(name: str) -> None:
 @pytest.mark.parametrize("profile", ["generic", "auto", "openai"])
 def test_generic_chat_answer_round_trips_through_the_client_type(profile: str) -> None:
     body = (CORPUS / "openai-tool-call.sse").read_bytes()
-    converter = StreamConverter("chat", profile)
+    converter = StreamConverter(spec_of("chat"), profile)
     converter.feed(body)
     answer = orjson.loads(converter.finish())
     parsed = ChatCompletion.model_validate(answer, strict=True)

@@ -7,9 +7,9 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
+from buffered_stream.core.pieces import BLOCK_CHARS, COMPACT_EVERY, Pieces
 from buffered_stream.schemas.chat import ChatAssembler
 from buffered_stream.schemas.completions import CompletionsAssembler
-from buffered_stream.core.pieces import BLOCK_CHARS, COMPACT_EVERY, Pieces
 
 
 def filled(pieces: list[str]) -> Pieces:

@@ -18,6 +18,7 @@ import orjson
 import pytest
 
 from buffered_stream.core.convert import StreamConverter
+from support.specs import spec_of
 
 TESTS = Path(__file__).parent
 PINGS = {
@@ -72,7 +73,7 @@ def events_of(body: bytes) -> list[bytes]:
 
 
 def convert(schema: str, profile: str, request: dict[str, Any], pieces: list[bytes]) -> bytes:
-    converter = StreamConverter(schema, profile, request=request)
+    converter = StreamConverter(spec_of(schema), profile, request=request)
     for piece in pieces:
         converter.feed(piece)
     return converter.finish()
@@ -99,7 +100,7 @@ def test_a_ping_never_changes_the_answer(case: str, ping: str, where: str) -> No
 def test_a_stream_of_only_pings_so_far_is_not_an_answer_yet(case: str) -> None:
     """Pings alone are no answer: a stream cut after them is truncated, never an empty answer."""
     schema, profile, _, request = CASES[case]
-    converter = StreamConverter(schema, profile, request=request)
+    converter = StreamConverter(spec_of(schema), profile, request=request)
     for beat in PINGS.values():
         converter.feed(beat)
     assert not converter.done and converter.usage is None

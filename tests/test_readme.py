@@ -1,4 +1,4 @@
-"""The README's snippets are the shipped files' truth: each one parses and says what they say."""
+"""The README's and docs pages' snippets are the shipped files' truth: each one parses and says what they say."""
 
 from __future__ import annotations
 
@@ -15,23 +15,25 @@ from typing import Any
 
 import pytest
 import yaml
+
+from buffered_stream.demo_backend import DEMO_TEXT
+from buffered_stream.envoy_config import converting_routes, enable_keepalive, load_packaged_config
+from buffered_stream.settings import RouteSettings, load_service_settings, route_settings_from_metadata
 from support.manifests import Manifests
 from support.net import free_port, http_request, wait_until
 from support.processes import ManagedProcess
 from support.stack import SOURCE_ROOT
 
-from buffered_stream.demo_backend import DEMO_TEXT
-
-from buffered_stream.envoy_config import converting_routes, enable_keepalive, load_packaged_config
-from buffered_stream.settings import RouteSettings, load_service_settings, route_settings_from_metadata
-
 REPO_ROOT = Path(__file__).resolve().parents[1]
 README = (REPO_ROOT / "README.md").read_text()
-BLOCKS = re.findall(r"```(\w*)\n(.*?)```", README, re.S)
+DOCS = README + "".join(page.read_text() for page in sorted((REPO_ROOT / "docs").glob("*.md")))
+BLOCKS = re.findall(r"```(\w*)\n(.*?)```", DOCS, re.S)
 
 
 def yaml_block(containing: str) -> Any:
-    (text,) = [body for lang, body in BLOCKS if lang == "yaml" and containing in body]
+    """The YAML block that holds ``containing``; where the README and a page both show it, the
+    copies must agree."""
+    (text,) = {body for lang, body in BLOCKS if lang == "yaml" and containing in body}
     return yaml.safe_load(text)
 
 
@@ -100,15 +102,29 @@ def quick_start(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """What `make run` starts without a backend: `buffered-stream run` and its demo backend."""
     port, admin_port, metrics_port = free_port(), free_port(), free_port()
     args = [
-        sys.executable, "-m", "buffered_stream", "run", "--listen", f"127.0.0.1:{port}",
-        "--admin-port", str(admin_port), "--metrics-listen", f"127.0.0.1:{metrics_port}", "--demo-delay", "0.01",
+        sys.executable,
+        "-m",
+        "buffered_stream",
+        "run",
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--admin-port",
+        str(admin_port),
+        "--metrics-listen",
+        f"127.0.0.1:{metrics_port}",
+        "--demo-delay",
+        "0.01",
     ]
-    with ManagedProcess("run", args, tmp_path_factory.mktemp("quick-start"), env={"PYTHONPATH": str(SOURCE_ROOT)}) as run:
+    with ManagedProcess(
+        "run", args, tmp_path_factory.mktemp("quick-start"), env={"PYTHONPATH": str(SOURCE_ROOT)}
+    ) as run:
         request = {"model": "demo", "messages": [{"role": "user", "content": "hi"}]}
 
         def up() -> bool:
             run.assert_running()
-            return http_request(f"http://127.0.0.1:{port}/v1/chat/completions", "POST", request, timeout=10).status == 200
+            return (
+                http_request(f"http://127.0.0.1:{port}/v1/chat/completions", "POST", request, timeout=10).status == 200
+            )
 
         wait_until(up, 60, interval=0.2, message=run.logs)
         yield f"127.0.0.1:{port}"
@@ -135,8 +151,9 @@ def test_quick_start_python_snippets_answer_every_api_through_the_sdks(quick_sta
 
 def test_quick_start_curl_lines_answer_every_api(quick_start: str) -> None:
     (curl_lines,) = [block for block in quick_start_blocks("sh") if "/v1/messages" in block]
-    result = subprocess.run(["bash", "-c", curl_lines.replace("127.0.0.1:10000", quick_start)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        ["bash", "-c", curl_lines.replace("127.0.0.1:10000", quick_start)], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     decoder, text, answers = json.JSONDecoder(), result.stdout.strip(), []
     while text:

@@ -8,9 +8,9 @@ from typing import Any
 import orjson
 import pytest
 
+from buffered_stream.apis import PROFILE_NAMES, SCHEMAS, SPECS, PathIndex, spec_for_path
 from buffered_stream.core.convert import StreamConverter
 from buffered_stream.core.errors import UPSTREAM_ERROR, ConversionError
-from buffered_stream.core.registry import PROFILE_NAMES, SCHEMAS, SPECS, PathIndex, spec_for_path
 from buffered_stream.core.request import Rewrite, Skip, load_non_stream_request, model_of
 from buffered_stream.core.spec import SchemaSpec
 from buffered_stream.schemas import anthropic_messages, chat, completions, openai_responses
@@ -58,7 +58,11 @@ def _typed_event_module() -> types.ModuleType:
     module.plan_request = plan_request
     module.upstream_error = upstream_error
     module.error_body = lambda error: orjson.dumps({"type": "error", "error": {"message": error.message}})
-    module.usage_tokens = lambda usage: {"input_tokens": usage.get("input_tokens"), "output_tokens": None, "total_tokens": None}
+    module.usage_tokens = lambda usage: {
+        "input_tokens": usage.get("input_tokens"),
+        "output_tokens": None,
+        "total_tokens": None,
+    }
     return module
 
 
@@ -114,8 +118,12 @@ def test_two_apis_cannot_claim_one_path() -> None:
 
 def test_each_api_is_one_spec_made_from_its_module() -> None:
     assert list(SCHEMAS) == ["chat", "completions", "responses", "messages"]
-    for name, module in (("chat", chat), ("completions", completions), ("responses", openai_responses),
-                         ("messages", anthropic_messages)):
+    for name, module in (
+        ("chat", chat),
+        ("completions", completions),
+        ("responses", openai_responses),
+        ("messages", anthropic_messages),
+    ):
         spec = SCHEMAS[name]
         assert spec.paths == module.PATHS
         assert spec.profiles is module.PROFILES

@@ -14,12 +14,12 @@ from typing import Any
 
 import orjson
 import pytest
+
+from buffered_stream.envoy_config import converting_routes, routes
 from support.backend import Completion, Json, Sse
 from support.net import http_request
 from support.probes import cpu_seconds, raw_post, rss_bytes, wait_service_idle
 from support.stack import Harness, Stack
-
-from buffered_stream.envoy_config import converting_routes, routes
 
 pytestmark = pytest.mark.e2e
 
@@ -68,7 +68,10 @@ def chat(stack: Stack, model: str, path: str = "/v1/chat/completions", **extra: 
 
 def chunk(model: str, delta: dict[str, Any], *, index: int = 0, finish: str | None = None) -> dict[str, Any]:
     return {
-        "id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": model,
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": model,
         "choices": [{"index": index, "delta": delta, "finish_reason": finish}],
     }
 
@@ -142,14 +145,23 @@ def test_backend_closing_mid_stream_cuts_the_streamed_response_off(streamed: Sta
 
 ERROR_SHAPES = {
     # OpenAI-style error object in a data event
-    "openai": (b'data: {"error": {"message": "context too long", "type": "BadRequestError", "code": 400}}\n\n',
-               400, {"message": "context too long", "type": "BadRequestError", "code": 400}),
+    "openai": (
+        b'data: {"error": {"message": "context too long", "type": "BadRequestError", "code": 400}}\n\n',
+        400,
+        {"message": "context too long", "type": "BadRequestError", "code": 400},
+    ),
     # vLLM's flat error object
-    "vllm": (b'data: {"object": "error", "message": "overloaded", "type": "ServiceUnavailable", "param": null, "code": 503}\n\n',
-             503, {"message": "overloaded", "type": "ServiceUnavailable", "param": None, "code": 503}),
+    "vllm": (
+        b'data: {"object": "error", "message": "overloaded", "type": "ServiceUnavailable", "param": null, "code": 503}\n\n',
+        503,
+        {"message": "overloaded", "type": "ServiceUnavailable", "param": None, "code": 503},
+    ),
     # a named SSE error event, as several servers send
-    "event-error": (b'event: error\ndata: {"error": {"message": "rate limited", "type": "rate_limit", "code": 429}}\n\n',
-                    429, {"message": "rate limited", "type": "rate_limit", "code": 429}),
+    "event-error": (
+        b'event: error\ndata: {"error": {"message": "rate limited", "type": "rate_limit", "code": 429}}\n\n',
+        429,
+        {"message": "rate limited", "type": "rate_limit", "code": 429},
+    ),
 }
 
 
@@ -169,7 +181,10 @@ def test_error_event_mid_stream_gives_the_upstream_status_and_error(buffered: St
 
 MALFORMED = {
     "truncated-json": (b'data: {"choices": [{"index": 0, "delta": {"content": "x"\n\n', "event #2 is not valid JSON"),
-    "invalid-utf8": (b'data: {"choices": [{"index": 0, "delta": {"content": "\xff\xfe"}}]}\n\n', "event #2 is not valid JSON"),
+    "invalid-utf8": (
+        b'data: {"choices": [{"index": 0, "delta": {"content": "\xff\xfe"}}]}\n\n',
+        "event #2 is not valid JSON",
+    ),
     "not-an-object": (b"data: [1, 2, 3]\n\n", "event #2 is JSON list, not an object"),
     "json-without-data-field": (b'{"choices": []}\n\n', "event #2 is a JSON line without a data: field"),
 }
@@ -263,8 +278,16 @@ def with_nested(model: str, depth: int) -> bytes:
 
 
 def tool_call_delta(index: int, name: str = "f", arguments: str = "{}") -> dict[str, Any]:
-    return {"tool_calls": [{"index": index, "id": f"call_{index}", "type": "function",
-                            "function": {"name": name, "arguments": arguments}}]}
+    return {
+        "tool_calls": [
+            {
+                "index": index,
+                "id": f"call_{index}",
+                "type": "function",
+                "function": {"name": name, "arguments": arguments},
+            }
+        ]
+    }
 
 
 def hostile_streams(model: str) -> dict[str, list[Any]]:
@@ -276,8 +299,12 @@ def hostile_streams(model: str) -> dict[str, list[Any]]:
             "[DONE]",
         ],
         "tool-index-1e9": [role, chunk(model, tool_call_delta(10**9)), chunk(model, {}, finish="tool_calls"), "[DONE]"],
-        "10k-tool-calls": [role, *(chunk(model, tool_call_delta(i, f"f{i}")) for i in range(10_000)),
-                           chunk(model, {}, finish="tool_calls"), "[DONE]"],
+        "10k-tool-calls": [
+            role,
+            *(chunk(model, tool_call_delta(i, f"f{i}")) for i in range(10_000)),
+            chunk(model, {}, finish="tool_calls"),
+            "[DONE]",
+        ],
         "100-deep-json": whole_stream(model, with_nested(model, 100)),
         "5000-deep-json": whole_stream(model, with_nested(model, 5000)),
         "10-mb-event": whole_stream(model, chunk(model, {"content": "x" * (10 * MiB)})),
@@ -321,14 +348,16 @@ def test_hostile_shapes_get_a_correct_answer_or_clear_error_with_bounded_cost(bu
     check_hostile_answer(case, result)
     sse_bytes = len(buffered.backend.requests[-1].response_body)
     assert cpu_used < 5.0, f"{case}: the service spent {cpu_used:.2f} s of CPU on one answer"
-    assert rss_growth < 3 * sse_bytes + 32 * MiB, f"{case}: service RSS grew {rss_growth} bytes for {sse_bytes} bytes of SSE"
+    assert rss_growth < 3 * sse_bytes + 32 * MiB, (
+        f"{case}: service RSS grew {rss_growth} bytes for {sse_bytes} bytes of SSE"
+    )
     assert_still_serving(buffered)
 
 
 # --- request bodies the service must not touch --------------------------------------------
 
 
-@pytest.mark.parametrize("body", [b"this is not json", b"[1, 2, 3]", b'"a string"', b"{\"model\": \"m\", "])
+@pytest.mark.parametrize("body", [b"this is not json", b"[1, 2, 3]", b'"a string"', b'{"model": "m", '])
 def test_request_that_is_not_a_json_object_reaches_the_backend_untouched(buffered: Stack, body: bytes) -> None:
     buffered.backend.reset()
     buffered.backend.on(Json({"error": {"message": "bad request body"}}, status=400), path="/v1/chat/completions")

@@ -17,14 +17,14 @@ from typing import Any
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from buffered_stream.cli import build_parser
+from buffered_stream.settings import load_service_settings
 from support.backend import DEFAULT_TEXT, Completion, RecordedRequest
 from support.net import http_request, port_open, wait_until
 from support.probes import open_post, read_response, wait_service_idle
 from support.processes import ManagedProcess
 from support.stack import SOURCE_ROOT, Harness, Service
-
-from buffered_stream.cli import build_parser
-from buffered_stream.settings import load_service_settings
 
 pytestmark = pytest.mark.e2e
 
@@ -72,7 +72,9 @@ def test_service_killed_mid_request_fails_that_request_cleanly_and_recovers(
     kill(stack.service)
 
     victim = read_response(client, timeout=30)
-    assert b"data:" not in victim.raw and b" w1 " not in victim.raw, f"stream bytes reached the client: {victim.raw[:500]!r}"
+    assert b"data:" not in victim.raw and b" w1 " not in victim.raw, (
+        f"stream bytes reached the client: {victim.raw[:500]!r}"
+    )
     if mode == "buffered":
         # Nothing was committed: Envoy answers status_on_error as OpenAI-style JSON.
         assert victim.status == 502, victim.raw[:500]
@@ -115,9 +117,9 @@ def test_envoys_reply_for_an_unreachable_service_has_a_message(harness: Harness)
 
 def health(target: str, service: str = "") -> int:
     with grpc.insecure_channel(target) as channel:
-        return health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(service=service), timeout=2
-        ).status
+        return (
+            health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=2).status
+        )
 
 
 def test_sigterm_drains_requests_in_flight_reports_not_serving_and_exits_0(harness: Harness) -> None:
@@ -135,9 +137,7 @@ def test_sigterm_drains_requests_in_flight_reports_not_serving_and_exits_0(harne
         stack.backend.wait_for_requests(8)
         service.process.signal(signal.SIGTERM)
 
-        wait_until(
-            lambda: http_request(f"{service.metrics_url}/healthz").status == 503, 5, message="/healthz 503"
-        )
+        wait_until(lambda: http_request(f"{service.metrics_url}/healthz").status == 503, 5, message="/healthz 503")
         for name in ("", EXT_PROC_SERVICE):
             assert health(service.target, name) == health_pb2.HealthCheckResponse.NOT_SERVING, name
         # Envoy does not health-check the service here: work it is still handed while draining is served.
@@ -174,7 +174,9 @@ def test_200_concurrent_conversions_are_all_correct(harness: Harness, mode: str)
     with ThreadPoolExecutor(200) as pool:
         results = list(pool.map(lambda m: http_request(f"{stack.url}/v1/chat/completions", "POST", body(m)), models))
 
-    wrong = [(m, r.status, r.body[:200]) for m, r in zip(models, results) if r.status != 200 or content(r) != text_for(m)]
+    wrong = [
+        (m, r.status, r.body[:200]) for m, r in zip(models, results) if r.status != 200 or content(r) != text_for(m)
+    ]
     assert not wrong, f"{len(wrong)} of 200 wrong, e.g. {wrong[:3]}"
     for model, result in zip(models, results):
         usage = result.json()["usage"]

@@ -12,12 +12,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+
+from buffered_stream.envoy_config import routes
 from support.backend import Completion, RecordedRequest, ScriptedBackend, Silence, Sse
 from support.net import http_request, wait_until
 from support.probes import open_post, outcome_count, raw_post, wait_service_idle
 from support.stack import Harness, Stack
-
-from buffered_stream.envoy_config import routes
 
 pytestmark = pytest.mark.e2e
 
@@ -47,7 +47,10 @@ def body(model: str) -> dict[str, Any]:
 
 def role_chunk(model: str) -> dict[str, Any]:
     return {
-        "id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": model,
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": model,
         "choices": [{"index": 0, "delta": {"role": "assistant", "content": "partial-words"}, "finish_reason": None}],
     }
 
@@ -65,9 +68,7 @@ def backend_request(backend: ScriptedBackend, model: str) -> RecordedRequest:
 
 @pytest.mark.parametrize("mode", ["buffered", "streamed"])
 @pytest.mark.parametrize("when", ["before_headers", "mid_stream"])
-def test_silent_backend_gets_envoys_504_and_the_service_lets_go(
-    stacks: dict[str, Stack], mode: str, when: str
-) -> None:
+def test_silent_backend_gets_envoys_504_and_the_service_lets_go(stacks: dict[str, Stack], mode: str, when: str) -> None:
     stack = stacks[mode]
     model = unique_model(f"silent-{when}")
     silence = Silence(30) if when == "before_headers" else Sse([role_chunk(model)], then="hang", hang_seconds=30)
@@ -86,7 +87,10 @@ def test_silent_backend_gets_envoys_504_and_the_service_lets_go(
         assert result.status == 504, result.raw[:500]
         assert result.headers["content-type"] == "application/json"
         assert result.json()["error"] == {
-            "code": "stream_idle_timeout", "message": "stream timeout", "param": None, "type": "envoy_error"
+            "code": "stream_idle_timeout",
+            "message": "stream timeout",
+            "param": None,
+            "type": "envoy_error",
         }
     assert b"partial-words" not in result.raw
     wait_service_idle(stack.service)

@@ -2,9 +2,10 @@
 
 import orjson
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
-from buffered_stream.core.registry import CHAT, COMPLETIONS, plan_request, schema_for_path
+from buffered_stream.apis import CHAT, COMPLETIONS, plan_request, schema_for_path
 from buffered_stream.core.request import Rewrite, Skip
 
 
@@ -32,7 +33,13 @@ def rewrite(body: dict, models=()) -> Rewrite:
 
 
 def test_rewrite_sets_stream_and_usage_and_keeps_every_other_key_in_order():
-    body = {"model": "m", "messages": [{"role": "user", "content": "héllo"}], "temperature": 0.1, "n": 2, "x_vendor": {"a": [1, 2.5e-7]}}
+    body = {
+        "model": "m",
+        "messages": [{"role": "user", "content": "héllo"}],
+        "temperature": 0.1,
+        "n": 2,
+        "x_vendor": {"a": [1, 2.5e-7]},
+    }
     plan = rewrite(body)
     sent = orjson.loads(plan.body)
     assert sent == {**body, "stream": True, "stream_options": {"include_usage": True}}

@@ -15,13 +15,13 @@ from typing import Any
 
 import orjson
 import pytest
-from support.corpus import byte_by_byte, case_names, every_split, load_case, whole
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from openai.types.responses import Response
 from pydantic import ValidationError
 
 from buffered_stream.core.errors import LIMIT, MALFORMED, UPSTREAM_ERROR, ConversionError
+from buffered_stream.core.request import MODEL_NOT_ENABLED, NOT_JSON, NOT_OBJECT, STREAM_REQUESTED, Rewrite
 from buffered_stream.schemas.openai_responses import (
     BACKGROUND,
     GENERIC,
@@ -38,7 +38,7 @@ from buffered_stream.schemas.openai_responses import (
     upstream_error,
     usage_tokens,
 )
-from buffered_stream.core.request import MODEL_NOT_ENABLED, NOT_JSON, NOT_OBJECT, STREAM_REQUESTED, Rewrite
+from support.corpus import byte_by_byte, case_names, every_split, load_case, whole
 from support.responses_replay import replay
 
 CORPUS = Path(__file__).parent / "corpus_responses"
@@ -47,9 +47,9 @@ CASES = case_names(CORPUS)
 
 def load(name: str) -> tuple[dict[str, Any], bytes, dict[str, Any] | None]:
     return load_case(CORPUS, name)
+
+
 IGNORED = "<ignored>"
-
-
 
 
 def comparable(meta: dict[str, Any], answer: dict[str, Any]) -> dict[str, Any]:
@@ -89,12 +89,6 @@ def check(name: str, pieces_of: Any) -> None:
             assert comparable(meta, answer) == comparable(meta, expected)
 
 
-
-
-
-
-
-
 # --------------------------------------------------------------------------- corpus
 
 
@@ -123,7 +117,13 @@ def test_every_profile_has_a_case_and_every_case_cites_its_source() -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["llamacpp-reasoning-text", "llamacpp-tool-calls", "ollama-text-then-tool-calls", "ollama-reasoning-text", "sglang-reasoning-text"],
+    [
+        "llamacpp-reasoning-text",
+        "llamacpp-tool-calls",
+        "ollama-text-then-tool-calls",
+        "ollama-reasoning-text",
+        "sglang-reasoning-text",
+    ],
 )
 def test_the_server_profile_is_what_makes_the_answer_native(name: str) -> None:
     """Without its profile these terminal objects are not the server's non-stream answer: each
@@ -169,9 +169,7 @@ NOT_OPENAI_SHAPED = {
     "ollama-reasoning-text": "Ollama's usage details lack cache_write_tokens",
     "openai-text": "recorded shape before cache_write_tokens",
 }
-OPENAI_SHAPED = [
-    name for name in CASES if "error" not in load(name)[0] and name not in NOT_OPENAI_SHAPED
-]
+OPENAI_SHAPED = [name for name in CASES if "error" not in load(name)[0] and name not in NOT_OPENAI_SHAPED]
 
 
 def _with_cache_write_tokens(answer: dict[str, Any]) -> dict[str, Any]:
@@ -248,7 +246,9 @@ def test_namespace_tools_travel_as_a_hint_and_shape_ollama_tools() -> None:
     plan = plan_request(orjson.dumps({"model": "m", "input": "x", "tools": tools}), ())
     assert isinstance(plan, Rewrite) and plan.hints == {"tools": tools}
     assembler = ResponsesAssembler(PROFILES["ollama"], plan.hints)
-    stream_tools = [{key: tool.get(key) for key in ("type", "name", "description", "strict", "parameters")} for tool in tools]
+    stream_tools = [
+        {key: tool.get(key) for key in ("type", "name", "description", "strict", "parameters")} for tool in tools
+    ]
     assembler.add(terminal({"id": "resp_1", "output": [], "tools": stream_tools}))
     assert assembler.result()["tools"] == [
         {
@@ -280,12 +280,19 @@ def test_namespace_tools_travel_as_a_hint_and_shape_ollama_tools() -> None:
             {"message": "slow down", "type": "upstream_error", "param": None, "code": "429"},
         ),
         (
-            {"type": "error", "error": {"type": "invalid_request_error", "code": "bad", "message": "m", "param": "input"}},
+            {
+                "type": "error",
+                "error": {"type": "invalid_request_error", "code": "bad", "message": "m", "param": "input"},
+            },
             502,
             {"message": "m", "type": "invalid_request_error", "param": "input", "code": "bad"},
         ),
         (
-            {"type": "response.failed", "sequence_number": 9, "response": {"id": "r", "status": "failed", "error": {"code": "server_error", "message": "x"}}},
+            {
+                "type": "response.failed",
+                "sequence_number": 9,
+                "response": {"id": "r", "status": "failed", "error": {"code": "server_error", "message": "x"}},
+            },
             502,
             {"message": "x", "type": "upstream_error", "param": None, "code": "server_error"},
         ),
@@ -304,10 +311,16 @@ def test_namespace_tools_travel_as_a_hint_and_shape_ollama_tools() -> None:
             503,
             {"message": "m", "type": "InternalServerError", "param": None, "code": None, "http_status_code": 503},
         ),
-        ({"error": "model not found"}, 502, {"message": "model not found", "type": "upstream_error", "param": None, "code": None}),
+        (
+            {"error": "model not found"},
+            502,
+            {"message": "model not found", "type": "upstream_error", "param": None, "code": None},
+        ),
     ],
 )
-def test_every_in_stream_error_shape_becomes_one_openai_error(chunk: dict[str, Any], status: int, upstream: dict[str, Any]) -> None:
+def test_every_in_stream_error_shape_becomes_one_openai_error(
+    chunk: dict[str, Any], status: int, upstream: dict[str, Any]
+) -> None:
     error = upstream_error(chunk)
     assert error is not None
     assert (error.kind, error.status, error.upstream_error) == (UPSTREAM_ERROR, status, upstream)
@@ -374,7 +387,13 @@ def test_finished_only_after_a_terminal_event_and_later_events_change_nothing() 
 
 def test_status_comes_from_the_object_else_from_the_event_type() -> None:
     vllm = ResponsesAssembler(GENERIC)
-    vllm.add({"type": "response.completed", "sequence_number": 1, "response": {"id": "r", "status": "incomplete", "output": []}})
+    vllm.add(
+        {
+            "type": "response.completed",
+            "sequence_number": 1,
+            "response": {"id": "r", "status": "incomplete", "output": []},
+        }
+    )
     assert vllm.result()["status"] == "incomplete"
     bare = ResponsesAssembler(GENERIC)
     bare.add({"type": "response.incomplete", "sequence_number": 1, "response": {"id": "r"}})
@@ -383,14 +402,22 @@ def test_status_comes_from_the_object_else_from_the_event_type() -> None:
 
 def test_keys_only_the_created_event_had_are_kept_but_not_its_status() -> None:
     assembler = ResponsesAssembler(GENERIC)
-    assembler.add({"type": "response.created", "sequence_number": 0, "response": {"id": "r", "model": "m", "status": "in_progress"}})
+    assembler.add(
+        {
+            "type": "response.created",
+            "sequence_number": 0,
+            "response": {"id": "r", "model": "m", "status": "in_progress"},
+        }
+    )
     assembler.add({"type": "response.incomplete", "sequence_number": 1, "response": {"id": "r", "output": []}})
     assert assembler.result() == {"id": "r", "output": [], "model": "m", "status": "incomplete"}
 
 
 def test_unknown_event_types_are_tolerated() -> None:
     assembler = ResponsesAssembler(GENERIC)
-    assembler.add({"type": "response.web_search_call.searching", "sequence_number": 0, "output_index": 0, "item_id": "x"})
+    assembler.add(
+        {"type": "response.web_search_call.searching", "sequence_number": 0, "output_index": 0, "item_id": "x"}
+    )
     assembler.add({"type": "keepalive", "sequence_number": 1})
     assembler.add(terminal({"id": "r", "output": []}))
     assert assembler.result()["output"] == []
@@ -398,11 +425,37 @@ def test_unknown_event_types_are_tolerated() -> None:
 
 def test_logprobs_refusal_and_unclosed_items_from_deltas() -> None:
     events = [
-        {"type": "response.output_item.added", "output_index": 0, "item": {"id": "m", "type": "message", "role": "assistant", "status": "in_progress", "content": []}},
-        {"type": "response.content_part.added", "output_index": 0, "content_index": 0, "part": {"type": "output_text", "text": "", "annotations": [], "logprobs": []}},
-        {"type": "response.output_text.delta", "output_index": 0, "content_index": 0, "delta": "Hi", "logprobs": [{"token": "Hi", "logprob": -0.1, "top_logprobs": []}]},
-        {"type": "response.output_text.delta", "output_index": 0, "content_index": 0, "delta": "!", "logprobs": [{"token": "!", "logprob": -0.2, "top_logprobs": []}]},
-        {"type": "response.content_part.added", "output_index": 0, "content_index": 1, "part": {"type": "refusal", "refusal": ""}},
+        {
+            "type": "response.output_item.added",
+            "output_index": 0,
+            "item": {"id": "m", "type": "message", "role": "assistant", "status": "in_progress", "content": []},
+        },
+        {
+            "type": "response.content_part.added",
+            "output_index": 0,
+            "content_index": 0,
+            "part": {"type": "output_text", "text": "", "annotations": [], "logprobs": []},
+        },
+        {
+            "type": "response.output_text.delta",
+            "output_index": 0,
+            "content_index": 0,
+            "delta": "Hi",
+            "logprobs": [{"token": "Hi", "logprob": -0.1, "top_logprobs": []}],
+        },
+        {
+            "type": "response.output_text.delta",
+            "output_index": 0,
+            "content_index": 0,
+            "delta": "!",
+            "logprobs": [{"token": "!", "logprob": -0.2, "top_logprobs": []}],
+        },
+        {
+            "type": "response.content_part.added",
+            "output_index": 0,
+            "content_index": 1,
+            "part": {"type": "refusal", "refusal": ""},
+        },
         {"type": "response.refusal.delta", "output_index": 0, "content_index": 1, "delta": "I can't"},
         {"type": "response.refusal.delta", "output_index": 0, "content_index": 1, "delta": " help."},
     ]
@@ -436,10 +489,18 @@ def test_done_events_win_over_deltas() -> None:
     assembler = ResponsesAssembler(GENERIC)
     for number, event in enumerate(
         [
-            {"type": "response.output_item.added", "output_index": 0, "item": {"id": "fc", "type": "function_call", "call_id": "c", "name": "f", "arguments": ""}},
+            {
+                "type": "response.output_item.added",
+                "output_index": 0,
+                "item": {"id": "fc", "type": "function_call", "call_id": "c", "name": "f", "arguments": ""},
+            },
             {"type": "response.function_call_arguments.delta", "output_index": 0, "delta": '{"a"'},
             {"type": "response.function_call_arguments.done", "output_index": 0, "arguments": '{"a": 1}'},
-            {"type": "response.output_item.added", "output_index": 1, "item": {"id": "m", "type": "message", "content": []}},
+            {
+                "type": "response.output_item.added",
+                "output_index": 1,
+                "item": {"id": "m", "type": "message", "content": []},
+            },
             {"type": "response.output_text.delta", "output_index": 1, "content_index": 0, "delta": "draft"},
             {"type": "response.output_text.done", "output_index": 1, "content_index": 0, "text": "final"},
         ]
@@ -447,7 +508,14 @@ def test_done_events_win_over_deltas() -> None:
         assembler.add({**event, "sequence_number": number})
     assembler.add(terminal({"id": "r"}))
     assert assembler.result()["output"] == [
-        {"id": "fc", "type": "function_call", "call_id": "c", "name": "f", "arguments": '{"a": 1}', "status": "completed"},
+        {
+            "id": "fc",
+            "type": "function_call",
+            "call_id": "c",
+            "name": "f",
+            "arguments": '{"a": 1}',
+            "status": "completed",
+        },
         {"id": "m", "type": "message", "content": [{"type": "output_text", "text": "final"}], "status": "completed"},
     ]
 
@@ -474,7 +542,9 @@ def test_item_count_is_bounded() -> None:
     assembler = ResponsesAssembler(GENERIC)
     with pytest.raises(ConversionError) as caught:
         for index in range(MAX_ITEMS + 1):
-            assembler.add({"type": "response.output_item.added", "sequence_number": index, "output_index": index, "item": {}})
+            assembler.add(
+                {"type": "response.output_item.added", "sequence_number": index, "output_index": index, "item": {}}
+            )
     assert caught.value.kind == LIMIT
 
 
@@ -512,18 +582,56 @@ def item_streams(draw: st.DrawFn) -> tuple[list[list[dict[str, Any]]], list[dict
         if draw(st.booleans()):
             pieces = draw(texts)
             events = [
-                {"type": "response.output_item.added", "output_index": index, "item": {"id": f"m{index}", "type": "message", "role": "assistant", "content": []}},
-                {"type": "response.content_part.added", "output_index": index, "content_index": 0, "part": {"type": "output_text", "text": "", "annotations": []}},
-                *({"type": "response.output_text.delta", "output_index": index, "content_index": 0, "delta": piece} for piece in pieces),
+                {
+                    "type": "response.output_item.added",
+                    "output_index": index,
+                    "item": {"id": f"m{index}", "type": "message", "role": "assistant", "content": []},
+                },
+                {
+                    "type": "response.content_part.added",
+                    "output_index": index,
+                    "content_index": 0,
+                    "part": {"type": "output_text", "text": "", "annotations": []},
+                },
+                *(
+                    {"type": "response.output_text.delta", "output_index": index, "content_index": 0, "delta": piece}
+                    for piece in pieces
+                ),
             ]
-            item = {"id": f"m{index}", "type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "".join(pieces), "annotations": []}], "status": "completed"}
+            item = {
+                "id": f"m{index}",
+                "type": "message",
+                "role": "assistant",
+                "content": [{"type": "output_text", "text": "".join(pieces), "annotations": []}],
+                "status": "completed",
+            }
         else:
             pieces = draw(texts)
             events = [
-                {"type": "response.output_item.added", "output_index": index, "item": {"id": f"f{index}", "type": "function_call", "call_id": f"c{index}", "name": "f", "arguments": ""}},
-                *({"type": "response.function_call_arguments.delta", "output_index": index, "delta": piece} for piece in pieces),
+                {
+                    "type": "response.output_item.added",
+                    "output_index": index,
+                    "item": {
+                        "id": f"f{index}",
+                        "type": "function_call",
+                        "call_id": f"c{index}",
+                        "name": "f",
+                        "arguments": "",
+                    },
+                },
+                *(
+                    {"type": "response.function_call_arguments.delta", "output_index": index, "delta": piece}
+                    for piece in pieces
+                ),
             ]
-            item = {"id": f"f{index}", "type": "function_call", "call_id": f"c{index}", "name": "f", "arguments": "".join(pieces), "status": "completed"}
+            item = {
+                "id": f"f{index}",
+                "type": "function_call",
+                "call_id": f"c{index}",
+                "name": "f",
+                "arguments": "".join(pieces),
+                "status": "completed",
+            }
         per_item.append(events)
         expected.append(item)
     return per_item, expected
@@ -576,7 +684,27 @@ EVENT_TYPES = [
     "error",
     "x",
 ]
-KEYS = ["type", "output_index", "content_index", "summary_index", "item_id", "item", "part", "delta", "text", "arguments", "response", "output", "id", "call_id", "logprobs", "annotation", "error", "status", "usage"]
+KEYS = [
+    "type",
+    "output_index",
+    "content_index",
+    "summary_index",
+    "item_id",
+    "item",
+    "part",
+    "delta",
+    "text",
+    "arguments",
+    "response",
+    "output",
+    "id",
+    "call_id",
+    "logprobs",
+    "annotation",
+    "error",
+    "status",
+    "usage",
+]
 json_leaves = st.none() | st.booleans() | st.integers(-3, 3) | st.text(max_size=3)
 json_values = st.recursive(
     json_leaves,
@@ -585,14 +713,17 @@ json_values = st.recursive(
 )
 events = st.fixed_dictionaries(
     {"type": st.sampled_from(EVENT_TYPES)},
-    optional={key: json_values for key in KEYS if key != "type"} | {"output_index": st.integers(0, 3), "content_index": st.integers(0, 2)},
+    optional={key: json_values for key in KEYS if key != "type"}
+    | {"output_index": st.integers(0, 3), "content_index": st.integers(0, 2)},
 )
 
 
 @given(stream=st.lists(events, max_size=12), profile=st.sampled_from(list(PROFILES)))
 @settings(max_examples=200, deadline=None)
 def test_arbitrary_events_give_an_answer_or_a_conversion_error(stream: list[dict[str, Any]], profile: str) -> None:
-    assembler = ResponsesAssembler(PROFILES[profile], {"tools": [{"type": "namespace", "tools": [{"type": "function"}]}]})
+    assembler = ResponsesAssembler(
+        PROFILES[profile], {"tools": [{"type": "namespace", "tools": [{"type": "function"}]}]}
+    )
     try:
         for event in stream:
             error = upstream_error(event)

@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Union
 
 import orjson
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from buffered_stream.apis import CHAT, COMPLETIONS, SCHEMAS, plan_request
 from buffered_stream.core.json_edit import JsonEditError, edit_object, scan_object, set_member
-from buffered_stream.core.registry import CHAT, COMPLETIONS, SCHEMAS, plan_request
 from buffered_stream.core.request import NOT_JSON, REQUEST_TOO_LARGE, Rewrite, Skip, stream_body
 from buffered_stream.settings import RouteSettings, SettingsError, route_settings_from_metadata
 
@@ -108,7 +109,10 @@ def test_long_strings_with_many_escaped_quotes_and_trailing_backslashes() -> Non
     backslashes = b'"' + b"\\\\" * 300 + b'"'
     escapes = b'"' + b"line\\n" * 2000 + b'"'
     for value in (long_plain, many_quotes, backslashes, escapes):
-        for body in (b'{"v":' + value + b',"stream":false}', b'{"v":[' + value + b',{"k":' + value + b'}],"stream":false}'):
+        for body in (
+            b'{"v":' + value + b',"stream":false}',
+            b'{"v":[' + value + b',{"k":' + value + b'}],"stream":false}',
+        ):
             layout = scan_object(body)
             assert [m.key for m in layout.members] == ["v", "stream"]
             assert set_member(body, "stream", b"true") == body.replace(b'"stream":false', b'"stream":true')
@@ -116,7 +120,21 @@ def test_long_strings_with_many_escaped_quotes_and_trailing_backslashes() -> Non
 
 @pytest.mark.parametrize(
     "body",
-    [b"", b"[1]", b'"x"', b"{", b'{"a"}', b'{"a" 1}', b'{"a":1,}', b'{"a":1} x', b'{"a":"x}', b'{"a":[1', b'{"a":[1}', b'{a:1}', b'{"\\x":1}'],
+    [
+        b"",
+        b"[1]",
+        b'"x"',
+        b"{",
+        b'{"a"}',
+        b'{"a" 1}',
+        b'{"a":1,}',
+        b'{"a":1} x',
+        b'{"a":"x}',
+        b'{"a":[1',
+        b'{"a":[1}',
+        b"{a:1}",
+        b'{"\\x":1}',
+    ],
 )
 def test_bytes_that_are_not_one_object_raise(body: bytes) -> None:
     with pytest.raises(JsonEditError):
@@ -132,7 +150,10 @@ def test_a_scan_failure_leaves_the_request_alone() -> None:
 
 def test_chat_edits_only_stream_and_stream_options() -> None:
     body = b'{"model": "m", "seed": 123456789012345678901234567890, "messages": [], "stream": false}'
-    assert rewritten(CHAT, body) == b'{"model": "m", "seed": 123456789012345678901234567890, "messages": [], "stream": true,"stream_options":{"include_usage":true}}'
+    assert (
+        rewritten(CHAT, body)
+        == b'{"model": "m", "seed": 123456789012345678901234567890, "messages": [], "stream": true,"stream_options":{"include_usage":true}}'
+    )
     assert rewritten(COMPLETIONS, body) == rewritten(CHAT, body)
 
 
@@ -172,7 +193,9 @@ def test_duplicate_keys_are_kept_and_duplicate_streams_become_one() -> None:
     assert rewritten("messages", body) == b'{"model":"a","model":"b","stream":true,"n":1,"n":2}'
     # The decision reads the parsed request (orjson: the last duplicate wins).
     assert plan(CHAT, b'{"model":"m","stream":false,"stream":true}') == Skip("stream_requested")
-    assert rewritten(CHAT, b'{"stream":true,"stream":false}') == b'{"stream":true,"stream_options":{"include_usage":true}}'
+    assert (
+        rewritten(CHAT, b'{"stream":true,"stream":false}') == b'{"stream":true,"stream_options":{"include_usage":true}}'
+    )
     assert plan("messages", b'{"model":"a","model":"b"}').model == "b"
 
 
@@ -192,7 +215,10 @@ def test_unicode_escapes_and_raw_utf8_are_kept() -> None:
 def test_odd_whitespace_is_kept() -> None:
     body = b'\r\n\t{\t"model"\r:\n"m" ,\t"stream" :\tfalse\r\n}\n'
     assert rewritten("messages", body) == b'\r\n\t{\t"model"\r:\n"m" ,\t"stream" :\ttrue\r\n}\n'
-    assert rewritten(CHAT, body) == b'\r\n\t{\t"model"\r:\n"m" ,\t"stream" :\ttrue,"stream_options":{"include_usage":true}\r\n}\n'
+    assert (
+        rewritten(CHAT, body)
+        == b'\r\n\t{\t"model"\r:\n"m" ,\t"stream" :\ttrue,"stream_options":{"include_usage":true}\r\n}\n'
+    )
 
 
 @pytest.mark.parametrize("body", [b"{}", b" {\n} "])
@@ -205,7 +231,10 @@ def test_an_empty_object(body: bytes) -> None:
     ("options", "expected"),
     [
         (b'{"continuous_usage_stats": true}', b'{"continuous_usage_stats": true,"include_usage":true}'),
-        (b'{ "include_usage" : false, "x": 123456789012345678901234567890 }', b'{ "include_usage" : true, "x": 123456789012345678901234567890 }'),
+        (
+            b'{ "include_usage" : false, "x": 123456789012345678901234567890 }',
+            b'{ "include_usage" : true, "x": 123456789012345678901234567890 }',
+        ),
         (b'{"include_usage":true}', b'{"include_usage":true}'),
         (b"{}", USAGE),
         (b"null", USAGE),
@@ -231,7 +260,9 @@ def test_nested_stream_keys_are_not_touched() -> None:
         b'{"model":"m","metadata":{"stream":false,"stream_options":1},"messages":[{"stream":false,'
         b'"content":"{\\"stream\\": false, \\"stream_options\\": 1}"}],"stream":false}'
     )
-    assert rewritten(CHAT, body) == body.replace(b'"stream":false}', b'"stream":true,"stream_options":{"include_usage":true}}')
+    assert rewritten(CHAT, body) == body.replace(
+        b'"stream":false}', b'"stream":true,"stream_options":{"include_usage":true}}'
+    )
     assert rewritten(CHAT, body).count(b'"stream":false') == 2
 
 
@@ -304,9 +335,18 @@ def test_the_adapter_forwards_a_too_large_body_untouched() -> None:
         attributes.update({"xds.route_metadata": metadata, "xds.route_name": "chat"})
         pairs = ((":method", "POST"), (":path", "/v1/chat/completions"), ("content-type", "application/json"))
         headers = base_pb2.HeaderMap(headers=[base_pb2.HeaderValue(key=k, raw_value=v.encode()) for k, v in pairs])
-        exchange.handle(pb.ProcessingRequest(request_headers=pb.HttpHeaders(headers=headers), attributes={"envoy.filters.http.ext_proc": attributes}))
+        exchange.handle(
+            pb.ProcessingRequest(
+                request_headers=pb.HttpHeaders(headers=headers), attributes={"envoy.filters.http.ext_proc": attributes}
+            )
+        )
         reply = exchange.handle(pb.ProcessingRequest(request_body=pb.HttpBody(body=data, end_of_stream=True)))
-        status = base_pb2.HeaderMap(headers=[base_pb2.HeaderValue(key=":status", raw_value=b"200"), base_pb2.HeaderValue(key="content-type", raw_value=b"application/json")])
+        status = base_pb2.HeaderMap(
+            headers=[
+                base_pb2.HeaderValue(key=":status", raw_value=b"200"),
+                base_pb2.HeaderValue(key="content-type", raw_value=b"application/json"),
+            ]
+        )
         exchange.handle(pb.ProcessingRequest(response_headers=pb.HttpHeaders(headers=status)))
         return reply, exchange.outcome
 
@@ -318,7 +358,10 @@ def test_the_adapter_forwards_a_too_large_body_untouched() -> None:
     reply, outcome = run(small, padded(160))
     assert (reply, outcome) == (CONTINUE_REQUEST_BODY, "passthrough_request_too_large")
     reply, outcome = run(small, padded(100))
-    assert reply.request_body.response.body_mutation.body == padded(100)[:-1] + b',"stream":true,"stream_options":{"include_usage":true}}'
+    assert (
+        reply.request_body.response.body_mutation.body
+        == padded(100)[:-1] + b',"stream":true,"stream_options":{"include_usage":true}}'
+    )
 
 
 # --------------------------------------------------------------------------- properties
@@ -359,7 +402,8 @@ def expected_edit(obj: Obj, changes: dict[str, bytes | None]) -> bytes:
     for index, (key, *_) in enumerate(obj.members):
         first.setdefault(key, index)
     kept = [
-        index for index, (key, *_) in enumerate(obj.members)
+        index
+        for index, (key, *_) in enumerate(obj.members)
         if key not in changes or (changes[key] is not None and first[key] == index)
     ]
     out = [obj.outside[0], b"{", obj.after_open]
@@ -383,7 +427,9 @@ SHORT_ESCAPES = {'"': '\\"', "\\": "\\\\", "/": "\\/", "\b": "\\b", "\f": "\\f",
 
 # Characters that need escaping (quotes and backslashes next to each other: ``\\\"``), raw UTF-8
 # of every width, and anything else but a lone surrogate (not text: raw, it cannot be UTF-8).
-TEXT = st.text(st.one_of(st.sampled_from('"\\"\\/\n\t\x00\x1f é€😀'), st.characters(exclude_categories=("Cs",))), max_size=8)
+TEXT = st.text(
+    st.one_of(st.sampled_from('"\\"\\/\n\t\x00\x1f é€😀'), st.characters(exclude_categories=("Cs",))), max_size=8
+)
 
 
 @st.composite
@@ -399,23 +445,37 @@ def json_string(draw: st.DrawFn, text: st.SearchStrategy[str] = TEXT) -> tuple[s
         elif style != "u" and char in SHORT_ESCAPES:
             out.append(SHORT_ESCAPES[char])
         else:
-            units = [ord(char)] if ord(char) < 0x10000 else [0xD800 + ((ord(char) - 0x10000) >> 10), 0xDC00 + ((ord(char) - 0x10000) & 0x3FF)]
+            units = (
+                [ord(char)]
+                if ord(char) < 0x10000
+                else [0xD800 + ((ord(char) - 0x10000) >> 10), 0xDC00 + ((ord(char) - 0x10000) & 0x3FF)]
+            )
             spelled = "".join(f"\\u{unit:04x}" for unit in units)
             out.append(spelled.upper().replace("\\U", "\\u") if draw(st.booleans()) else spelled)
     return decoded, ('"' + "".join(out) + '"').encode()
 
 
-LONG_STRINGS = st.sampled_from([
-    b'"' + b"x" * 600 + b'"',
-    b'"' + b'q\\"' * 100 + b'"',
-    b'"' + b"a\\n" * 300 + b'\\\\"',
-    b'"' + b"\\\\" * 70 + b'"',
-    b'"' + b'\\\\\\"' * 90 + b"y" * 300 + b'"',
-])
+LONG_STRINGS = st.sampled_from(
+    [
+        b'"' + b"x" * 600 + b'"',
+        b'"' + b'q\\"' * 100 + b'"',
+        b'"' + b"a\\n" * 300 + b'\\\\"',
+        b'"' + b"\\\\" * 70 + b'"',
+        b'"' + b'\\\\\\"' * 90 + b"y" * 300 + b'"',
+    ]
+)
 
 
 def numbers(huge: bool) -> st.SearchStrategy[bytes]:
-    spelled = [b"-0.0", b"-0", b"0.10", b"1E+2", b"2.5e-7", b"123456789012345678901234567890", b"-98765432109876543210987654321"]
+    spelled = [
+        b"-0.0",
+        b"-0",
+        b"0.10",
+        b"1E+2",
+        b"2.5e-7",
+        b"123456789012345678901234567890",
+        b"-98765432109876543210987654321",
+    ]
     return st.one_of(
         st.integers(-(10**30), 10**30).map(lambda n: str(n).encode()),
         st.floats(allow_nan=False, allow_infinity=False).map(lambda x: repr(x).encode()),
@@ -429,7 +489,12 @@ KEYS = ["model", "messages", "stream", "stream", "stream_options", "include_usag
 def key_strings(names: list[str] = KEYS) -> st.SearchStrategy[tuple[str, bytes]]:
     """Mostly the interesting names, plainly or oddly spelled, sometimes any short text."""
     plain = st.sampled_from(names).map(lambda key: (key, json.dumps(key).encode()))
-    return st.one_of(plain, plain, json_string(st.sampled_from(names)), json_string(st.text(st.characters(exclude_categories=("Cs",)), max_size=4)))
+    return st.one_of(
+        plain,
+        plain,
+        json_string(st.sampled_from(names)),
+        json_string(st.text(st.characters(exclude_categories=("Cs",)), max_size=4)),
+    )
 
 
 @st.composite
@@ -499,7 +564,10 @@ def with_usage(options: Any) -> Any:
 
 
 @settings(max_examples=250, deadline=None)
-@given(obj=objects(VALUES, top=True, value_for=stream_value), schema=st.sampled_from([CHAT, COMPLETIONS, "responses", "messages"]))
+@given(
+    obj=objects(VALUES, top=True, value_for=stream_value),
+    schema=st.sampled_from([CHAT, COMPLETIONS, "responses", "messages"]),
+)
 def test_property_rewrite_is_byte_faithful(obj: Obj, schema: str) -> None:
     body = obj.render()
     parsed = orjson.loads(body)  # the generator renders only JSON orjson accepts
@@ -526,7 +594,9 @@ def test_property_rewrite_is_byte_faithful(obj: Obj, schema: str) -> None:
     assert [value for key, value in after if key == "stream"] == [True]
     if openai:
         client = [value for key, value in before if key == "stream_options"]
-        assert [value for key, value in after if key == "stream_options"] == [with_usage(client[-1] if client else None)]
+        assert [value for key, value in after if key == "stream_options"] == [
+            with_usage(client[-1] if client else None)
+        ]
         hints = {"tool_choice": parsed["tool_choice"]} if "tool_choice" in parsed else {}
         assert result.hints == hints
     assert orjson.loads(result.body)["stream"] is True
@@ -537,7 +607,11 @@ def test_property_rewrite_is_byte_faithful(obj: Obj, schema: str) -> None:
 @settings(max_examples=250, deadline=None)
 @given(
     obj=objects(values(huge=True), top=True),
-    changes=st.dictionaries(st.sampled_from(["stream", "stream_options", "model", "x", "é"]), st.sampled_from([None, b"true", b"[1, {}]", b'"v"']), max_size=3),
+    changes=st.dictionaries(
+        st.sampled_from(["stream", "stream_options", "model", "x", "é"]),
+        st.sampled_from([None, b"true", b"[1, {}]", b'"v"']),
+        max_size=3,
+    ),
 )
 def test_property_edit_object_matches_the_rule(obj: Obj, changes: dict[str, bytes | None]) -> None:
     body = obj.render()
@@ -547,3 +621,27 @@ def test_property_edit_object_matches_the_rule(obj: Obj, changes: dict[str, byte
     assert [pair for pair in after if pair[0] not in changes] == [pair for pair in before if pair[0] not in changes]
     for key, value in changes.items():
         assert [v for k, v in after if k == key] == ([] if value is None else [tagged(value)])
+
+
+@pytest.mark.parametrize(
+    ("body", "taken"),
+    [
+        (b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]}', True),
+        (b'{"model": "m", "stream" : false, "n": 1}', True),
+        (b"{ }", True),
+        (b'{"model": "m", "messages": [{"content": "caf\\u00e9"}]}', False),  # a \u escape: scanned
+        (b'{"stream": false, "x": {"stream": 1}}', False),  # "stream" twice in the body
+        (b'{"stream": {"a": 1}, "stream": false}', False),  # duplicates
+        (b'{"stream_options": {"include_usage": false}}', False),  # the client's own options
+    ],
+)
+def test_small_common_bodies_skip_the_scan_and_give_the_scans_bytes(body: bytes, taken: bool) -> None:
+    from buffered_stream.core.request import _edited_in_place, stream_body, with_include_usage
+
+    parsed = orjson.loads(body)
+    fast = _edited_in_place(body, parsed, True, None)
+    assert (fast is not None) is taken
+    scanned = stream_body(body, with_include_usage)
+    assert stream_body(body, with_include_usage, parsed=parsed) == scanned
+    if fast is not None:
+        assert fast == scanned

@@ -15,9 +15,6 @@ from typing import Any
 import orjson
 import pytest
 import yaml
-from support.net import free_port, http_request, wait_until
-from support.processes import ManagedProcess
-from support.stack import SOURCE_ROOT
 
 from buffered_stream.check_config import check
 from buffered_stream.cli import build_parser, run_envoy_config, run_settings
@@ -31,6 +28,9 @@ from buffered_stream.envoy_config import (
     load_packaged_config,
 )
 from buffered_stream.settings import RouteSettings, route_settings_from_metadata
+from support.net import free_port, http_request, wait_until
+from support.processes import ManagedProcess
+from support.stack import SOURCE_ROOT
 
 BACKEND = "http://127.0.0.1:8000"
 TARGET = "unix:/tmp/bs-test/ext_proc.sock"
@@ -39,19 +39,34 @@ TARGET = "unix:/tmp/bs-test/ext_proc.sock"
 ROWS: dict[str, tuple[dict[str, Any], list[str] | None, dict[str, Any]]] = {
     "mode": ({"mode": "streamed"}, ["--mode", "streamed"], {"mode": "streamed"}),
     "keepalive_seconds": ({"keepalive_seconds": 1}, ["--keepalive-seconds", "1"], {"keepalive_seconds": 1.0}),
-    "mode-and-keepalive": ({"mode": "streamed", "keepalive_seconds": 2.5},
-                           ["--mode", "streamed", "--keepalive-seconds", "2.5"],
-                           {"mode": "streamed", "keepalive_seconds": 2.5}),
-    "limits": ({"max_body_bytes": 1 << 20, "max_event_bytes": 65536, "max_conversion_seconds": 0.5,
-                "max_request_bytes": 1 << 19}, None,
-               {"max_body_bytes": 1 << 20, "max_event_bytes": 65536, "max_conversion_seconds": 0.5,
-                "max_request_bytes": 1 << 19}),
+    "mode-and-keepalive": (
+        {"mode": "streamed", "keepalive_seconds": 2.5},
+        ["--mode", "streamed", "--keepalive-seconds", "2.5"],
+        {"mode": "streamed", "keepalive_seconds": 2.5},
+    ),
+    "limits": (
+        {
+            "max_body_bytes": 1 << 20,
+            "max_event_bytes": 65536,
+            "max_conversion_seconds": 0.5,
+            "max_request_bytes": 1 << 19,
+        },
+        None,
+        {
+            "max_body_bytes": 1 << 20,
+            "max_event_bytes": 65536,
+            "max_conversion_seconds": 0.5,
+            "max_request_bytes": 1 << 19,
+        },
+    ),
     "profile": ({"profile": "vllm"}, None, {"profile": "vllm"}),
     "models": ({"models": ["llama-*", "qwen-*"]}, None, {"models": ["llama-*", "qwen-*"]}),
 }
 
 
-def effective(config: dict[str, Any], defaults: RouteSettings) -> list[tuple[str, RouteSettings, dict[str, str] | None]]:
+def effective(
+    config: dict[str, Any], defaults: RouteSettings
+) -> list[tuple[str, RouteSettings, dict[str, str] | None]]:
     """Per converting route: the settings the service computes (defaults, then the route's metadata,
     as ``RouteSettingsCache`` does) and the processing-mode override Envoy applies there."""
     found = []
@@ -101,8 +116,11 @@ def test_each_default_behaves_like_its_flag_and_its_route_metadata(tmp_path: Pat
 
 
 def test_flags_replace_the_file_defaults_of_their_name_and_keep_the_others(tmp_path: Path) -> None:
-    routes = via_run(tmp_path, ["--mode", "buffered", "--keepalive-seconds", "0"],
-                     {"mode": "streamed", "keepalive_seconds": 3, "profile": "sglang"})
+    routes = via_run(
+        tmp_path,
+        ["--mode", "buffered", "--keepalive-seconds", "0"],
+        {"mode": "streamed", "keepalive_seconds": 3, "profile": "sglang"},
+    )
     assert {settings for _, settings, _ in routes} == {RouteSettings(enabled=True, mode="buffered", profile="sglang")}
     assert all(mode is None for _, _, mode in routes)
 
@@ -133,9 +151,22 @@ def test_run_with_a_keepalive_default_sends_newlines_while_the_backend_waits(tmp
     settings.write_text(yaml.safe_dump({"defaults": {"mode": "streamed", "keepalive_seconds": 1}}))
     port, admin_port, metrics_port = free_port(), free_port(), free_port()
     args = [
-        sys.executable, "-m", "buffered_stream", "run", "--settings", str(settings),
-        "--listen", f"127.0.0.1:{port}", "--admin-port", str(admin_port),
-        "--metrics-listen", f"127.0.0.1:{metrics_port}", "--demo-delay", "0.01", "--workers", "1",
+        sys.executable,
+        "-m",
+        "buffered_stream",
+        "run",
+        "--settings",
+        str(settings),
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--admin-port",
+        str(admin_port),
+        "--metrics-listen",
+        f"127.0.0.1:{metrics_port}",
+        "--demo-delay",
+        "0.01",
+        "--workers",
+        "1",
     ]
     request = {"model": "demo", "messages": [{"role": "user", "content": "hi"}]}
     url = f"http://127.0.0.1:{port}/v1/chat/completions"

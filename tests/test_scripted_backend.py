@@ -7,11 +7,11 @@ import socket
 
 import orjson
 import pytest
+
+from buffered_stream.envoy_config import build_envoy_config
 from support.backend import Completion, Json, Raw, ScriptedBackend, Silence, Sse
 from support.net import http_request, wait_until
 from support.stack import Harness
-
-from buffered_stream.envoy_config import build_envoy_config
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 

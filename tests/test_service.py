@@ -34,7 +34,9 @@ def headers(*pairs: tuple[str, str], end_of_stream: bool = False) -> pb.HttpHead
     )
 
 
-def request_headers(metadata: str = ENABLED, method: str = "POST", path: str = "/v1/chat/completions") -> pb.ProcessingRequest:
+def request_headers(
+    metadata: str = ENABLED, method: str = "POST", path: str = "/v1/chat/completions"
+) -> pb.ProcessingRequest:
     attributes = struct_pb2.Struct()
     attributes.update({"xds.route_metadata": metadata, "xds.route_name": "chat"})
     return pb.ProcessingRequest(
@@ -43,10 +45,14 @@ def request_headers(metadata: str = ENABLED, method: str = "POST", path: str = "
     )
 
 
-def first_body(data: bytes, metadata: str = ENABLED, method: str = "POST", path: str = "/v1/chat/completions") -> pb.ProcessingRequest:
+def first_body(
+    data: bytes, metadata: str = ENABLED, method: str = "POST", path: str = "/v1/chat/completions"
+) -> pb.ProcessingRequest:
     """The first message when the filter skips request headers (the shipped config)."""
     attributes = struct_pb2.Struct()
-    attributes.update({"xds.route_metadata": metadata, "xds.route_name": "chat", "request.path": path, "request.method": method})
+    attributes.update(
+        {"xds.route_metadata": metadata, "xds.route_name": "chat", "request.path": path, "request.method": method}
+    )
     return pb.ProcessingRequest(
         request_body=pb.HttpBody(body=data, end_of_stream=True), attributes={"envoy.filters.http.ext_proc": attributes}
     )
@@ -98,7 +104,9 @@ def test_streamed_mode_drops_chunks_then_answers_once(exchange: Exchange) -> Non
     exchange.handle(body(CHAT_BODY))
     assert exchange.handle(response_headers()).mode_override.response_body_mode == ProcessingMode.STREAMED
     first, rest = SSE[:100], SSE[100:]
-    assert exchange.handle(body(first, end_of_stream=False, response=True)).response_body.response.body_mutation.clear_body
+    assert exchange.handle(
+        body(first, end_of_stream=False, response=True)
+    ).response_body.response.body_mutation.clear_body
     reply = exchange.handle(body(rest, end_of_stream=False, response=True))  # [DONE] before end_of_stream
     assert orjson.loads(reply.response_body.response.body_mutation.body)["object"] == "chat.completion"
     assert not reply.response_body.response.header_mutation.set_headers  # headers already sent
@@ -159,7 +167,9 @@ def test_requests_skipped_after_headers(exchange: Exchange, first: pb.Processing
         (CHAT_BODY, "200", "application/json", "passthrough_content_type"),
     ],
 )
-def test_responses_passed_through(exchange: Exchange, request_body: bytes, status: str, content_type: str, outcome: str) -> None:
+def test_responses_passed_through(
+    exchange: Exchange, request_body: bytes, status: str, content_type: str, outcome: str
+) -> None:
     exchange.handle(request_headers())
     exchange.handle(body(request_body))
     reply = exchange.handle(response_headers(status, content_type))

@@ -12,8 +12,16 @@ from buffered_stream.settings import (
 
 def test_plain_envoy_metadata():
     settings = route_settings_from_metadata(
-        {"buffered_stream": {"enabled": True, "mode": "streamed", "profile": "vllm", "models": ["llama-*"],
-                             "max_body_bytes": 1048576.0, "max_event_bytes": 65536.0}}
+        {
+            "buffered_stream": {
+                "enabled": True,
+                "mode": "streamed",
+                "profile": "vllm",
+                "models": ["llama-*"],
+                "max_body_bytes": 1048576.0,
+                "max_event_bytes": 65536.0,
+            }
+        }
     )
     assert settings == RouteSettings(True, "streamed", "vllm", ("llama-*",), 1048576, 65536)
     assert settings.body_limit == 1048576
@@ -28,10 +36,18 @@ def test_envoy_gateway_annotations():
     metadata = {
         "envoy-gateway": {
             "resources": [
-                {"kind": "HTTPRoute", "name": "llm", "namespace": "default",
-                 "annotations": {"buffered-stream.enabled": "true", "buffered-stream.mode": "buffered",
-                                 "buffered-stream.models": "llama-*, qwen*", "buffered-stream.max_body_bytes": "2097152",
-                                 "other.io/thing": "ignored"}}
+                {
+                    "kind": "HTTPRoute",
+                    "name": "llm",
+                    "namespace": "default",
+                    "annotations": {
+                        "buffered-stream.enabled": "true",
+                        "buffered-stream.mode": "buffered",
+                        "buffered-stream.models": "llama-*, qwen*",
+                        "buffered-stream.max_body_bytes": "2097152",
+                        "other.io/thing": "ignored",
+                    },
+                }
             ]
         }
     }
@@ -41,7 +57,11 @@ def test_envoy_gateway_annotations():
 
 def test_keepalive_seconds_from_metadata_and_annotations():
     assert route_settings_from_metadata({"buffered_stream": {"keepalive_seconds": 5.0}}).keepalive_seconds == 5.0
-    gateway = {"envoy-gateway": {"resources": [{"annotations": {"gateway.envoyproxy.io/buffered-stream.keepalive_seconds": "2.5"}}]}}
+    gateway = {
+        "envoy-gateway": {
+            "resources": [{"annotations": {"gateway.envoyproxy.io/buffered-stream.keepalive_seconds": "2.5"}}]
+        }
+    }
     assert route_settings_from_metadata(gateway).keepalive_seconds == 2.5
     assert RouteSettings().keepalive_seconds == 0
 
@@ -60,9 +80,14 @@ def test_keepalive_seconds_from_metadata_and_annotations():
         ({"buffered_stream": {"keepalive_seconds": "5"}}, "keepalive_seconds must be a number of seconds"),
         ({"buffered_stream": {"keepalive_seconds": 0.01}}, "keepalive_seconds must be 0 .off. or between 0.1 and 3600"),
         ({"buffered_stream": {"keepalive_seconds": -1}}, "keepalive_seconds must be 0"),
-        ({"envoy-gateway": {"resources": [{"annotations": {"buffered-stream.keepalive_seconds": "soon"}}]}},
-         "keepalive_seconds must be a number of seconds"),
-        ({"envoy-gateway": {"resources": [{"annotations": {"buffered-stream.enabled": "maybe"}}]}}, "HTTPRoute annotations"),
+        (
+            {"envoy-gateway": {"resources": [{"annotations": {"buffered-stream.keepalive_seconds": "soon"}}]}},
+            "keepalive_seconds must be a number of seconds",
+        ),
+        (
+            {"envoy-gateway": {"resources": [{"annotations": {"buffered-stream.enabled": "maybe"}}]}},
+            "HTTPRoute annotations",
+        ),
     ],
 )
 def test_bad_route_settings_name_the_problem(metadata, message):
@@ -80,8 +105,12 @@ def test_service_settings_file(tmp_path):
 
 @pytest.mark.parametrize(
     ("text", "message"),
-    [("listen: [\n", "does not parse"), ("lisen: x\n", "unknown key"), ("- 1\n", "must hold a mapping"),
-     ("defaults: {mode: fast}\n", "mode 'fast'")],
+    [
+        ("listen: [\n", "does not parse"),
+        ("lisen: x\n", "unknown key"),
+        ("- 1\n", "must hold a mapping"),
+        ("defaults: {mode: fast}\n", "mode 'fast'"),
+    ],
 )
 def test_bad_service_settings_file(tmp_path, text, message):
     path = tmp_path / "settings.yaml"
@@ -96,7 +125,9 @@ def test_body_limit_defaults_per_mode():
     assert RouteSettings(mode="streamed", max_body_bytes=5 << 20).body_limit == 5 << 20
 
 
-@pytest.mark.parametrize("profile", ["vllm", "vllm-0.24", "vllm-0.16", "vllm-0.11.1", "vllm-0.11.0", "vllm-0.10", "openai"])
+@pytest.mark.parametrize(
+    "profile", ["vllm", "vllm-0.24", "vllm-0.16", "vllm-0.11.1", "vllm-0.11.0", "vllm-0.10", "openai"]
+)
 def test_versioned_profiles_are_route_profile_values(profile):
     settings = route_settings_from_metadata({"buffered_stream": {"profile": profile}})
     assert settings.profile == profile

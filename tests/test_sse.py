@@ -91,9 +91,10 @@ def test_cr_at_chunk_end_pairs_only_with_the_next_lf() -> None:
 
 
 def test_recorded_shape_of_a_chat_stream() -> None:
-    body = b"".join(
-        b'data: {"choices": [{"index": 0, "delta": {"content": "%d"}}]}\n\n' % i for i in range(50)
-    ) + b"data: [DONE]\n\n"
+    body = (
+        b"".join(b'data: {"choices": [{"index": 0, "delta": {"content": "%d"}}]}\n\n' % i for i in range(50))
+        + b"data: [DONE]\n\n"
+    )
     for size in (1, 7, 64, 4096):
         chunks = [body[i : i + size] for i in range(0, len(body), size)]
         events = decode(chunks)
@@ -218,20 +219,34 @@ def line_by_line(body: bytes) -> list:
     return events
 
 
-NAMED = b"event: response.created\ndata: {}\n\nevent: response.output_text.delta\ndata: {\"delta\":\"a\"}\n\n"
+NAMED = b'event: response.created\ndata: {}\n\nevent: response.output_text.delta\ndata: {"delta":"a"}\n\n'
 
 
 def test_named_events_in_one_chunk_are_decoded_like_line_by_line() -> None:
-    assert decode([NAMED * 50]) == line_by_line(NAMED * 50) == [
-        ("response.created", b"{}"), ("response.output_text.delta", b'{"delta":"a"}')
-    ] * 50
+    assert (
+        decode([NAMED * 50])
+        == line_by_line(NAMED * 50)
+        == [("response.created", b"{}"), ("response.output_text.delta", b'{"delta":"a"}')] * 50
+    )
 
 
 @pytest.mark.parametrize(
     "odd",
-    [b"event:x\ndata: {}", b"event: x\ndata:{}", b"event: x\ndata:  {}", b"event: \xff\ndata: {}", b"event: \ndata: {}",
-     b"data: {}\nevent: x", b"event: x\nid: 1", b"events: x\ndata: {}", b"event: x\n: c", b"event: error\ndata: {}",
-     b": c\ndata: {}", b'event: x\n{"a":1}', b"event: x\nerror: {}"],
+    [
+        b"event:x\ndata: {}",
+        b"event: x\ndata:{}",
+        b"event: x\ndata:  {}",
+        b"event: \xff\ndata: {}",
+        b"event: \ndata: {}",
+        b"data: {}\nevent: x",
+        b"event: x\nid: 1",
+        b"events: x\ndata: {}",
+        b"event: x\n: c",
+        b"event: error\ndata: {}",
+        b": c\ndata: {}",
+        b'event: x\n{"a":1}',
+        b"event: x\nerror: {}",
+    ],
 )
 def test_named_events_that_differ_anywhere_are_decoded_like_line_by_line(odd: bytes) -> None:
     for position in (0, 3, 9):
@@ -256,7 +271,11 @@ _named_pair = st.tuples(_values, _values).map(lambda nv: [(b"event: ", nv[0]), (
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(_named_pair | _named_pair | st.lists(st.tuples(_field_lines, _values), min_size=1, max_size=3), max_size=12))
+@given(
+    st.lists(
+        _named_pair | _named_pair | st.lists(st.tuples(_field_lines, _values), min_size=1, max_size=3), max_size=12
+    )
+)
 def test_any_lf_only_body_decodes_like_line_by_line(events: list[list[tuple[bytes, bytes]]]) -> None:
     body = b"".join(b"".join(field + value + b"\n" for field, value in lines) + b"\n" for lines in events)
     assert decode([body]) == line_by_line(body)

@@ -18,6 +18,7 @@ import pytest
 from buffered_stream.core.convert import StreamConverter
 from buffered_stream.core.errors import ConversionError
 from buffered_stream.core.sse import BARE_JSON_EVENT, ERROR_EVENT, SseDecoder
+from support.specs import spec_of
 
 BIG = 1 << 20
 BOM = b"\xef\xbb\xbf"
@@ -143,9 +144,13 @@ HEAD = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 7, "mo
 
 
 def chat_event(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
-    return b"data: " + orjson.dumps(
-        {**HEAD, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]}
-    ) + b"\n\n"
+    return (
+        b"data: "
+        + orjson.dumps(
+            {**HEAD, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]}
+        )
+        + b"\n\n"
+    )
 
 
 def chat_body(words: int) -> bytes:
@@ -161,7 +166,7 @@ def chat_body(words: int) -> bytes:
 
 
 def outcome(chunks: list[bytes], *, whole_body: bool = True) -> tuple[str, Any]:
-    converter = StreamConverter("chat", whole_body=whole_body)
+    converter = StreamConverter(spec_of("chat"), whole_body=whole_body)
     try:
         for chunk in chunks:
             converter.feed(chunk)

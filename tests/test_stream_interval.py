@@ -15,9 +15,9 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from google.protobuf import struct_pb2
 
 from buffered_stream.adapter.service import Exchange, RouteSettingsCache
+from buffered_stream.apis import PROFILE_NAMES, SPECS, STREAM_INTERVAL_PROFILES, plan_request, spec_named
 from buffered_stream.core.convert import StreamConverter
 from buffered_stream.core.json_edit import scan_object
-from buffered_stream.core.registry import PROFILE_NAMES, SPECS, STREAM_INTERVAL_PROFILES, plan_request, spec_named
 from buffered_stream.core.request import Rewrite
 from buffered_stream.settings import (
     MAX_UPSTREAM_STREAM_INTERVAL,
@@ -25,6 +25,7 @@ from buffered_stream.settings import (
     SettingsError,
     route_settings_from_metadata,
 )
+from support.specs import spec_of
 from support.vllm_stream import batches, vllm_chat
 
 BODIES = {
@@ -51,11 +52,16 @@ def test_accepted_with_a_profile_that_honours_it(profile: str, interval: int) ->
 
 def test_struct_numbers_and_annotation_strings() -> None:
     """Route metadata numbers arrive as floats; Envoy Gateway annotations as strings."""
-    assert route_settings_from_metadata(
-        {"buffered_stream": {"profile": "vllm", "upstream_stream_interval": 8.0}}
-    ).upstream_stream_interval == 8
-    annotations = {"gateway.envoyproxy.io/buffered-stream.profile": "vllm",
-                   "gateway.envoyproxy.io/buffered-stream.upstream_stream_interval": "16"}
+    assert (
+        route_settings_from_metadata(
+            {"buffered_stream": {"profile": "vllm", "upstream_stream_interval": 8.0}}
+        ).upstream_stream_interval
+        == 8
+    )
+    annotations = {
+        "gateway.envoyproxy.io/buffered-stream.profile": "vllm",
+        "gateway.envoyproxy.io/buffered-stream.upstream_stream_interval": "16",
+    }
     gateway = {"envoy-gateway": {"resources": [{"annotations": annotations}]}}
     assert route_settings_from_metadata(gateway).upstream_stream_interval == 16
 
@@ -117,7 +123,10 @@ def test_the_clients_own_member_is_replaced_in_place_and_its_duplicates_dropped(
     body = b'{ "stream_interval" : 2,\n "model": "m", "messages": [], "stream_interval": 3 }'
     plan = plan_request("chat", body, profile="vllm", stream_interval=32)
     assert isinstance(plan, Rewrite)
-    assert plan.body == b'{ "stream_interval" : 32,\n "model": "m", "messages": [],"stream":true,"stream_options":{"include_usage":true} }'
+    assert (
+        plan.body
+        == b'{ "stream_interval" : 32,\n "model": "m", "messages": [],"stream":true,"stream_options":{"include_usage":true} }'
+    )
     assert [m.key for m in scan_object(plan.body).members].count("stream_interval") == 1
 
 
@@ -130,8 +139,13 @@ def test_without_the_setting_a_clients_member_goes_upstream_untouched() -> None:
 def test_the_member_counts_against_max_request_bytes() -> None:
     body = BODIES["chat"]
     asked = plan_request("chat", body, profile="vllm", stream_interval=8)
-    assert isinstance(plan_request("chat", body, max_request_bytes=len(asked.body), profile="vllm", stream_interval=8), Rewrite)
-    assert plan_request("chat", body, max_request_bytes=len(asked.body) - 1, profile="vllm", stream_interval=8).reason == "request_too_large"
+    assert isinstance(
+        plan_request("chat", body, max_request_bytes=len(asked.body), profile="vllm", stream_interval=8), Rewrite
+    )
+    assert (
+        plan_request("chat", body, max_request_bytes=len(asked.body) - 1, profile="vllm", stream_interval=8).reason
+        == "request_too_large"
+    )
 
 
 # -- the adapter sends it --------------------------------------------------------------------------
@@ -140,7 +154,7 @@ def test_the_member_counts_against_max_request_bytes() -> None:
 def _metadata(**settings: object) -> str:
     fields = "".join(
         f'fields {{ key: "{key}" value {{ {"bool_value" if isinstance(value, bool) else "number_value" if isinstance(value, (int, float)) else "string_value"}: '
-        f'{str(value).lower() if isinstance(value, bool) else orjson.dumps(value).decode()} }} }} '
+        f"{str(value).lower() if isinstance(value, bool) else orjson.dumps(value).decode()} }} }} "
         for key, value in settings.items()
     )
     return f'filter_metadata {{ key: "buffered_stream" value {{ {fields}}} }}'
@@ -148,8 +162,14 @@ def _metadata(**settings: object) -> str:
 
 def _first_body(data: bytes, metadata: str, body_mode: int = ProcessingMode.NONE) -> pb.ProcessingRequest:
     attributes = struct_pb2.Struct()
-    attributes.update({"xds.route_metadata": metadata, "xds.route_name": "chat", "request.path": "/v1/chat/completions",
-                       "request.method": "POST"})
+    attributes.update(
+        {
+            "xds.route_metadata": metadata,
+            "xds.route_name": "chat",
+            "request.path": "/v1/chat/completions",
+            "request.method": "POST",
+        }
+    )
     return pb.ProcessingRequest(
         request_body=pb.HttpBody(body=data, end_of_stream=True),
         attributes={"envoy.filters.http.ext_proc": attributes},
@@ -160,7 +180,9 @@ def _first_body(data: bytes, metadata: str, body_mode: int = ProcessingMode.NONE
 @pytest.mark.parametrize("profile", ["vllm", "vllm-0.26"])
 def test_the_adapter_writes_the_routes_interval(profile: str) -> None:
     exchange = Exchange(RouteSettingsCache(RouteSettings()))
-    reply = exchange.handle(_first_body(BODIES["chat"], _metadata(enabled=True, profile=profile, upstream_stream_interval=16)))
+    reply = exchange.handle(
+        _first_body(BODIES["chat"], _metadata(enabled=True, profile=profile, upstream_stream_interval=16))
+    )
     upstream = orjson.loads(reply.request_body.response.body_mutation.body)
     assert upstream["stream"] is True and upstream["stream_interval"] == 16
 
@@ -177,26 +199,58 @@ def test_the_adapter_leaves_it_out_when_unset() -> None:
 @pytest.mark.parametrize(
     "schema, preamble, output",
     [
-        ("chat", [{"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}],
-         {"choices": [{"index": 0, "delta": {"content": "Hi"}}]}),
-        ("chat", [{"choices": [{"index": 0, "delta": {"role": "assistant"}}]}],
-         {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "c", "function": {"name": "f"}}]}}]}),
+        (
+            "chat",
+            [{"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}],
+            {"choices": [{"index": 0, "delta": {"content": "Hi"}}]},
+        ),
+        (
+            "chat",
+            [{"choices": [{"index": 0, "delta": {"role": "assistant"}}]}],
+            {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "c", "function": {"name": "f"}}]}}]},
+        ),
         ("chat", [], {"choices": [{"index": 0, "delta": {"reasoning": "so"}}]}),
         ("completions", [{"choices": [{"index": 0, "text": ""}]}], {"choices": [{"index": 0, "text": "Hi"}]}),
-        ("messages", [{"type": "message_start", "message": {"id": "m", "type": "message", "role": "assistant", "content": [],
-                                                            "model": "m", "usage": {"input_tokens": 1, "output_tokens": 0}}},
-                      {"type": "ping"}],
-         {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
-        ("responses", [{"type": "response.created", "sequence_number": 0,
-                        "response": {"id": "r", "object": "response", "status": "in_progress", "output": []}}],
-         {"type": "response.output_item.added", "sequence_number": 1, "output_index": 0,
-          "item": {"id": "i", "type": "message", "role": "assistant", "status": "in_progress", "content": []}}),
+        (
+            "messages",
+            [
+                {
+                    "type": "message_start",
+                    "message": {
+                        "id": "m",
+                        "type": "message",
+                        "role": "assistant",
+                        "content": [],
+                        "model": "m",
+                        "usage": {"input_tokens": 1, "output_tokens": 0},
+                    },
+                },
+                {"type": "ping"},
+            ],
+            {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        ),
+        (
+            "responses",
+            [
+                {
+                    "type": "response.created",
+                    "sequence_number": 0,
+                    "response": {"id": "r", "object": "response", "status": "in_progress", "output": []},
+                }
+            ],
+            {
+                "type": "response.output_item.added",
+                "sequence_number": 1,
+                "output_index": 0,
+                "item": {"id": "i", "type": "message", "role": "assistant", "status": "in_progress", "content": []},
+            },
+        ),
     ],
 )
 def test_output_started_is_false_through_the_preamble_and_true_at_the_first_output(
     schema: str, preamble: list[dict], output: dict
 ) -> None:
-    converter = StreamConverter(schema)
+    converter = StreamConverter(spec_of(schema))
     assert not converter.output_started
     for event in preamble:
         converter.feed(b"data: " + orjson.dumps(event) + b"\n\n")
@@ -208,16 +262,29 @@ def test_output_started_is_false_through_the_preamble_and_true_at_the_first_outp
 def _response(*chunks: bytes, metadata: str, body_mode: int) -> pb.ProcessingResponse:
     exchange = Exchange(RouteSettingsCache(RouteSettings()))
     exchange.handle(_first_body(BODIES["chat"], metadata, body_mode))
-    exchange.handle(pb.ProcessingRequest(response_headers=pb.HttpHeaders(headers=base_pb2.HeaderMap(headers=[
-        base_pb2.HeaderValue(key=":status", raw_value=b"200"),
-        base_pb2.HeaderValue(key="content-type", raw_value=b"text/event-stream")]))))
-    replies = [exchange.handle(pb.ProcessingRequest(response_body=pb.HttpBody(body=c, end_of_stream=i == len(chunks) - 1)))
-               for i, c in enumerate(chunks)]
+    exchange.handle(
+        pb.ProcessingRequest(
+            response_headers=pb.HttpHeaders(
+                headers=base_pb2.HeaderMap(
+                    headers=[
+                        base_pb2.HeaderValue(key=":status", raw_value=b"200"),
+                        base_pb2.HeaderValue(key="content-type", raw_value=b"text/event-stream"),
+                    ]
+                )
+            )
+        )
+    )
+    replies = [
+        exchange.handle(pb.ProcessingRequest(response_body=pb.HttpBody(body=c, end_of_stream=i == len(chunks) - 1)))
+        for i, c in enumerate(chunks)
+    ]
     assert exchange.outcome == "converted"
     return next(r for r in replies if r is not None and r.HasField("dynamic_metadata"))
 
 
-SSE_CHUNKS = [b"data: " + orjson.dumps(c) + b"\n\n" for c in vllm_chat([" a"] * 20, 8, model="m")[0]] + [b"data: [DONE]\n\n"]
+SSE_CHUNKS = [b"data: " + orjson.dumps(c) + b"\n\n" for c in vllm_chat([" a"] * 20, 8, model="m")[0]] + [
+    b"data: [DONE]\n\n"
+]
 
 
 @pytest.mark.parametrize(
@@ -265,16 +332,22 @@ def timing_metrics():
 
 def _timing_samples(metrics) -> dict[tuple[str, tuple], float]:
     """What the timing families expose: (sample name, sorted labels) -> value."""
-    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
-            for family in metrics.TIMING for sample in family.metric().samples}
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in metrics.TIMING
+        for sample in family.metric().samples
+    }
 
 
 def test_route_labels_are_capped_and_the_rest_is_other(timing_metrics) -> None:
     timing_metrics.configure(max_routes=2)
     for route in ("a", "b", "c", "d", "a"):
         timing_metrics.observe_generation(route, "some-model", 0.5, 1.0, 40.0)
-    counts = {dict(k[1])["route"]: v for k, v in _timing_samples(timing_metrics).items()
-              if k[0] == "buffered_stream_first_token_seconds_count"}
+    counts = {
+        dict(k[1])["route"]: v
+        for k, v in _timing_samples(timing_metrics).items()
+        if k[0] == "buffered_stream_first_token_seconds_count"
+    }
     assert counts == {"a": 2, "b": 1, "other": 2}
     assert all("model" not in dict(labels) for _, labels in _timing_samples(timing_metrics))
 
@@ -284,7 +357,11 @@ def test_a_model_label_only_when_asked_for_and_capped(timing_metrics) -> None:
     timing_metrics.observe_generation("chat", "llama", 0.5, None, None)
     timing_metrics.observe_generation("chat", "qwen", 0.25, 2.0, 10.0)
     samples = _timing_samples(timing_metrics)
-    first = {tuple(sorted(dict(k[1]).items())): v for k, v in samples.items() if k[0] == "buffered_stream_first_token_seconds_count"}
+    first = {
+        tuple(sorted(dict(k[1]).items())): v
+        for k, v in samples.items()
+        if k[0] == "buffered_stream_first_token_seconds_count"
+    }
     assert first == {(("model", "llama"), ("route", "chat")): 1, (("model", "other"), ("route", "chat")): 1}
     generation = [k for k in samples if k[0] == "buffered_stream_generation_seconds_count"]
     assert generation == [("buffered_stream_generation_seconds_count", (("model", "other"), ("route", "chat")))]

@@ -9,16 +9,17 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from buffered_stream.schemas.chat import ChatAssembler
 from buffered_stream.core.convert import StreamConverter
 from buffered_stream.core.errors import ConversionError
+from buffered_stream.schemas.chat import ChatAssembler
 from support.parsed_only import ParsedOnly
+from support.specs import spec_of
 
 HEAD = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 7, "model": "m"}
 
 
 def outcome(payloads: list[bytes], *, templates: bool) -> tuple[str, Any]:
-    converter = StreamConverter("chat", assembler=None if templates else ParsedOnly())
+    converter = StreamConverter(spec_of("chat"), assembler=None if templates else ParsedOnly())
     try:
         converter.feed(b"".join(b"data: " + payload + b"\n\n" for payload in payloads))
         return "answer", orjson.loads(converter.finish())
@@ -113,7 +114,7 @@ def test_openai_random_padding_is_skipped_and_anything_else_there_is_parsed() ->
     head, _ = suffix.split(b"PAD")
     forged = [
         prefix + b"v" + head + b'"}',  # the padding's own quote missing: the text's closing quote is its
-        prefix + b"v" + head[:-1] + b'}',
+        prefix + b"v" + head[:-1] + b"}",
         prefix + b"v" + head + b"a" + head + b'b"}',
         prefix + b"v" + head + b'a","x":"b"}',
         prefix + b"v" + head + b"\xff" + b'"}',
@@ -187,5 +188,9 @@ def test_nulls_repeated_beside_the_text_stay_in_the_template() -> None:
             if not taken[-1]:
                 assembler.add(orjson.loads(payload))
         assert taken[-1], "the last text chunk was taken unparsed"
-    first_null = [event({"role": "assistant", "content": ""}), event({"content": "a", "refusal": None}), event({"content": "b", "refusal": None})]
+    first_null = [
+        event({"role": "assistant", "content": ""}),
+        event({"content": "a", "refusal": None}),
+        event({"content": "b", "refusal": None}),
+    ]
     assert assert_same_outcome([*first_null, event({}, "stop")])[1]["choices"][0]["message"]["refusal"] is None

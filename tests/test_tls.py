@@ -22,10 +22,6 @@ import grpc
 import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from support.backend import Completion
-from support.certs import CertificateAuthority, KeyPair, SecretVolume, replace_files, served_certificate_serial, write_pair
-from support.net import free_port, http_request, wait_until
-from support.stack import SOURCE_ROOT, Harness, Stack
 
 from buffered_stream.cli import _worker_flags, build_parser
 from buffered_stream.envoy_config import (
@@ -39,6 +35,17 @@ from buffered_stream.envoy_config import (
 )
 from buffered_stream.settings import SettingsError, load_service_settings
 from buffered_stream.tls import TlsFileError, TlsFiles, load_tls_material
+from support.backend import Completion
+from support.certs import (
+    CertificateAuthority,
+    KeyPair,
+    SecretVolume,
+    replace_files,
+    served_certificate_serial,
+    write_pair,
+)
+from support.net import free_port, http_request, wait_until
+from support.stack import SOURCE_ROOT, Harness, Stack
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MESSAGES = [{"role": "user", "content": "Say something."}]
@@ -66,8 +73,10 @@ class Pki:
     def envoy_tls(self, server_name: str = "localhost", *, mutual: bool = True) -> ServiceTls:
         client = self.client if mutual else (None, None)
         return ServiceTls(
-            trusted_ca=str(self.ca_file), server_name=server_name,
-            client_cert=client[0] and str(client[0]), client_key=client[1] and str(client[1]),
+            trusted_ca=str(self.ca_file),
+            server_name=server_name,
+            client_cert=client[0] and str(client[0]),
+            client_key=client[1] and str(client[1]),
         )
 
 
@@ -79,7 +88,10 @@ def make_pki(directory: Path) -> Pki:
     server_pair = ca.issue("buffered-stream", server_names=SERVER_NAMES)
     rogue = CertificateAuthority("someone else's CA")
     return Pki(
-        directory, ca, server_pair, ca_file,
+        directory,
+        ca,
+        server_pair,
+        ca_file,
         server=write_pair(directory, "server", server_pair),
         client=write_pair(directory, "client", ca.issue("envoy", client=True)),
         rogue_client=write_pair(directory, "rogue", rogue.issue("envoy", client=True)),
@@ -149,7 +161,9 @@ def health(port: int, credentials: grpc.ChannelCredentials | None) -> int:
     """The gRPC health status through a fresh channel (``None``: plaintext)."""
     target = f"127.0.0.1:{port}"
     options = [("grpc.ssl_target_name_override", "localhost")]
-    channel = grpc.insecure_channel(target) if credentials is None else grpc.secure_channel(target, credentials, options)
+    channel = (
+        grpc.insecure_channel(target) if credentials is None else grpc.secure_channel(target, credentials, options)
+    )
     with channel:
         return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10).status
 
@@ -162,7 +176,9 @@ def credentials(root: Path, client: tuple[Path, Path] | None) -> grpc.ChannelCre
 
 
 @pytest.mark.e2e
-def test_clients_without_a_trusted_certificate_or_without_tls_are_refused(mtls_stack: Stack, pki: Pki, tmp_path: Path) -> None:
+def test_clients_without_a_trusted_certificate_or_without_tls_are_refused(
+    mtls_stack: Stack, pki: Pki, tmp_path: Path
+) -> None:
     port = service_port(mtls_stack)
     good = credentials(pki.ca_file, pki.client)
     assert health(port, good) == SERVING
@@ -189,7 +205,9 @@ def test_clients_without_a_trusted_certificate_or_without_tls_are_refused(mtls_s
 
 
 @pytest.mark.e2e
-def test_tls_without_client_ca_serves_clients_without_certificates_but_not_plaintext(harness: Harness, pki: Pki) -> None:
+def test_tls_without_client_ca_serves_clients_without_certificates_but_not_plaintext(
+    harness: Harness, pki: Pki
+) -> None:
     # Server-side TLS only; Envoy verifies the service by its IP address SAN (no SNI for an IP).
     stack = harness.stack(
         extra_args=pki.tls_args(mutual=False),
@@ -240,8 +258,14 @@ def test_rotated_certificates_are_served_to_new_connections_while_streams_in_fli
         volume = SecretVolume(tmp_path / "secret", contents)
         directory = volume.directory
         rotate = lambda: volume.swap({**contents, "tls.crt": second.cert_pem, "tls.key": second.key_pem})  # noqa: E731
-    tls_args = ("--tls-cert", str(directory / "tls.crt"), "--tls-key", str(directory / "tls.key"),
-                "--tls-client-ca", str(directory / "ca.crt"))
+    tls_args = (
+        "--tls-cert",
+        str(directory / "tls.crt"),
+        "--tls-key",
+        str(directory / "tls.key"),
+        "--tls-client-ca",
+        str(directory / "ca.crt"),
+    )
 
     def customize(cfg: dict[str, Any]) -> None:
         enable_service_tls(cfg, pki.envoy_tls("localhost"))
@@ -335,13 +359,26 @@ STARTUP_ERRORS = [
     ("certificate is a directory", lambda p, t: (t, p.server[1], None), "Is a directory", 0),
     ("dangling key symlink", lambda p, t: (p.server[0], _dangling(t), None), "cannot read TLS key file", 1),
     ("key of another certificate", lambda p, t: (p.server[0], p.client[1], None), "does not match the certificate", 1),
-    ("certificate not PEM", lambda p, t: (_garbage(t, "g.crt", b"\x00\x01garbage"), p.server[1], None), "is not PEM", 0),
-    ("certificate PEM that does not parse", lambda p, t: (_garbage(t, "b.crt", BAD_BLOCK), p.server[1], None),
-     "does not parse", 0),
+    (
+        "certificate not PEM",
+        lambda p, t: (_garbage(t, "g.crt", b"\x00\x01garbage"), p.server[1], None),
+        "is not PEM",
+        0,
+    ),
+    (
+        "certificate PEM that does not parse",
+        lambda p, t: (_garbage(t, "b.crt", BAD_BLOCK), p.server[1], None),
+        "does not parse",
+        0,
+    ),
     ("key not PEM", lambda p, t: (p.server[0], _garbage(t, "g.key", b"garbage"), None), "is not a PEM private key", 1),
     ("a certificate given as the key", lambda p, t: (p.server[0], p.server[0], None), "is not a PEM private key", 1),
-    ("key PEM that does not parse", lambda p, t: (p.server[0], _garbage(t, "b.key", BAD_KEY), None),
-     "does not hold a usable private key", 1),
+    (
+        "key PEM that does not parse",
+        lambda p, t: (p.server[0], _garbage(t, "b.key", BAD_KEY), None),
+        "does not hold a usable private key",
+        1,
+    ),
     ("encrypted key", lambda p, t: (p.server[0], _encrypted_key(p, t), None), "is encrypted", 1),
     ("client CA not PEM", lambda p, t: (*p.server, _garbage(t, "g-ca.crt", b"garbage")), "TLS client CA file", 2),
     ("missing client CA", lambda p, t: (*p.server, t / "missing-ca.crt"), "cannot read TLS client CA file", 2),
@@ -350,8 +387,17 @@ STARTUP_ERRORS = [
 
 def serve(args: list[str], workers: int = 1) -> subprocess.CompletedProcess[str]:
     command = [
-        sys.executable, "-m", "buffered_stream", "serve", "--workers", str(workers),
-        "--listen", f"127.0.0.1:{free_port()}", "--metrics-listen", f"127.0.0.1:{free_port()}", *args,
+        sys.executable,
+        "-m",
+        "buffered_stream",
+        "serve",
+        "--workers",
+        str(workers),
+        "--listen",
+        f"127.0.0.1:{free_port()}",
+        "--metrics-listen",
+        f"127.0.0.1:{free_port()}",
+        *args,
     ]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SOURCE_ROOT), os.environ.get("PYTHONPATH")]))}
     return subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
@@ -401,7 +447,16 @@ def test_run_refuses_tls_settings(pki: Pki, tmp_path: Path, service_listen: str 
     """`run` starts its own Envoy next to its service and reaches it in plaintext (a private Unix socket by default)."""
     settings = tmp_path / "settings.yaml"
     settings.write_text(yaml.safe_dump({"tls_cert": str(pki.server[0]), "tls_key": str(pki.server[1])}))
-    command = [sys.executable, "-m", "buffered_stream", "run", "--settings", str(settings), "--admin-port", str(free_port())]
+    command = [
+        sys.executable,
+        "-m",
+        "buffered_stream",
+        "run",
+        "--settings",
+        str(settings),
+        "--admin-port",
+        str(free_port()),
+    ]
     if service_listen:
         command += ["--service-listen", service_listen]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SOURCE_ROOT), os.environ.get("PYTHONPATH")]))}
@@ -416,10 +471,16 @@ def test_run_refuses_tls_settings(pki: Pki, tmp_path: Path, service_listen: str 
 
 def test_settings_file_tls_keys(tmp_path: Path, pki: Pki) -> None:
     path = tmp_path / "settings.yaml"
-    path.write_text(yaml.safe_dump({
-        "listen": "0.0.0.0:50051", "tls_cert": str(pki.server[0]), "tls_key": str(pki.server[1]),
-        "tls_client_ca": str(pki.ca_file),
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "listen": "0.0.0.0:50051",
+                "tls_cert": str(pki.server[0]),
+                "tls_key": str(pki.server[1]),
+                "tls_client_ca": str(pki.ca_file),
+            }
+        )
+    )
     settings = load_service_settings(str(path))
     assert settings.tls and TlsFiles.from_settings(settings) == TlsFiles(*map(str, (*pki.server, pki.ca_file)))
     # Command-line options override the file, key by key.
@@ -468,7 +529,9 @@ def test_check_reports_the_leaf_serial(pki: Pki) -> None:
 
 def envoy_validate(envoy_binary: Path, cfg: dict[str, Any], path: Path) -> None:
     write_envoy_config(cfg, path)
-    result = subprocess.run([str(envoy_binary), "--mode", "validate", "-c", str(path)], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [str(envoy_binary), "--mode", "validate", "-c", str(path)], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, f"envoy rejected {path}:\n{result.stdout}\n{result.stderr}"
 
 
@@ -477,7 +540,8 @@ def test_tls_configs_pass_envoy_validation(
     envoy_binary: Path, pki: Pki, tmp_path: Path, server_name: str, mutual: bool
 ) -> None:
     cfg = build_envoy_config(
-        backend_url="http://127.0.0.1:8000", ext_proc_target="127.0.0.1:50051",
+        backend_url="http://127.0.0.1:8000",
+        ext_proc_target="127.0.0.1:50051",
         ext_proc_tls=pki.envoy_tls(server_name, mutual=mutual),
     )
     context = cluster(cfg, SERVICE_CLUSTER)["transport_socket"]["typed_config"]
@@ -491,7 +555,8 @@ def test_tls_configs_pass_envoy_validation(
 def test_tls_to_a_unix_socket_or_half_a_client_certificate_is_refused() -> None:
     with pytest.raises(ValueError, match="TCP endpoints"):
         build_envoy_config(
-            backend_url="http://127.0.0.1:8000", ext_proc_target="unix:/tmp/bs.sock",
+            backend_url="http://127.0.0.1:8000",
+            ext_proc_target="unix:/tmp/bs.sock",
             ext_proc_tls=ServiceTls(trusted_ca="ca.crt", server_name="localhost"),
         )
     with pytest.raises(ValueError, match="go together"):
@@ -502,9 +567,13 @@ def test_shipped_envoy_yaml_shows_the_cluster_enable_service_tls_writes() -> Non
     lines = (REPO_ROOT / "filter" / "buffered_stream" / "envoy.yaml").read_text().splitlines()
     start = lines.index("      # --- service TLS (begin)")
     end = lines.index("      # --- service TLS (end)")
-    shown = yaml.safe_load("\n".join(line.replace("# ", "", 1) for line in lines[start + 1:end]))
-    expected = service_tls_transport_socket(ServiceTls(
-        trusted_ca="/etc/buffered-stream-tls/ca.crt", server_name="buffered-stream.llm.svc",
-        client_cert="/etc/buffered-stream-tls/tls.crt", client_key="/etc/buffered-stream-tls/tls.key",
-    ))
+    shown = yaml.safe_load("\n".join(line.replace("# ", "", 1) for line in lines[start + 1 : end]))
+    expected = service_tls_transport_socket(
+        ServiceTls(
+            trusted_ca="/etc/buffered-stream-tls/ca.crt",
+            server_name="buffered-stream.llm.svc",
+            client_cert="/etc/buffered-stream-tls/tls.crt",
+            client_key="/etc/buffered-stream-tls/tls.key",
+        )
+    )
     assert shown == {"transport_socket": expected}

@@ -22,6 +22,7 @@ from buffered_stream.core.errors import ConversionError
 from buffered_stream.schemas.anthropic_messages import SCHEMA as MESSAGES
 from buffered_stream.schemas.openai_responses import SCHEMA as RESPONSES
 from support.parsed_only import ParsedOnly
+from support.specs import spec_of
 
 TESTS = Path(__file__).parent
 CASES = sorted(
@@ -49,7 +50,7 @@ def outcome(
     """The answer (or error) of ``body`` fed in one piece, or, with ``whole_body`` False, with
     every event taken one by one; ``parse_all``: with no fast path at all."""
     assembler = ParsedOnly(schema, profile) if parse_all else None
-    converter = StreamConverter(schema, profile, whole_body=whole_body, assembler=assembler, **limits)
+    converter = StreamConverter(spec_of(schema), profile, whole_body=whole_body, assembler=assembler, **limits)
     try:
         converter.feed(body)
         answer = GENERATED_TOOL_CALL_ID.sub(b"GENERATED", converter.finish())  # random by design
@@ -66,7 +67,7 @@ def assert_same_outcome(schema: Any, body: bytes, **options: Any) -> tuple[str, 
 
 def assert_taken_unparsed(schema: Any, body: bytes, *, at_least: int) -> None:
     """At least ``at_least`` events of ``body`` were taken by the fast path, without parsing."""
-    converter = StreamConverter(schema)
+    converter = StreamConverter(spec_of(schema))
     converter.feed(body)
     assert converter._assembler._fast_path._template_hits >= at_least  # noqa: SLF001 - the count it keeps
     converter.finish()
@@ -96,19 +97,23 @@ def test_every_corpus_case_gives_the_same_outcome_both_ways(folder: str, name: s
 def test_every_corpus_case_fed_one_event_at_a_time_gives_the_same_outcome(folder: str, name: str) -> None:
     """Streamed mode: one upstream chunk per event, the shape the one-event fast path takes."""
     schema, body, profile = corpus_case(folder, name)
-    converter = StreamConverter(schema, profile)
+    converter = StreamConverter(spec_of(schema), profile)
     try:
         for piece in re.split(rb"(?<=\n\n)", body):
             converter.feed(piece)
-        one_by_one: tuple[str, Any] = "answer", (orjson.loads(GENERATED_TOOL_CALL_ID.sub(b"GENERATED", converter.finish())),
-                                                 converter.events)
+        one_by_one: tuple[str, Any] = (
+            "answer",
+            (orjson.loads(GENERATED_TOOL_CALL_ID.sub(b"GENERATED", converter.finish())), converter.events),
+        )
     except ConversionError as error:
         one_by_one = "error", (error.kind, error.status, str(error))
     assert one_by_one == outcome(schema, body, whole_body=True, profile=profile)
 
 
 def event(delta: dict[str, Any], finish_reason: str | None = None, **top: Any) -> bytes:
-    return orjson.dumps({**HEAD, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}], **top})
+    return orjson.dumps(
+        {**HEAD, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}], **top}
+    )
 
 
 def sse(payloads: list[bytes], end: bytes = b"data: [DONE]\n\n") -> bytes:
@@ -116,7 +121,11 @@ def sse(payloads: list[bytes], end: bytes = b"data: [DONE]\n\n") -> bytes:
 
 
 def text_stream(texts: list[str]) -> list[bytes]:
-    return [event({"role": "assistant", "content": ""}), *(event({"content": text}) for text in texts), event({}, "stop")]
+    return [
+        event({"role": "assistant", "content": ""}),
+        *(event({"content": text}) for text in texts),
+        event({}, "stop"),
+    ]
 
 
 def test_a_long_answer_is_taken_in_runs_with_the_same_answer() -> None:
@@ -186,21 +195,36 @@ def test_tgi_data_lines_without_a_space_are_taken_in_runs_too() -> None:
     assert kind == "answer"
 
 
-texts = st.text("ab \\\"", max_size=3) | st.text(st.characters(codec="utf-8"), max_size=4)
-forgeries = st.binary(max_size=6) | st.sampled_from([b"\\", b'\\"', b"\\\\", b'"', b"\n", b"\n\n", b"\r", b'","', b"\\ud83d", b"data: "])
+texts = st.text('ab \\"', max_size=3) | st.text(st.characters(codec="utf-8"), max_size=4)
+forgeries = st.binary(max_size=6) | st.sampled_from(
+    [b"\\", b'\\"', b"\\\\", b'"', b"\n", b"\n\n", b"\r", b'","', b"\\ud83d", b"data: "]
+)
 
 
 @settings(max_examples=300, deadline=None)
 @given(
-    st.lists(st.tuples(st.sampled_from(["content", "content", "content", "reasoning_content"]), texts), min_size=1, max_size=120),
+    st.lists(
+        st.tuples(st.sampled_from(["content", "content", "content", "reasoning_content"]), texts),
+        min_size=1,
+        max_size=120,
+    ),
     st.lists(st.tuples(st.integers(0, 130), forgeries), max_size=4),
-    st.lists(st.tuples(st.integers(0, 130), st.sampled_from([b"\n", b": c\n", b"\r\n", b"data:", b"x", b"data: [DONE]\n\n"])), max_size=3),
+    st.lists(
+        st.tuples(
+            st.integers(0, 130), st.sampled_from([b"\n", b": c\n", b"\r\n", b"data:", b"x", b"data: [DONE]\n\n"])
+        ),
+        max_size=3,
+    ),
     st.integers(200, 400),
 )
 def test_any_stream_with_forged_middles_and_boundaries_gives_the_per_event_outcome(
     steps: list[tuple[str, str]], middles: list[tuple[int, bytes]], boundaries: list[tuple[int, bytes]], max_event: int
 ) -> None:
-    payloads = [event({"role": "assistant", "content": ""}), *(event({key: text}) for key, text in steps), event({}, "stop")]
+    payloads = [
+        event({"role": "assistant", "content": ""}),
+        *(event({key: text}) for key, text in steps),
+        event({}, "stop"),
+    ]
     prefix, _, suffix = event({"content": "MIDDLE"}).partition(b"MIDDLE")
     for position, middle in middles:
         payloads.insert(min(position, len(payloads)), prefix + middle + suffix)
@@ -216,15 +240,34 @@ def messages_body(texts: list[str], *, after_stop: bytes = b"") -> bytes:
     def named(data: dict[str, Any]) -> bytes:
         return b"event: " + data["type"].encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 
-    message = {"id": "msg_1", "type": "message", "role": "assistant", "model": "m", "content": [],
-               "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 3, "output_tokens": 1}}
-    parts = [named({"type": "message_start", "message": message}),
-             named({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})]
-    parts += [named({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": t}}) for t in texts]
-    parts += [named({"type": "content_block_stop", "index": 0}),
-              named({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                     "usage": {"output_tokens": len(texts)}}),
-              named({"type": "message_stop"})]
+    message = {
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "model": "m",
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": {"input_tokens": 3, "output_tokens": 1},
+    }
+    parts = [
+        named({"type": "message_start", "message": message}),
+        named({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+    ]
+    parts += [
+        named({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": t}}) for t in texts
+    ]
+    parts += [
+        named({"type": "content_block_stop", "index": 0}),
+        named(
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                "usage": {"output_tokens": len(texts)},
+            }
+        ),
+        named({"type": "message_stop"}),
+    ]
     return b"".join(parts) + after_stop
 
 
@@ -263,11 +306,15 @@ def test_a_different_event_line_inside_a_named_run_gives_the_per_event_outcome(l
 def test_text_deltas_after_message_stop_are_ignored_both_ways() -> None:
     late = b"".join(
         b"event: content_block_delta\ndata: "
-        + orjson.dumps({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": f" late{i}"}})
+        + orjson.dumps(
+            {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": f" late{i}"}}
+        )
         + b"\n\n"
         for i in range(50)
     )
-    kind, (answer, _) = assert_same_outcome_as_parsed(MESSAGES, messages_body([f" t{i}" for i in range(100)], after_stop=late))
+    kind, (answer, _) = assert_same_outcome_as_parsed(
+        MESSAGES, messages_body([f" t{i}" for i in range(100)], after_stop=late)
+    )
     assert kind == "answer" and "late" not in answer["content"][0]["text"]
 
 
@@ -283,13 +330,33 @@ def responses_body(deltas: list[dict[str, Any]], *, after_terminal: bytes = b"",
         return b"event: " + data["type"].encode() + b"\ndata: " + orjson.dumps(data, option=options) + b"\n\n"
 
     item = {"type": "message", "id": "msg_1", "status": "in_progress", "role": "assistant", "content": []}
-    response = {"id": "resp_1", "object": "response", "created_at": 7, "status": "in_progress", "model": "m", "output": []}
-    parts = [named({"type": "response.created", "response": response}),
-             named({"type": "response.output_item.added", "output_index": 0, "item": item}),
-             named({"type": "response.content_part.added", "item_id": "msg_1", "output_index": 0, "content_index": 0,
-                    "part": {"type": "output_text", "text": "", "annotations": []}})]
+    response = {
+        "id": "resp_1",
+        "object": "response",
+        "created_at": 7,
+        "status": "in_progress",
+        "model": "m",
+        "output": [],
+    }
+    parts = [
+        named({"type": "response.created", "response": response}),
+        named({"type": "response.output_item.added", "output_index": 0, "item": item}),
+        named(
+            {
+                "type": "response.content_part.added",
+                "item_id": "msg_1",
+                "output_index": 0,
+                "content_index": 0,
+                "part": {"type": "output_text", "text": "", "annotations": []},
+            }
+        ),
+    ]
     parts += [named({"type": "response.output_text.delta", "item_id": "msg_1", **delta}) for delta in deltas]
-    done = {**response, "status": "completed", "usage": {"input_tokens": 3, "output_tokens": len(deltas), "total_tokens": 3 + len(deltas)}}
+    done = {
+        **response,
+        "status": "completed",
+        "usage": {"input_tokens": 3, "output_tokens": len(deltas), "total_tokens": 3 + len(deltas)},
+    }
     parts.append(named({"type": "response.completed", "response": done}))
     return b"".join(parts) + after_terminal
 
@@ -335,7 +402,19 @@ def test_a_forged_text_inside_a_numbered_responses_run_gives_the_per_event_outco
 
 @pytest.mark.parametrize(
     "counter",
-    [b"07", b"00", b"-1", b"1.0", b"1e3", b"", b"1234567890123456789", b"18446744073709551616", b"true", b'"5"', b"null"],
+    [
+        b"07",
+        b"00",
+        b"-1",
+        b"1.0",
+        b"1e3",
+        b"",
+        b"1234567890123456789",
+        b"18446744073709551616",
+        b"true",
+        b'"5"',
+        b"null",
+    ],
 )
 def test_an_odd_sequence_number_inside_a_responses_run_gives_the_per_event_outcome(counter: bytes) -> None:
     """The counter a template leaves open takes only integers orjson reads the same; anything else
@@ -355,5 +434,7 @@ def test_responses_text_deltas_after_the_terminal_event_are_ignored_both_ways() 
         + b"\n\n"
         for i in range(50)
     )
-    kind, (answer, _) = assert_same_outcome_as_parsed(RESPONSES, responses_body([{"delta": f" t{i}"} for i in range(100)], after_terminal=late))
+    kind, (answer, _) = assert_same_outcome_as_parsed(
+        RESPONSES, responses_body([{"delta": f" t{i}"} for i in range(100)], after_terminal=late)
+    )
     assert kind == "answer" and "late" not in orjson.dumps(answer).decode()

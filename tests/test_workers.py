@@ -14,12 +14,12 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
-from support.backend import Completion, ScriptedBackend
-from support.net import http_request, wait_until
-from support.stack import Harness, Service, Stack
 
 from buffered_stream.adapter.metrics_sum import cumulative_samples, sum_expositions
 from buffered_stream.adapter.workers import available_cpus, worker_targets
+from support.backend import Completion, ScriptedBackend
+from support.net import http_request, wait_until
+from support.stack import Harness, Service, Stack
 
 PATHS = ("/v1/chat/completions", "/v1/completions")
 MODELS = 6
@@ -81,7 +81,9 @@ def gauge(service: Service, name: str) -> float:
     return samples(service.metrics()).get((name, ()), -1.0)
 
 
-def send_mix(stack: Stack, completions: dict[int, Completion], count: int, concurrency: int) -> list[tuple[str, int, Any]]:
+def send_mix(
+    stack: Stack, completions: dict[int, Completion], count: int, concurrency: int
+) -> list[tuple[str, int, Any]]:
     """``count`` requests over both paths and every model; (path, model, result) each."""
     jobs = [(PATHS[i % 2], i % MODELS) for i in range(count)]
 
@@ -106,12 +108,12 @@ def test_expositions_add_up_by_name_and_labels() -> None:
     a = (
         "# HELP r_total Requests\n# TYPE r_total counter\n"
         'r_total{outcome="converted"} 3.0\nr_created{outcome="converted"} 100.0\n'
-        "# TYPE g gauge\ng 2.0\nprocess_start_time_seconds 50.0\npython_info{v=\"3\"} 1.0\n"
+        '# TYPE g gauge\ng 2.0\nprocess_start_time_seconds 50.0\npython_info{v="3"} 1.0\n'
     )
     b = (
         "# HELP r_total Requests\n# TYPE r_total counter\n"
         'r_total{outcome="converted"} 4.0\nr_total{outcome="aborted"} 1.0\nr_created{outcome="converted"} 90.0\n'
-        "# TYPE g gauge\ng 5.0\nprocess_start_time_seconds 40.0\npython_info{v=\"3\"} 1.0\n"
+        '# TYPE g gauge\ng 5.0\nprocess_start_time_seconds 40.0\npython_info{v="3"} 1.0\n'
     )
     summed = samples(sum_expositions([a, b]))
     assert summed[("r_total", (("outcome", "converted"),))] == 7
@@ -126,7 +128,7 @@ def test_an_exited_workers_counters_stay_in_the_sums_and_families_stay_contiguou
     worker = (
         "# HELP r_total Requests\n# TYPE r_total counter\nr_total 5.0\nr_created 100.0\n"
         "# HELP g In flight\n# TYPE g gauge\ng 3.0\n"
-        "# HELP h Seconds\n# TYPE h histogram\nh_bucket{le=\"1.0\"} 2.0\nh_bucket{le=\"+Inf\"} 2.0\nh_count 2.0\nh_sum 0.5\n"
+        '# HELP h Seconds\n# TYPE h histogram\nh_bucket{le="1.0"} 2.0\nh_bucket{le="+Inf"} 2.0\nh_count 2.0\nh_sum 0.5\n'
     )
     retired = cumulative_samples(worker)
     assert "g 3.0" not in retired and "r_created" not in retired
@@ -152,7 +154,11 @@ def test_available_cpus_is_bounded_by_the_cgroup_quota(tmp_path: Path) -> None:
 
 
 def test_a_unix_socket_pool_has_one_path_per_worker_and_tcp_one_address() -> None:
-    assert worker_targets("unix:/run/bs.sock", 3) == ["unix:/run/bs.sock.0", "unix:/run/bs.sock.1", "unix:/run/bs.sock.2"]
+    assert worker_targets("unix:/run/bs.sock", 3) == [
+        "unix:/run/bs.sock.0",
+        "unix:/run/bs.sock.1",
+        "unix:/run/bs.sock.2",
+    ]
     assert worker_targets("unix:/run/bs.sock", 1) == ["unix:/run/bs.sock"]
     assert worker_targets("127.0.0.1:50051", 4) == ["127.0.0.1:50051"]
 

@@ -43,8 +43,14 @@ DEFAULT_ROUTE_TIMEOUT_S = 15.0  # Envoy's RouteAction.timeout default
 DEFAULT_STREAM_IDLE_TIMEOUT_S = 300.0  # Envoy's HttpConnectionManager.stream_idle_timeout default
 DEFAULT_MESSAGE_TIMEOUT_S = 0.2  # Envoy's ExternalProcessor.message_timeout default
 SHORT_IDLE_S = 60.0  # the common idle limits (AWS ALB, nginx): a time to first token can exceed it
-MODE_FIELDS = ("request_header_mode", "request_body_mode", "response_header_mode",
-               "response_body_mode", "request_trailer_mode", "response_trailer_mode")
+MODE_FIELDS = (
+    "request_header_mode",
+    "request_body_mode",
+    "response_header_mode",
+    "response_body_mode",
+    "request_trailer_mode",
+    "response_trailer_mode",
+)
 # The two mode overrides the service sends (adapter/service.py ``SKIP_REST`` in reply to request
 # headers, ``CONVERTING_RESPONSE_HEADERS`` in reply to response headers), as the fields they set.
 SKIP_REST_OVERRIDE = {"request_body_mode": "NONE", "response_header_mode": "SKIP", "response_body_mode": "NONE"}
@@ -109,15 +115,22 @@ class Report:
                 if finding.fix:
                     lines.append("    fix: " + finding.fix.replace("\n", "\n         "))
         counts = {level: sum(f.level == level for f in self.all_findings) for level in LEVELS}
-        lines.append(f"{len(self.routes)} routes: {counts[ERROR]} errors, {counts[WARNING]} warnings, {counts[INFO]} notes")
+        lines.append(
+            f"{len(self.routes)} routes: {counts[ERROR]} errors, {counts[WARNING]} warnings, {counts[INFO]} notes"
+        )
         return "\n".join(lines)
 
     def as_json(self) -> dict[str, Any]:
         return {
             "findings": [dataclasses.asdict(f) for f in self.findings],
             "routes": [
-                {"listener": r.listener, "name": r.name, "match": r.match, "action": r.action,
-                 "findings": [dataclasses.asdict(f) for f in r.findings]}
+                {
+                    "listener": r.listener,
+                    "name": r.name,
+                    "match": r.match,
+                    "action": r.action,
+                    "findings": [dataclasses.asdict(f) for f in r.findings],
+                }
                 for r in self.routes
             ],
             "errors": len(self.errors),
@@ -178,7 +191,10 @@ def _http_connection_managers(listener: Mapping[str, Any]) -> Iterator[Mapping[s
     for chain in chains:
         for network_filter in chain.get("filters") or ():
             typed = network_filter.get("typed_config") or {}
-            if network_filter.get("name") == "envoy.filters.network.http_connection_manager" or _type_name(typed) == _HCM_TYPE:
+            if (
+                network_filter.get("name") == "envoy.filters.network.http_connection_manager"
+                or _type_name(typed) == _HCM_TYPE
+            ):
                 yield typed
 
 
@@ -261,9 +277,13 @@ def _check_hcm(
             name = route.get("name") or f"{vhost.get('name', '?')}[{index}]"
             entry = RouteReport(listener, name, _describe_match(route.get("match") or {}), "")
             report.routes.append(entry)
-            _check_route(entry, f"route {name}", filter_where, route, vhost, route_config, ours, config, idle_default, defaults)
+            _check_route(
+                entry, f"route {name}", filter_where, route, vhost, route_config, ours, config, idle_default, defaults
+            )
             if entry.settings is not None and entry.settings.enabled and ours is not None:
-                entry.findings += _attribute_findings(filter_where, config, _effective_mode(config, route, vhost, ours[0]))
+                entry.findings += _attribute_findings(
+                    filter_where, config, _effective_mode(config, route, vhost, ours[0])
+                )
             for finding in [f for f in entry.findings if f.where == filter_where]:
                 entry.findings.remove(finding)
                 at_filter.setdefault(finding, []).append(name)
@@ -275,26 +295,46 @@ def _check_filter(report: Report, where: str, config: Mapping[str, Any], cluster
     timeout = _seconds(config.get("message_timeout"))
     if timeout is None or timeout < 1.0:
         shown = "unset (Envoy's default 200 ms)" if timeout is None else f"{timeout:g} s"
-        report.findings.append(Finding(
-            WARNING, where, f"message_timeout is {shown}: a Python service under load misses it, and Envoy answers 504",
-            "message_timeout: 5s (2-5 s; full-duplex routes have no message timeout)"))
+        report.findings.append(
+            Finding(
+                WARNING,
+                where,
+                f"message_timeout is {shown}: a Python service under load misses it, and Envoy answers 504",
+                "message_timeout: 5s (2-5 s; full-duplex routes have no message timeout)",
+            )
+        )
     if config.get("failure_mode_allow") is True:
-        report.findings.append(Finding(
-            ERROR, where, "failure_mode_allow: true: when the service fails, the upstream's raw SSE reaches a client that asked for JSON",
-            "failure_mode_allow: false, with status_on_error: {code: 502}"))
+        report.findings.append(
+            Finding(
+                ERROR,
+                where,
+                "failure_mode_allow: true: when the service fails, the upstream's raw SSE reaches a client that asked for JSON",
+                "failure_mode_allow: false, with status_on_error: {code: 502}",
+            )
+        )
     namespaces = ((config.get("metadata_options") or {}).get("receiving_namespaces") or {}).get("untyped") or ()
     if NAMESPACE not in namespaces:
-        report.findings.append(Finding(
-            INFO, where, "the usage and outcome the service reports are not accepted into Envoy's dynamic metadata",
-            f"metadata_options: {{receiving_namespaces: {{untyped: [{NAMESPACE}]}}}}"))
+        report.findings.append(
+            Finding(
+                INFO,
+                where,
+                "the usage and outcome the service reports are not accepted into Envoy's dynamic metadata",
+                f"metadata_options: {{receiving_namespaces: {{untyped: [{NAMESPACE}]}}}}",
+            )
+        )
     grpc = config.get("grpc_service") or {}
     cluster_name = (grpc.get("envoy_grpc") or {}).get("cluster_name")
     cluster = clusters.get(cluster_name) if cluster_name else None
     if cluster is not None and "http2_protocol_options" not in json.dumps(cluster):
-        report.findings.append(Finding(
-            ERROR, f"cluster {cluster_name}", "the ext_proc cluster does not speak HTTP/2: gRPC cannot reach the service",
-            "typed_extension_protocol_options: {envoy.extensions.upstreams.http.v3.HttpProtocolOptions: "
-            "{explicit_http_config: {http2_protocol_options: {}}}}"))
+        report.findings.append(
+            Finding(
+                ERROR,
+                f"cluster {cluster_name}",
+                "the ext_proc cluster does not speak HTTP/2: gRPC cannot reach the service",
+                "typed_extension_protocol_options: {envoy.extensions.upstreams.http.v3.HttpProtocolOptions: "
+                "{explicit_http_config: {http2_protocol_options: {}}}}",
+            )
+        )
 
 
 def _attribute_findings(where: str, config: Mapping[str, Any], mode: Mapping[str, str]) -> list[Finding]:
@@ -302,16 +342,30 @@ def _attribute_findings(where: str, config: Mapping[str, Any], mode: Mapping[str
     wanted = "request_attributes: [xds.route_metadata, xds.route_name, request.path, request.method]"
     findings = []
     if "xds.route_metadata" not in attributes:
-        findings.append(Finding(
-            ERROR, where, "request_attributes lacks xds.route_metadata: the service never sees the route settings, so nothing converts",
-            wanted))
+        findings.append(
+            Finding(
+                ERROR,
+                where,
+                "request_attributes lacks xds.route_metadata: the service never sees the route settings, so nothing converts",
+                wanted,
+            )
+        )
     if "xds.route_name" not in attributes:
-        findings.append(Finding(
-            WARNING, where, "request_attributes lacks xds.route_name: logs and errors cannot name the route", wanted))
+        findings.append(
+            Finding(
+                WARNING, where, "request_attributes lacks xds.route_name: logs and errors cannot name the route", wanted
+            )
+        )
     if mode["request_header_mode"] == "SKIP" and not {"request.path", "request.method"} <= attributes:
-        findings.append(Finding(
-            ERROR, where, "request headers are skipped and request_attributes lacks request.path or request.method: "
-            "the service cannot tell an API request from any other, so nothing converts", wanted))
+        findings.append(
+            Finding(
+                ERROR,
+                where,
+                "request headers are skipped and request_attributes lacks request.path or request.method: "
+                "the service cannot tell an API request from any other, so nothing converts",
+                wanted,
+            )
+        )
     return findings
 
 
@@ -323,7 +377,9 @@ def _per_route(route: Mapping[str, Any], vhost: Mapping[str, Any], filter_name: 
     return {}
 
 
-def _effective_mode(config: Mapping[str, Any], route: Mapping[str, Any], vhost: Mapping[str, Any], filter_name: str) -> dict[str, str]:
+def _effective_mode(
+    config: Mapping[str, Any], route: Mapping[str, Any], vhost: Mapping[str, Any], filter_name: str
+) -> dict[str, str]:
     override = (_per_route(route, vhost, filter_name).get("overrides") or {}).get("processing_mode")
     return _normalised(override if override is not None else (config.get("processing_mode") or {}))
 
@@ -356,21 +412,39 @@ def _check_route(
     if ours is None:
         entry.action = "passes through: no ext_proc filter on this listener"
         if settings.enabled:
-            add(Finding(ERROR, where, "the route enables buffered-stream but its listener has no ext_proc filter",
-                        "add the ext_proc filter of the shipped envoy.yaml before the router"))
+            add(
+                Finding(
+                    ERROR,
+                    where,
+                    "the route enables buffered-stream but its listener has no ext_proc filter",
+                    "add the ext_proc filter of the shipped envoy.yaml before the router",
+                )
+            )
         return
     filter_name = ours[0]
     per_route = _per_route(route, vhost, filter_name)
     if per_route.get("disabled") is True:
         entry.action = "passes through untouched (filter disabled: no gRPC stream)"
         if settings.enabled:
-            add(Finding(ERROR, where, "the route metadata enables conversion, but the ext_proc filter is disabled here",
-                        "drop `disabled: true` from the route's ExtProcPerRoute"))
+            add(
+                Finding(
+                    ERROR,
+                    where,
+                    "the route metadata enables conversion, but the ext_proc filter is disabled here",
+                    "drop `disabled: true` from the route's ExtProcPerRoute",
+                )
+            )
         return
     if not settings.enabled:
         entry.action = "passes through (filter runs, conversion off: one gRPC round trip per request)"
-        add(Finding(INFO, where, "the filter runs here without converting",
-                    "ExtProcPerRoute {disabled: true} on routes that never convert saves the round trip"))
+        add(
+            Finding(
+                INFO,
+                where,
+                "the filter runs here without converting",
+                "ExtProcPerRoute {disabled: true} on routes that never convert saves the round trip",
+            )
+        )
         return
     mode = _effective_mode(config, route, vhost, filter_name)
     # Where the mode comes from: the route's own override, else the filter.
@@ -378,8 +452,11 @@ def _check_route(
     full_duplex = mode["response_body_mode"] == "FULL_DUPLEX_STREAMED"
     keepalive = settings.keepalive_seconds if full_duplex else 0.0
     if full_duplex:
-        entry.action = (f"converts stream:false requests with keep-alive (a newline after {keepalive:g} s of silence)"
-                        if keepalive else "converts stream:false requests chunk by chunk (full duplex, no keep-alive)")
+        entry.action = (
+            f"converts stream:false requests with keep-alive (a newline after {keepalive:g} s of silence)"
+            if keepalive
+            else "converts stream:false requests chunk by chunk (full duplex, no keep-alive)"
+        )
     else:
         entry.action = f"converts stream:false requests ({settings.mode} mode)"
     extras = [f"profile {settings.profile}"] if settings.profile != "auto" else []
@@ -389,71 +466,166 @@ def _check_route(
         entry.action += "; " + "; ".join(extras)
 
     if (per_route.get("overrides") or {}).get("failure_mode_allow") is True:
-        add(Finding(ERROR, where, "failure_mode_allow: true on this route: a failing service lets raw SSE reach the client",
-                    "remove the per-route failure_mode_allow override"))
+        add(
+            Finding(
+                ERROR,
+                where,
+                "failure_mode_allow: true on this route: a failing service lets raw SSE reach the client",
+                "remove the per-route failure_mode_allow override",
+            )
+        )
 
     # Keep-alive needs the full-duplex body mode.
     if settings.keepalive_seconds and not full_duplex:
-        add(Finding(ERROR, where, f"keepalive_seconds: {settings.keepalive_seconds:g}, but the response body mode is "
-                    f"{mode['response_body_mode']}, not FULL_DUPLEX_STREAMED: the route converts without keep-alive",
-                    KEEPALIVE_OVERRIDE_FIX))
+        add(
+            Finding(
+                ERROR,
+                where,
+                f"keepalive_seconds: {settings.keepalive_seconds:g}, but the response body mode is "
+                f"{mode['response_body_mode']}, not FULL_DUPLEX_STREAMED: the route converts without keep-alive",
+                KEEPALIVE_OVERRIDE_FIX,
+            )
+        )
     if full_duplex and mode["response_trailer_mode"] != "SEND":
-        add(Finding(ERROR, where, "FULL_DUPLEX_STREAMED needs response_trailer_mode: SEND (Envoy rejects the mode otherwise)",
-                    "response_trailer_mode: SEND in the same processing_mode"))
+        add(
+            Finding(
+                ERROR,
+                where,
+                "FULL_DUPLEX_STREAMED needs response_trailer_mode: SEND (Envoy rejects the mode otherwise)",
+                "response_trailer_mode: SEND in the same processing_mode",
+            )
+        )
     if full_duplex and not settings.keepalive_seconds:
-        add(Finding(INFO, where, "full duplex without keepalive_seconds: the 200 goes out early, but no keep-alive byte follows",
-                    "keepalive_seconds: 5 in the route metadata (or the service's defaults)"))
+        add(
+            Finding(
+                INFO,
+                where,
+                "full duplex without keepalive_seconds: the 200 goes out early, but no keep-alive byte follows",
+                "keepalive_seconds: 5 in the route metadata (or the service's defaults)",
+            )
+        )
 
     # The modes the service converts in.
     if mode["request_body_mode"] != "BUFFERED":
-        add(Finding(ERROR, mode_where, f"request_body_mode is {mode['request_body_mode']}: the service cannot rewrite the request to "
-                    "stream: true, so nothing converts", "request_body_mode: BUFFERED"))
+        add(
+            Finding(
+                ERROR,
+                mode_where,
+                f"request_body_mode is {mode['request_body_mode']}: the service cannot rewrite the request to "
+                "stream: true, so nothing converts",
+                "request_body_mode: BUFFERED",
+            )
+        )
     if mode["response_header_mode"] != "SEND":
-        add(Finding(ERROR, mode_where, "response_header_mode is SKIP: the service never sees the upstream's answer, so nothing converts",
-                    "response_header_mode: SEND"))
+        add(
+            Finding(
+                ERROR,
+                mode_where,
+                "response_header_mode is SKIP: the service never sees the upstream's answer, so nothing converts",
+                "response_header_mode: SEND",
+            )
+        )
     if not full_duplex:
         if mode["response_body_mode"] not in ("NONE",):
-            add(Finding(WARNING, mode_where, f"response_body_mode is {mode['response_body_mode']}: every answer's body goes through "
-                        "the service, converted or not", "response_body_mode: NONE (the service turns it on per request)"))
+            add(
+                Finding(
+                    WARNING,
+                    mode_where,
+                    f"response_body_mode is {mode['response_body_mode']}: every answer's body goes through "
+                    "the service, converted or not",
+                    "response_body_mode: NONE (the service turns it on per request)",
+                )
+            )
         _check_overrides(entry, filter_where, config, mode, settings)
 
     # The upstream stream must arrive readable.
-    removed = {h.lower() for holder in (route, vhost, route_config) for h in holder.get("request_headers_to_remove") or ()}
+    removed = {
+        h.lower() for holder in (route, vhost, route_config) for h in holder.get("request_headers_to_remove") or ()
+    }
     if "accept-encoding" not in removed:
-        add(Finding(ERROR, where, "accept-encoding reaches the upstream: an upstream that compresses its stream cannot be "
-                    "converted (502 malformed)", "request_headers_to_remove: [accept-encoding] on the route "
-                    "(Envoy Gateway: a RequestHeaderModifier filter that removes it)"))
+        add(
+            Finding(
+                ERROR,
+                where,
+                "accept-encoding reaches the upstream: an upstream that compresses its stream cannot be "
+                "converted (502 malformed)",
+                "request_headers_to_remove: [accept-encoding] on the route "
+                "(Envoy Gateway: a RequestHeaderModifier filter that removes it)",
+            )
+        )
 
     # Timeouts.
     timeout = _seconds(action.get("timeout"))
     if "timeout" not in action:
-        add(Finding(ERROR, where, f"no route timeout: Envoy's default {DEFAULT_ROUTE_TIMEOUT_S:g} s runs until the upstream "
-                    "response ends and cuts every longer generation", "timeout: 0s (no deadline) or longer than any generation"))
+        add(
+            Finding(
+                ERROR,
+                where,
+                f"no route timeout: Envoy's default {DEFAULT_ROUTE_TIMEOUT_S:g} s runs until the upstream "
+                "response ends and cuts every longer generation",
+                "timeout: 0s (no deadline) or longer than any generation",
+            )
+        )
     elif timeout is not None and timeout > 0:
         if keepalive:
-            add(Finding(INFO, where, f"timeout {timeout:g} s is the hard deadline: a generation still running then is reset "
-                        "after its 200 (the client sees a cut-off body; the service counts aborted_after_commit)"))
+            add(
+                Finding(
+                    INFO,
+                    where,
+                    f"timeout {timeout:g} s is the hard deadline: a generation still running then is reset "
+                    "after its 200 (the client sees a cut-off body; the service counts aborted_after_commit)",
+                )
+            )
         else:
-            add(Finding(WARNING, where, f"timeout {timeout:g} s runs until the upstream response ends: it cuts every "
-                        "generation longer than that", "timeout: 0s, or longer than any generation"))
+            add(
+                Finding(
+                    WARNING,
+                    where,
+                    f"timeout {timeout:g} s runs until the upstream response ends: it cuts every "
+                    "generation longer than that",
+                    "timeout: 0s, or longer than any generation",
+                )
+            )
     elif keepalive:
-        add(Finding(INFO, where, "no total deadline: keep-alive bytes reset every idle timer on the way, so only the "
-                    "client's own deadline ends a stuck generation", "timeout: <the longest generation you accept> "
-                    "(after it the client sees a reset)"))
+        add(
+            Finding(
+                INFO,
+                where,
+                "no total deadline: keep-alive bytes reset every idle timer on the way, so only the "
+                "client's own deadline ends a stuck generation",
+                "timeout: <the longest generation you accept> (after it the client sees a reset)",
+            )
+        )
     idle = _seconds(action.get("idle_timeout"))
     idle_source = "idle_timeout" if idle is not None else "stream_idle_timeout (HTTP connection manager)"
     idle = idle_default if idle is None else idle
     if 0 < idle < SHORT_IDLE_S:
-        add(Finding(WARNING, where, f"{idle_source} {idle:g} s: an upstream silent that long (queueing and prefill before the "
-                    "first token included) is cut with a 504, unless it pings (README: What keeps the wait for the "
-                    "first token busy)", "idle_timeout: 600s, at least the worst time to first token"))
+        add(
+            Finding(
+                WARNING,
+                where,
+                f"{idle_source} {idle:g} s: an upstream silent that long (queueing and prefill before the "
+                "first token included) is cut with a 504, unless it pings (README: What keeps the wait for the "
+                "first token busy)",
+                "idle_timeout: 600s, at least the worst time to first token",
+            )
+        )
 
 
-def _check_overrides(entry: RouteReport, where: str, config: Mapping[str, Any], mode: Mapping[str, str], settings: RouteSettings) -> None:
+def _check_overrides(
+    entry: RouteReport, where: str, config: Mapping[str, Any], mode: Mapping[str, str], settings: RouteSettings
+) -> None:
     add = entry.findings.append
     if config.get("allow_mode_override") is not True:
-        add(Finding(ERROR, where, "allow_mode_override is not true: Envoy ignores the response body mode the service asks "
-                    "for, so a converted request's raw SSE reaches the client", "allow_mode_override: true"))
+        add(
+            Finding(
+                ERROR,
+                where,
+                "allow_mode_override is not true: Envoy ignores the response body mode the service asks "
+                "for, so a converted request's raw SSE reaches the client",
+                "allow_mode_override: true",
+            )
+        )
         return
     allowed = [_normalised(m) for m in config.get("allowed_override_modes") or ()]
     if not allowed:
@@ -465,5 +637,12 @@ def _check_overrides(entry: RouteReport, where: str, config: Mapping[str, Any], 
     for purpose, override in needed:
         effective = {**mode, **override}
         if not any(all(m[f] == effective[f] for f in compared) for m in allowed):
-            add(Finding(ERROR, where, f"allowed_override_modes lacks the mode the service switches to when {purpose} "
-                        f"({settings.mode} mode): Envoy refuses it", f"add {_mode_text(effective)} to allowed_override_modes"))
+            add(
+                Finding(
+                    ERROR,
+                    where,
+                    f"allowed_override_modes lacks the mode the service switches to when {purpose} "
+                    f"({settings.mode} mode): Envoy refuses it",
+                    f"add {_mode_text(effective)} to allowed_override_modes",
+                )
+            )

@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .settings import RouteSettings, SettingsError, ServiceSettings, load_service_settings
+from .settings import RouteSettings, ServiceSettings, SettingsError, load_service_settings
 
 log = logging.getLogger("buffered_stream")
 
@@ -114,7 +114,9 @@ def _worker_flags(args: argparse.Namespace, settings_file: str | None = None) ->
     file they read instead of ``--settings``)."""
     flags = []
     for flag, value in (
-        ("--settings", settings_file or args.settings), ("--log-level", args.log_level), ("--drain-seconds", args.drain_seconds),
+        ("--settings", settings_file or args.settings),
+        ("--log-level", args.log_level),
+        ("--drain-seconds", args.drain_seconds),
         *((flag, getattr(args, flag[2:].replace("-", "_"), None)) for flag in TLS_FLAGS),
     ):
         if value is not None:
@@ -136,8 +138,12 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from .adapter.workers import POOL_WORKER_ENV, Supervisor
 
     settings = _service_settings(
-        args, listen=args.listen, metrics_listen=args.metrics_listen,
-        tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
+        args,
+        listen=args.listen,
+        metrics_listen=args.metrics_listen,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
     )
     _check_tls(settings)
     setup_logging(settings.log_level)
@@ -152,10 +158,10 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 
 async def _run_stack(args: argparse.Namespace, settings: ServiceSettings, workdir: Path) -> int:
-    from .demo_backend import serve_demo
-    from .envoy_config import write_envoy_config
     from .adapter.server import Service
     from .adapter.workers import Supervisor, worker_targets
+    from .demo_backend import serve_demo
+    from .envoy_config import write_envoy_config
 
     workers = _worker_count(args)
     targets = worker_targets(settings.listen, workers)
@@ -180,12 +186,14 @@ async def _run_stack(args: argparse.Namespace, settings: ServiceSettings, workdi
     if workers == 1:
         service = Service(settings)
     else:  # each worker reads the effective settings (the file's, with run's flags applied)
-        service = Supervisor(settings, workers, _worker_flags(args, settings_file=_effective_settings_file(args, settings, workdir)))
+        service = Supervisor(
+            settings, workers, _worker_flags(args, settings_file=_effective_settings_file(args, settings, workdir))
+        )
     await service.start()
     print(
         f"buffered-stream: Envoy on http://{args.listen} -> {backend}\n"
         f"  try: curl -s http://{args.listen}/v1/chat/completions -H 'content-type: application/json' "
-        "-d '{\"model\":\"demo\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}'",
+        '-d \'{"model":"demo","messages":[{"role":"user","content":"hi"}]}\'',
         flush=True,
     )
     stop = asyncio.Event()
@@ -257,7 +265,13 @@ def log_config_findings(config: dict, defaults: RouteSettings) -> None:
         log.info("route %s (%s): %s", route.name, route.match, route.action)
     for finding in report.all_findings:
         level = {ERROR: logging.ERROR, WARNING: logging.WARNING}.get(finding.level, logging.INFO)
-        log.log(level, "check-config: %s: %s%s", finding.where, finding.message, f" (fix: {finding.fix})" if finding.fix else "")
+        log.log(
+            level,
+            "check-config: %s: %s%s",
+            finding.where,
+            finding.message,
+            f" (fix: {finding.fix})" if finding.fix else "",
+        )
 
 
 def _effective_settings_file(args: argparse.Namespace, settings: ServiceSettings, workdir: Path) -> str | None:
@@ -284,7 +298,9 @@ def cmd_run(args: argparse.Namespace) -> None:
         listen = args.service_listen or f"unix:{workdir}/ext_proc.sock"
         settings = run_settings(args, listen)
         if settings.tls:  # run's own Envoy, on this host, reaches its service in plaintext
-            raise SystemExit("buffered-stream: tls_cert, tls_key and tls_client_ca are for `serve`; `run` reaches its own service over a private socket")
+            raise SystemExit(
+                "buffered-stream: tls_cert, tls_key and tls_client_ca are for `serve`; `run` reaches its own service over a private socket"
+            )
         setup_logging(settings.log_level)
         install_fast_loop()
         sys.exit(asyncio.run(_run_stack(args, settings, Path(workdir))))
@@ -297,22 +313,33 @@ def build_parser() -> argparse.ArgumentParser:
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--settings", help="YAML/JSON settings file (service keys and route `defaults`)")
         p.add_argument("--log-level", default=None, help="debug, info, warning, error (default info)")
-        p.add_argument("--drain-seconds", type=float, default=None, help="SIGTERM grace for requests in flight (default 30)")
+        p.add_argument(
+            "--drain-seconds", type=float, default=None, help="SIGTERM grace for requests in flight (default 30)"
+        )
 
     def workers_flag(p: argparse.ArgumentParser) -> None:
         p.add_argument(
-            "--workers", type=int, default=None,
+            "--workers",
+            type=int,
+            default=None,
             help="service processes, one per core (default: the CPUs this process may use, cgroup quota included; "
             "1: a single process, no supervisor)",
         )
 
     serve = sub.add_parser("serve", help="run the ext_proc gRPC service")
     serve.add_argument("--listen", default=None, help="HOST:PORT or unix:PATH (default 127.0.0.1:50051)")
-    serve.add_argument("--metrics-listen", default=None, help="HOST:PORT for /metrics and /healthz (default 127.0.0.1:9464)")
-    serve.add_argument("--tls-cert", default=None, help="PEM certificate (chain) for TLS on the gRPC port (TCP only); reloaded when it changes")
+    serve.add_argument(
+        "--metrics-listen", default=None, help="HOST:PORT for /metrics and /healthz (default 127.0.0.1:9464)"
+    )
+    serve.add_argument(
+        "--tls-cert",
+        default=None,
+        help="PEM certificate (chain) for TLS on the gRPC port (TCP only); reloaded when it changes",
+    )
     serve.add_argument("--tls-key", default=None, help="PEM private key of --tls-cert (unencrypted)")
     serve.add_argument(
-        "--tls-client-ca", default=None,
+        "--tls-client-ca",
+        default=None,
         help="PEM CA certificate(s): clients must present a certificate signed by one (mutual TLS)",
     )
     common(serve)
@@ -323,17 +350,23 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--backend", help=f"backend base URL, e.g. http://127.0.0.1:8000 (or ${BACKEND_ENV})")
     run.add_argument("--listen", default="127.0.0.1:10000", help="where Envoy listens (default 127.0.0.1:10000)")
     run.add_argument(
-        "--mode", choices=("buffered", "streamed"), default=None,
+        "--mode",
+        choices=("buffered", "streamed"),
+        default=None,
         help="conversion mode of every route (default: the settings file's defaults, else buffered)",
     )
     run.add_argument(
-        "--keepalive-seconds", type=float, default=None,
+        "--keepalive-seconds",
+        type=float,
+        default=None,
         help="send the client a newline after this many silent seconds while its answer is assembled "
         "(default: the settings file's defaults, else 0: off)",
     )
     run.add_argument("--admin-port", type=int, default=9901, help="Envoy admin port on 127.0.0.1")
     run.add_argument("--service-listen", default=None, help="service address (default: a private Unix socket)")
-    run.add_argument("--metrics-listen", default=None, help="HOST:PORT for /metrics and /healthz (default 127.0.0.1:9464)")
+    run.add_argument(
+        "--metrics-listen", default=None, help="HOST:PORT for /metrics and /healthz (default 127.0.0.1:9464)"
+    )
     run.add_argument("--demo-delay", type=float, default=0.2, help="seconds between demo tokens")
     common(run)
     workers_flag(run)
@@ -347,7 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
         "Exit status 1 when a finding is an error.",
     )
     checker.add_argument("envoy_config", metavar="ENVOY_CONFIG", help="the Envoy bootstrap file")
-    checker.add_argument("--settings", help="the service's settings file: its route `defaults` apply before each route's metadata")
+    checker.add_argument(
+        "--settings", help="the service's settings file: its route `defaults` apply before each route's metadata"
+    )
     checker.add_argument("--json", action="store_true", help="print the report as JSON")
     checker.set_defaults(func=cmd_check_config)
     return parser

@@ -62,9 +62,7 @@ class HttpRequest:
             return None
 
 
-async def read_request(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-) -> HttpRequest | None:
+async def read_request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> HttpRequest | None:
     """Read one request (Content-Length or chunked body); None when the peer closed cleanly."""
     try:
         head = await reader.readuntil(b"\r\n\r\n")
@@ -245,24 +243,45 @@ def responses_pair(
         "total_tokens": input_tokens + len(tokens),
     }
     base = {
-        "id": response_id, "object": "response", "created_at": int(time.time()), "status": "in_progress",
-        "background": False, "error": None, "incomplete_details": None, "instructions": None, "model": model, "output": [],
-        "parallel_tool_calls": True, "temperature": 1.0, "tool_choice": "auto", "tools": [], "top_p": 1.0,
-        "text": {"format": {"type": "text"}}, "truncation": "disabled", "usage": None, "metadata": {},
+        "id": response_id,
+        "object": "response",
+        "created_at": int(time.time()),
+        "status": "in_progress",
+        "background": False,
+        "error": None,
+        "incomplete_details": None,
+        "instructions": None,
+        "model": model,
+        "output": [],
+        "parallel_tool_calls": True,
+        "temperature": 1.0,
+        "tool_choice": "auto",
+        "tools": [],
+        "top_p": 1.0,
+        "text": {"format": {"type": "text"}},
+        "truncation": "disabled",
+        "usage": None,
+        "metadata": {},
     }
     status = "incomplete" if incomplete else "completed"
     part = {"type": "output_text", "annotations": [], "logprobs": [], "text": text}
     item = {"id": item_id, "type": "message", "status": status, "role": "assistant", "content": [part]}
     native = {
-        **base, "status": status, "output": [item], "usage": usage,
+        **base,
+        "status": status,
+        "output": [item],
+        "usage": usage,
         "incomplete_details": {"reason": "max_output_tokens"} if incomplete else None,
     }
     where = {"item_id": item_id, "output_index": 0, "content_index": 0}
     payloads: list[dict[str, Any]] = [
         {"type": "response.created", "response": base},
         {"type": "response.in_progress", "response": base},
-        {"type": "response.output_item.added", "output_index": 0,
-         "item": {**item, "status": "in_progress", "content": []}},
+        {
+            "type": "response.output_item.added",
+            "output_index": 0,
+            "item": {**item, "status": "in_progress", "content": []},
+        },
         {"type": "response.content_part.added", **where, "part": {**part, "text": ""}},
         *({"type": "response.output_text.delta", **where, "delta": t, "logprobs": []} for t in tokens),
         {"type": "response.output_text.done", **where, "text": text, "logprobs": []},
@@ -282,11 +301,19 @@ def messages_pair(
     text = "".join(tokens)
     stop_reason = "max_tokens" if max_tokens_reached else "end_turn"
     message = {
-        "id": f"msg_{uuid.uuid4().hex}", "type": "message", "role": "assistant", "model": model, "content": [],
-        "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": input_tokens, "output_tokens": 1},
+        "id": f"msg_{uuid.uuid4().hex}",
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": {"input_tokens": input_tokens, "output_tokens": 1},
     }
     native = {
-        **message, "content": [{"type": "text", "text": text}], "stop_reason": stop_reason,
+        **message,
+        "content": [{"type": "text", "text": text}],
+        "stop_reason": stop_reason,
         "usage": {"input_tokens": input_tokens, "output_tokens": len(tokens)},
     }
     payloads: list[dict[str, Any]] = [
@@ -295,8 +322,11 @@ def messages_pair(
         {"type": "ping"},
         *({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": t}} for t in tokens),
         {"type": "content_block_stop", "index": 0},
-        {"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": None},
-         "usage": {"output_tokens": len(tokens)}},
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": stop_reason, "stop_sequence": None},
+            "usage": {"output_tokens": len(tokens)},
+        },
         {"type": "message_stop"},
     ]
     return [named_event(p["type"], p) for p in payloads], native
@@ -338,9 +368,7 @@ def demo_pair(path: str, request: dict[str, Any]) -> tuple[list[bytes], dict[str
 
 def models_body(model_ids: Iterable[str] = (DEMO_MODEL,)) -> bytes:
     """The ``GET /v1/models`` answer."""
-    data = [
-        {"id": m, "object": "model", "created": 0, "owned_by": "buffered-stream"} for m in model_ids
-    ]
+    data = [{"id": m, "object": "model", "created": 0, "owned_by": "buffered-stream"} for m in model_ids]
     return orjson.dumps({"object": "list", "data": data})
 
 
@@ -434,7 +462,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--delay", type=float, default=0.2, help="seconds between tokens")
     parser.add_argument(
-        "--sse-keep-alive-interval", type=float, default=1.0,
+        "--sse-keep-alive-interval",
+        type=float,
+        default=1.0,
         help=f"seconds between ': keep-alive' comments while a stream waits ({WAIT_HEADER}); 0: none",
     )
     args = parser.parse_args(argv)

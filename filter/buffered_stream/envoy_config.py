@@ -38,9 +38,7 @@ FULL_DUPLEX_MODE = {
 }
 
 _TLS_SOCKET = "envoy.transport_sockets.tls"
-_TLS_CONTEXT_TYPE = (
-    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
-)
+_TLS_CONTEXT_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
 
 
 @dataclass(frozen=True)
@@ -239,9 +237,7 @@ def _point_backend(cfg: dict[str, Any], backend_url: str) -> None:
     if url.scheme not in ("http", "https") or not url.hostname:
         raise ValueError(f"backend URL must be http(s)://host[:port], got {backend_url!r}")
     if url.path not in ("", "/") or url.query:
-        raise ValueError(
-            f"backend URL must not have a path ({backend_url!r}): routes forward /v1/... as received"
-        )
+        raise ValueError(f"backend URL must not have a path ({backend_url!r}): routes forward /v1/... as received")
     host = url.hostname
     port = url.port or (443 if url.scheme == "https" else 80)
     c = cluster(cfg, BACKEND_CLUSTER)

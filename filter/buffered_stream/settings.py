@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 import orjson
 
-from .core.registry import PROFILE_NAMES, STREAM_INTERVAL_PROFILES
+from .apis import PROFILE_NAMES, STREAM_INTERVAL_PROFILES
 
 NAMESPACE = "buffered_stream"
 GATEWAY_NAMESPACE = "envoy-gateway"
@@ -59,7 +59,7 @@ class RouteSettings:
     max_request_bytes: int = BUFFERED_BODY_LIMIT
     # Tokens per upstream chunk asked of the server: converted requests get a top-level
     # ``"stream_interval": N`` (0: off). Sent only on the APIs where the route's ``profile`` names a
-    # server line that honours it (``core.registry.STREAM_INTERVAL_PROFILES``: vLLM >= 0.27, chat and
+    # server line that honours it (``apis.STREAM_INTERVAL_PROFILES``: vLLM >= 0.27, chat and
     # legacy completions); any other profile, ``auto`` included, is an error rather than a no-op.
     upstream_stream_interval: int = 0
 
@@ -109,9 +109,7 @@ class RouteSettings:
         changes: dict[str, Any] = {}
         for key, value in values.items():
             if key not in _ROUTE_FIELDS:
-                raise SettingsError(
-                    f"{where}: unknown key {key!r}; known keys: {', '.join(sorted(_ROUTE_FIELDS))}"
-                )
+                raise SettingsError(f"{where}: unknown key {key!r}; known keys: {', '.join(sorted(_ROUTE_FIELDS))}")
             changes[key] = _coerce(key, value, _ROUTE_FIELDS[key], where=where, strings=strings)
         try:
             return dataclasses.replace(self, **changes)
@@ -208,7 +206,7 @@ def _gateway_annotations(gateway: Any) -> dict[str, Any]:
         for key, value in annotations.items():
             for prefix in ANNOTATION_PREFIXES:
                 if key.startswith(prefix):
-                    found[key[len(prefix):]] = value
+                    found[key[len(prefix) :]] = value
     return found
 
 
@@ -251,7 +249,9 @@ class ServiceSettings:
         if not isinstance(self.metadata_namespaces, tuple) or not all(
             isinstance(ns, str) and ns for ns in self.metadata_namespaces
         ):
-            raise SettingsError(f"metadata_namespaces must be a list of namespace names, got {self.metadata_namespaces!r}")
+            raise SettingsError(
+                f"metadata_namespaces must be a list of namespace names, got {self.metadata_namespaces!r}"
+            )
         if (self.tls_cert is None) != (self.tls_key is None):
             raise SettingsError("tls_cert and tls_key (--tls-cert, --tls-key) go together: give both or neither")
         if self.tls_client_ca is not None and self.tls_cert is None:

@@ -140,7 +140,9 @@ def _no_password() -> bytes:
 def _check(files: TlsFiles, cert: bytes, key: bytes, client_ca: bytes | None) -> None:
     _check_certificates("TLS certificate", files.cert, cert)
     if not _KEY_BLOCK.search(key):
-        raise TlsFileError(f"TLS key file {files.key} is not a PEM private key (no '-----BEGIN PRIVATE KEY-----' block)")
+        raise TlsFileError(
+            f"TLS key file {files.key} is not a PEM private key (no '-----BEGIN PRIVATE KEY-----' block)"
+        )
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
         context.load_cert_chain(files.cert, files.key, password=_no_password)
@@ -163,7 +165,9 @@ def _check_certificates(role: str, path: str, data: bytes) -> None:
     try:
         ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=b"\n".join(blocks).decode("ascii"))
     except UnicodeDecodeError:
-        raise TlsFileError(f"{role} file {path} holds a certificate that does not parse (bytes that are not ASCII)") from None
+        raise TlsFileError(
+            f"{role} file {path} holds a certificate that does not parse (bytes that are not ASCII)"
+        ) from None
     except ssl.SSLError as exc:
         raise TlsFileError(f"{role} file {path} holds a certificate that does not parse ({_reason(exc)})") from None
 
@@ -224,13 +228,20 @@ class CertificateReloader:
             self._served = material.signature
             self._refused = None
             self.reloads += 1
-        log.info("TLS certificate reloaded from %s: serial %s, valid until %s", self.files.cert, material.serial, material.not_after)
+        log.info(
+            "TLS certificate reloaded from %s: serial %s, valid until %s",
+            self.files.cert,
+            material.serial,
+            material.not_after,
+        )
         return _configuration(material)
 
     def _refuse(self, state: object, exc: TlsFileError) -> None:
         if state != self._refused:
             self._refused = state
-            log.warning("TLS files changed but cannot be used yet, new connections keep the previous certificate: %s", exc)
+            log.warning(
+                "TLS files changed but cannot be used yet, new connections keep the previous certificate: %s", exc
+            )
 
 
 def server_credentials(files: TlsFiles, material: TlsMaterial) -> tuple[Any, CertificateReloader]:

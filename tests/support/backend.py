@@ -281,9 +281,7 @@ class ScriptedBackend:
         self._tasks.add(task)
         try:
             while (parsed := await http.read_request(reader, writer)) is not None:
-                request = RecordedRequest(
-                    parsed.method, parsed.path, parsed.headers, parsed.body, parsed.json()
-                )
+                request = RecordedRequest(parsed.method, parsed.path, parsed.headers, parsed.body, parsed.json())
                 with self._lock:
                     self.requests.append(request)
                 try:

@@ -39,7 +39,9 @@ def _key() -> ec.EllipticCurvePrivateKey:
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def _name(common_name: str) -> x509.Name:
@@ -62,9 +64,17 @@ class CertificateAuthority:
             .not_valid_after(now + _VALID)
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .add_extension(
-                x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
-                              key_encipherment=False, data_encipherment=False, key_agreement=False,
-                              encipher_only=False, decipher_only=False),
+                x509.KeyUsage(
+                    digital_signature=True,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
                 critical=True,
             )
             .sign(self._key, hashes.SHA256())
@@ -87,9 +97,7 @@ class CertificateAuthority:
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         )
         if server_names:
-            sans = [
-                x509.IPAddress(ipaddress.ip_address(n)) if _is_ip(n) else x509.DNSName(n) for n in server_names
-            ]
+            sans = [x509.IPAddress(ipaddress.ip_address(n)) if _is_ip(n) else x509.DNSName(n) for n in server_names]
             builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
         usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
         builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
@@ -156,7 +164,9 @@ class SecretVolume:
         return name
 
 
-def served_certificate_serial(port: int, *, ca: Path, client: tuple[Path, Path] | None = None, host: str = "127.0.0.1") -> int:
+def served_certificate_serial(
+    port: int, *, ca: Path, client: tuple[Path, Path] | None = None, host: str = "127.0.0.1"
+) -> int:
     """The serial number of the certificate a TLS server on ``port`` presents to a new connection."""
     import socket
 

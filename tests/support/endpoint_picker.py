@@ -38,7 +38,9 @@ class EndpointPicker(pb_grpc.ExternalProcessorServicer):
     def stop(self) -> None:
         self._server.stop(grace=None)
 
-    def Process(self, request_iterator: Iterator[pb.ProcessingRequest], context: grpc.ServicerContext) -> Iterator[pb.ProcessingResponse]:
+    def Process(
+        self, request_iterator: Iterator[pb.ProcessingRequest], context: grpc.ServicerContext
+    ) -> Iterator[pb.ProcessingResponse]:
         for request in request_iterator:
             kind = request.WhichOneof("request")
             if kind == "request_headers":

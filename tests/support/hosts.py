@@ -72,8 +72,12 @@ HOSTS = {
         service_namespaces=(METADATA_NAMESPACE, GCP_NAMESPACE),
     ),
     "gcp-full-duplex": HostShape(
-        "gcp-full-duplex", _FULL_DUPLEX_BOTH, False, GCP_NAMESPACE,
-        service_namespaces=(METADATA_NAMESPACE, GCP_NAMESPACE), full_duplex=True,
+        "gcp-full-duplex",
+        _FULL_DUPLEX_BOTH,
+        False,
+        GCP_NAMESPACE,
+        service_namespaces=(METADATA_NAMESPACE, GCP_NAMESPACE),
+        full_duplex=True,
         # Strings, as extension-level metadata must be.
         settings={"enabled": "true", "keepalive_seconds": "0.5"},
     ),
@@ -98,7 +102,11 @@ HOSTS = {
     # agentgateway: full-duplex bodies by default, metadata_context built from CEL, no
     # CONTINUE_AND_REPLACE (the service never sends it).
     "agentgateway": HostShape(
-        "agentgateway", _FULL_DUPLEX_BOTH, False, METADATA_NAMESPACE, full_duplex=True,
+        "agentgateway",
+        _FULL_DUPLEX_BOTH,
+        False,
+        METADATA_NAMESPACE,
+        full_duplex=True,
         settings={"keepalive_seconds": 0.5},
     ),
 }
@@ -170,8 +178,13 @@ def add_endpoint_picker(cfg: dict[str, Any], target: str, *, first: bool) -> dic
             },
             "load_assignment": {
                 "cluster_name": "endpoint_picker",
-                "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
-                    "address": host, "port_value": int(port)}}}}]}],
+                "endpoints": [
+                    {
+                        "lb_endpoints": [
+                            {"endpoint": {"address": {"socket_address": {"address": host, "port_value": int(port)}}}}
+                        ]
+                    }
+                ],
             },
         }
     )

@@ -54,15 +54,23 @@ START_TIMEOUT = 120.0
 # at barriers, and on two busy cores a second one stalled whole requests for half a minute while
 # the service and Envoy took their turn (the outputs are the same with one or two).
 SERVER_ARGS = (
-    "--alias", MODEL_ALIAS,
-    "--ctx-size", "2048",
-    "--parallel", "1",
-    "--threads", "1",
-    "--seed", "42",
-    "--temp", "0",
-    "--cache-ram", "0",
+    "--alias",
+    MODEL_ALIAS,
+    "--ctx-size",
+    "2048",
+    "--parallel",
+    "1",
+    "--threads",
+    "1",
+    "--seed",
+    "42",
+    "--temp",
+    "0",
+    "--cache-ram",
+    "0",
     "--jinja",
-    "--chat-template-file", str(TOOLS_TEMPLATE),
+    "--chat-template-file",
+    str(TOOLS_TEMPLATE),
     "--no-webui",
 )
 

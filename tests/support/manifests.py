@@ -61,7 +61,7 @@ class Manifests:
 
 
 def listener(config: dict[str, Any], name: str) -> dict[str, Any]:
-    (found,) = [l for l in config["static_resources"]["listeners"] if l["name"] == name]
+    (found,) = [lis for lis in config["static_resources"]["listeners"] if lis["name"] == name]
     return found
 
 

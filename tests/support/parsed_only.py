@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from buffered_stream.core.registry import spec_named
+from buffered_stream.apis import spec_named
 from buffered_stream.core.spec import SchemaSpec
 
 

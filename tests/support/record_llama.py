@@ -31,13 +31,14 @@ from typing import Any
 
 import orjson
 
+from buffered_stream.apis import CHAT, COMPLETIONS, plan_request
 from buffered_stream.core.convert import StreamConverter
 from buffered_stream.core.errors import ConversionError
-from buffered_stream.core.registry import CHAT, COMPLETIONS, plan_request
 from buffered_stream.core.request import Rewrite
 
 from .llama_server import LLAMA_CPP_BIN, MODEL_ALIAS, server_version, start_llama_server
 from .net import http_request
+from .specs import spec_of
 
 TESTS = Path(__file__).resolve().parents[1]
 CORPUS = TESTS / "corpus"
@@ -244,7 +245,7 @@ def meta(pair: Pair, source: str) -> dict[str, Any]:
 
 def converted(pair: Pair, profile: str) -> dict[str, Any] | str:
     """The assembled answer, or the conversion error's text."""
-    converter = StreamConverter(pair.case.schema, profile, request=pair.case.request)
+    converter = StreamConverter(spec_of(pair.case.schema), profile, request=pair.case.request)
     try:
         converter.feed(pair.stream)
         return orjson.loads(converter.finish())

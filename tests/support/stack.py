@@ -54,12 +54,17 @@ class Envoy:
             name,
             [
                 str(binary),
-                "-c", str(self.config_path),
+                "-c",
+                str(self.config_path),
                 "--use-dynamic-base-id",
-                "--admin-address-path", str(self._admin_address_path),
-                "--concurrency", "2",
-                "--log-level", "warning",
-                "--file-flush-interval-msec", "50",  # access log lines appear at once
+                "--admin-address-path",
+                str(self._admin_address_path),
+                "--concurrency",
+                "2",
+                "--log-level",
+                "warning",
+                "--file-flush-interval-msec",
+                "50",  # access log lines appear at once
             ],
             work_dir,
         )
@@ -123,11 +128,18 @@ class Service:
         self.targets = worker_targets(self.target, workers)
         self.metrics_url = f"http://127.0.0.1:{free_port()}"
         args = [
-            sys.executable, "-m", "buffered_stream", "serve",
-            "--workers", str(workers),
-            "--listen", self.target,
-            "--metrics-listen", self.metrics_url.removeprefix("http://"),
-            "--log-level", "info",
+            sys.executable,
+            "-m",
+            "buffered_stream",
+            "serve",
+            "--workers",
+            str(workers),
+            "--listen",
+            self.target,
+            "--metrics-listen",
+            self.metrics_url.removeprefix("http://"),
+            "--log-level",
+            "info",
             *(["--settings", str(settings)] if settings else []),
             *extra_args,
         ]
@@ -288,4 +300,3 @@ class Harness:
     def _own(self, thing: Any) -> Any:
         self._started.append(thing)
         return thing
-

@@ -38,11 +38,16 @@ def vllm_chat(
     """The chunks (role chunk first, usage chunk last) and the native answer of one generation."""
     cid = "chatcmpl-5d8e1f0a2b3c4d5e"
     head = {"id": cid, "object": "chat.completion.chunk", "created": CREATED, "model": model}
-    chunks: list[dict[str, Any]] = [{
-        **head,
-        "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}],
-        "prompt_token_ids": None, "prompt_text": None,
-    }]
+    chunks: list[dict[str, Any]] = [
+        {
+            **head,
+            "choices": [
+                {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+            ],
+            "prompt_token_ids": None,
+            "prompt_text": None,
+        }
+    ]
     sent = 0
     sizes = batches(len(tokens), max(1, interval))
     for number, size in enumerate(sizes):
@@ -54,18 +59,47 @@ def vllm_chat(
         else:
             choice.update(finish_reason=None, token_ids=None)
         chunks.append({**head, "choices": [choice], "kv_transfer_params": None})
-    usage = {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens + len(tokens), "completion_tokens": len(tokens)}
+    usage = {
+        "prompt_tokens": prompt_tokens,
+        "total_tokens": prompt_tokens + len(tokens),
+        "completion_tokens": len(tokens),
+    }
     chunks.append({**head, "choices": [], "usage": usage})
-    message = {"role": "assistant", "content": "".join(tokens), "refusal": None, "annotations": None, "audio": None,
-               "function_call": None, "reasoning": None}
+    message = {
+        "role": "assistant",
+        "content": "".join(tokens),
+        "refusal": None,
+        "annotations": None,
+        "audio": None,
+        "function_call": None,
+        "reasoning": None,
+    }
     native = {
-        "id": cid, "object": "chat.completion", "created": CREATED, "model": model,
-        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason, "stop_reason": None,
-                     "token_ids": None, "routed_experts": None, "weight_versions": None}],
-        "service_tier": None, "system_fingerprint": None,
+        "id": cid,
+        "object": "chat.completion",
+        "created": CREATED,
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": message,
+                "logprobs": None,
+                "finish_reason": finish_reason,
+                "stop_reason": None,
+                "token_ids": None,
+                "routed_experts": None,
+                "weight_versions": None,
+            }
+        ],
+        "service_tier": None,
+        "system_fingerprint": None,
         "usage": {**usage, "prompt_tokens_details": None, "completion_tokens_details": None},
-        "prompt_logprobs": None, "prompt_token_ids": None, "prompt_text": None, "kv_transfer_params": None,
-        "ec_transfer_params": None, "metrics": None,
+        "prompt_logprobs": None,
+        "prompt_token_ids": None,
+        "prompt_text": None,
+        "kv_transfer_params": None,
+        "ec_transfer_params": None,
+        "metrics": None,
     }
     return chunks, native
 

@@ -153,14 +153,20 @@ REQUESTS = TallyFamily("buffered_stream_requests_total", "HTTP requests seen, by
 GRPC_MESSAGES = TallyFamily(
     "buffered_stream_grpc_messages_total", "ext_proc messages received from Envoy, by phase", "counter", "phase"
 )
-RESPONSE_CHUNKS = TallyFamily("buffered_stream_response_chunks_total", "Upstream response body messages converted", "counter")
+RESPONSE_CHUNKS = TallyFamily(
+    "buffered_stream_response_chunks_total", "Upstream response body messages converted", "counter"
+)
 RESPONSE_BYTES = TallyFamily("buffered_stream_response_bytes_total", "Upstream SSE bytes converted", "counter")
 KEEPALIVE_BYTES = TallyFamily(
-    "buffered_stream_keepalive_bytes_total", "Whitespace bytes sent to clients while their answer was assembled", "counter"
+    "buffered_stream_keepalive_bytes_total",
+    "Whitespace bytes sent to clients while their answer was assembled",
+    "counter",
 )
 SSE_EVENTS = TallyFamily("buffered_stream_sse_events_total", "SSE events decoded", "counter")
 IN_FLIGHT = TallyFamily("buffered_stream_in_flight_requests", "ext_proc streams (HTTP requests) open now", "gauge")
-CONVERTING = TallyFamily("buffered_stream_converting_requests", "Requests whose upstream stream is being converted now", "gauge")
+CONVERTING = TallyFamily(
+    "buffered_stream_converting_requests", "Requests whose upstream stream is being converted now", "gauge"
+)
 ASSEMBLY_SECONDS = TallyHistogram(
     "buffered_stream_assembly_seconds",
     "Time spent decoding and assembling one answer (service CPU, not waiting)",
@@ -187,8 +193,22 @@ TOKENS_PER_SECOND = LabelledHistogram(
     (1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 50.0, 75.0, 100.0, 150.0, 200.0, 300.0, 500.0, 1000.0, 2500.0),
 )
 TIMING = (FIRST_TOKEN_SECONDS, GENERATION_SECONDS, TOKENS_PER_SECOND)
-REGISTRY.register(_TallyCollector((REQUESTS, GRPC_MESSAGES, RESPONSE_CHUNKS, RESPONSE_BYTES, KEEPALIVE_BYTES, SSE_EVENTS,
-                                   IN_FLIGHT, CONVERTING, ASSEMBLY_SECONDS, *TIMING)))
+REGISTRY.register(
+    _TallyCollector(
+        (
+            REQUESTS,
+            GRPC_MESSAGES,
+            RESPONSE_CHUNKS,
+            RESPONSE_BYTES,
+            KEEPALIVE_BYTES,
+            SSE_EVENTS,
+            IN_FLIGHT,
+            CONVERTING,
+            ASSEMBLY_SECONDS,
+            *TIMING,
+        )
+    )
+)
 _route_label = CappedLabel(64)
 _model_label: CappedLabel | None = None
 
@@ -217,10 +237,20 @@ def observe_generation(
     if tokens_per_second is not None:
         TOKENS_PER_SECOND.labelled(*labels).observe(tokens_per_second)
 
-PHASES = ("request_headers", "request_body", "response_headers", "response_body", "request_trailers", "response_trailers")
+
+PHASES = (
+    "request_headers",
+    "request_body",
+    "response_headers",
+    "response_body",
+    "request_trailers",
+    "response_trailers",
+)
 MESSAGES_BY_PHASE = {phase: GRPC_MESSAGES.labels(phase) for phase in PHASES}
 # Unlabelled tallies, bound for the hot path.
-CHUNKS, BYTES, KEEPALIVES, EVENTS = (f.children[""] for f in (RESPONSE_CHUNKS, RESPONSE_BYTES, KEEPALIVE_BYTES, SSE_EVENTS))
+CHUNKS, BYTES, KEEPALIVES, EVENTS = (
+    f.children[""] for f in (RESPONSE_CHUNKS, RESPONSE_BYTES, KEEPALIVE_BYTES, SSE_EVENTS)
+)
 OPEN, CONVERTING_NOW = IN_FLIGHT.children[""], CONVERTING.children[""]
 
 
@@ -331,8 +361,11 @@ class HttpListener(asyncio.AbstractServer):
         now = self._loop.time()
         if now - self._full_logged >= 60.0:
             self._full_logged = now
-            log.warning("metrics listener: %d connections held, its cap: a new one replaces the oldest idle one "
-                        "(or is closed if none is idle)", self.max_connections)
+            log.warning(
+                "metrics listener: %d connections held, its cap: a new one replaces the oldest idle one "
+                "(or is closed if none is idle)",
+                self.max_connections,
+            )
         oldest = next((task for task, conn in self._connections.items() if conn.reading), None)
         if oldest is None:
             return False
@@ -388,7 +421,12 @@ class HttpListener(asyncio.AbstractServer):
         extra: tuple[tuple[bytes, bytes], ...] = (),
         head_only: bool = False,
     ) -> None:
-        headers = [(b"Content-Type", content_type), (b"Content-Length", b"%d" % len(body)), (b"Connection", b"close"), *extra]
+        headers = [
+            (b"Content-Type", content_type),
+            (b"Content-Length", b"%d" % len(body)),
+            (b"Connection", b"close"),
+            *extra,
+        ]
         data = http.send(h11.Response(status_code=status, reason=HTTPStatus(status).phrase.encode(), headers=headers))
         if body and not head_only:
             data += http.send(h11.Data(data=body))

@@ -22,11 +22,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from . import metrics
 from ..core.template import NATIVE_RUNS
-from .service import ExternalProcessor
 from ..settings import ServiceSettings
 from ..tls import CertificateReloader, TlsFiles, load_tls_material, server_credentials
+from . import metrics
+from .service import ExternalProcessor
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +90,10 @@ class Service:
         await self._set_serving(not self.pooled)
         log.info("ext_proc service listening on %s%s", listen, _tls_note(files))
         if not NATIVE_RUNS:
-            log.warning("the native run matcher was not built (no C compiler at install): buffered answers "
-                        "are matched in pure Python, at 2-5x the CPU per conversion")
+            log.warning(
+                "the native run matcher was not built (no C compiler at install): buffered answers "
+                "are matched in pure Python, at 2-5x the CPU per conversion"
+            )
 
     async def pool_ready(self) -> None:
         """The supervisor saw every worker start: serve health as SERVING."""

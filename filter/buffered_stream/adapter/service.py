@@ -25,10 +25,9 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from envoy.type.v3 import http_status_pb2
 from google.protobuf import json_format, struct_pb2, text_format
 
-from . import metrics
+from ..apis import spec_for_path
 from ..core.convert import StreamConverter
 from ..core.errors import LIMIT, MALFORMED, TRUNCATED, ConversionError
-from ..core.registry import spec_for_path
 from ..core.request import Rewrite
 from ..core.spec import SchemaSpec
 from ..settings import (
@@ -39,6 +38,7 @@ from ..settings import (
     route_settings_from_dynamic,
     route_settings_from_metadata,
 )
+from . import metrics
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,9 @@ CONTINUE_RESPONSE_BODY = pb.ProcessingResponse(response_body=pb.BodyResponse())
 # the headers go upstream before the body is known, so they lose what a rewrite would falsify.
 _CHUNKED_REQUEST_HEADERS = pb.ProcessingResponse(
     request_headers=pb.HeadersResponse(
-        response=pb.CommonResponse(header_mutation=pb.HeaderMutation(remove_headers=("content-length", "accept-encoding")))
+        response=pb.CommonResponse(
+            header_mutation=pb.HeaderMutation(remove_headers=("content-length", "accept-encoding"))
+        )
     )
 )
 DROP_REQUEST_CHUNK = pb.ProcessingResponse(
@@ -85,7 +87,9 @@ DROP_RESPONSE_CHUNK = pb.ProcessingResponse(
     response_body=pb.BodyResponse(response=pb.CommonResponse(body_mutation=pb.BodyMutation(clear_body=True)))
 )
 _BODY_MODES = {"buffered": _Mode.BUFFERED, "streamed": _Mode.STREAMED}
-_JSON_HEADERS = [base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key="content-type", raw_value=b"application/json"))]
+_JSON_HEADERS = [
+    base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key="content-type", raw_value=b"application/json"))
+]
 # Full-duplex (keep-alive) routes: the 200 goes downstream at once as JSON; the body follows later.
 JSON_RESPONSE_HEADERS = pb.ProcessingResponse(
     response_headers=pb.HeadersResponse(
@@ -102,7 +106,9 @@ CONVERTING_RESPONSE_HEADERS = {
                 header_mutation=pb.HeaderMutation(set_headers=_JSON_HEADERS, remove_headers=("content-length",))
             )
         ),
-        mode_override=_Mode(request_body_mode=_Mode.BUFFERED, response_header_mode=_Mode.SEND, response_body_mode=body_mode),
+        mode_override=_Mode(
+            request_body_mode=_Mode.BUFFERED, response_header_mode=_Mode.SEND, response_body_mode=body_mode
+        ),
     )
     for mode, body_mode in _BODY_MODES.items()
 }
@@ -160,7 +166,11 @@ def _headers(message: pb.HttpHeaders, *wanted: str) -> dict[str, str]:
 
 # Dynamic metadata names of the normalised token counts (``SchemaSpec.usage_tokens``), the same
 # for every API so that access logs and rate limits read one set of keys.
-_USAGE_METADATA_KEYS = (("input_tokens", "prompt_tokens"), ("output_tokens", "completion_tokens"), ("total_tokens", "total_tokens"))
+_USAGE_METADATA_KEYS = (
+    ("input_tokens", "prompt_tokens"),
+    ("output_tokens", "completion_tokens"),
+    ("total_tokens", "total_tokens"),
+)
 
 
 def _usage_metadata(outcome: str, spec: SchemaSpec | None, usage: dict[str, Any] | None) -> struct_pb2.Struct:
@@ -169,7 +179,9 @@ def _usage_metadata(outcome: str, spec: SchemaSpec | None, usage: dict[str, Any]
     return struct
 
 
-def _set_usage_metadata(struct: struct_pb2.Struct, outcome: str, spec: SchemaSpec | None, usage: dict[str, Any] | None) -> None:
+def _set_usage_metadata(
+    struct: struct_pb2.Struct, outcome: str, spec: SchemaSpec | None, usage: dict[str, Any] | None
+) -> None:
     # Fields are set one by one: ``Struct.update`` walks the values in Python, twice as slow.
     fields = struct.fields[NAMESPACE].struct_value.fields
     fields["outcome"].string_value = outcome
@@ -280,10 +292,33 @@ class Exchange:
     """One HTTP request's ext_proc conversation: explicit phase, exactly-once finish."""
 
     __slots__ = (
-        "_routes", "phase", "route", "route_name", "method", "path", "spec", "model", "hints",
-        "skip_reason", "converter", "outcome", "_assembly_seconds", "full_duplex", "keepalive_seconds",
-        "keepalive_bytes", "last_sent", "body_started", "pending_error", "passing", "request_body_mode",
-        "response_body_mode", "_request_chunks", "_request_bytes", "buffered_body", "response_at", "first_token_at",
+        "_routes",
+        "phase",
+        "route",
+        "route_name",
+        "method",
+        "path",
+        "spec",
+        "model",
+        "hints",
+        "skip_reason",
+        "converter",
+        "outcome",
+        "_assembly_seconds",
+        "full_duplex",
+        "keepalive_seconds",
+        "keepalive_bytes",
+        "last_sent",
+        "body_started",
+        "pending_error",
+        "passing",
+        "request_body_mode",
+        "response_body_mode",
+        "_request_chunks",
+        "_request_bytes",
+        "buffered_body",
+        "response_at",
+        "first_token_at",
     )
 
     def __init__(self, routes: RouteSettingsCache) -> None:
@@ -337,8 +372,7 @@ class Exchange:
             metrics.ASSEMBLY_SECONDS.observe(self._assembly_seconds)
             metrics.EVENTS.value += self.converter.events
         if outcome not in _QUIET_OUTCOMES and not outcome.startswith(metrics.PASSTHROUGH_PREFIX):
-            log.info("request finished: outcome=%s route=%s model=%s", outcome, self.route_name,
-                     loggable(self.model))
+            log.info("request finished: outcome=%s route=%s model=%s", outcome, self.route_name, loggable(self.model))
 
     @property
     def committed(self) -> bool:
@@ -416,7 +450,9 @@ class Exchange:
         except SettingsError as exc:
             self.phase = Phase.DONE
             self.finish(metrics.SETTINGS_ERROR)
-            return _immediate(ConversionError(metrics.SETTINGS_ERROR, 500, f"buffered-stream route settings: {exc}"), None)
+            return _immediate(
+                ConversionError(metrics.SETTINGS_ERROR, 500, f"buffered-stream route settings: {exc}"), None
+            )
         if not self.route.enabled:
             self._pass("disabled")
             return SKIP_REST if kind == "request_headers" else self._unchanged(request, kind)
@@ -451,8 +487,13 @@ class Exchange:
             self.skip_reason = "path"
             return self._request_as_it_came(data, chunked)
         route = self.route
-        plan = self.spec.plan(data, route.models, route.max_request_bytes, profile=route.profile,
-                              stream_interval=route.upstream_stream_interval)
+        plan = self.spec.plan(
+            data,
+            route.models,
+            route.max_request_bytes,
+            profile=route.profile,
+            stream_interval=route.upstream_stream_interval,
+        )
         if not isinstance(plan, Rewrite):
             self.skip_reason = plan.reason
             return self._request_as_it_came(data, chunked)
@@ -654,8 +695,10 @@ class Exchange:
                         now = time.perf_counter()
                         # Size the next piece to the rate just seen: a slice stays near its time
                         # whether the body is cheap (native runs) or pathological.
-                        size = min(max(int(size * BULK_SLICE_SECONDS / max(now - piece_started, 1e-6)),
-                                       BULK_MIN_SLICE_BYTES), BULK_MAX_SLICE_BYTES)
+                        size = min(
+                            max(int(size * BULK_SLICE_SECONDS / max(now - piece_started, 1e-6)), BULK_MIN_SLICE_BYTES),
+                            BULK_MAX_SLICE_BYTES,
+                        )
                         if now - started >= BULK_SLICE_SECONDS:
                             break
                     self._assembly_seconds += time.perf_counter() - started
@@ -758,7 +801,8 @@ def _warn_not_full_duplex(route_name: str) -> None:
     _warned_routes.add(route_name)
     log.error(
         "route %r sets keepalive_seconds, but its ext_proc response body mode is not FULL_DUPLEX_STREAMED; "
-        "converting without keep-alive", route_name,
+        "converting without keep-alive",
+        route_name,
     )
 
 

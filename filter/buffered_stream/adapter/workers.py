@@ -31,9 +31,9 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from ..settings import ServiceSettings
 from . import metrics
 from .metrics_sum import cumulative_samples, sum_expositions
-from ..settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +190,9 @@ class Supervisor:
             failures = 0 if lived >= STABLE_SECONDS else failures + 1
             delay = min(MAX_BACKOFF, FIRST_BACKOFF * 2 ** max(0, failures - 1))
             worker.restarts += 1
-            log.error("worker %d exited with status %s after %.1f s: restarting in %.2f s", worker.index, code, lived, delay)
+            log.error(
+                "worker %d exited with status %s after %.1f s: restarting in %.2f s", worker.index, code, lived, delay
+            )
             try:
                 await asyncio.wait_for(self._stop.wait(), delay)
             except asyncio.TimeoutError:
@@ -199,8 +201,16 @@ class Supervisor:
     async def _spawn(self, worker: Worker) -> None:
         worker.metrics_port = _free_loopback_port()
         args = [
-            sys.executable, "-m", "buffered_stream", "serve", "--workers", "1",
-            "--listen", worker.listen, "--metrics-listen", f"127.0.0.1:{worker.metrics_port}",
+            sys.executable,
+            "-m",
+            "buffered_stream",
+            "serve",
+            "--workers",
+            "1",
+            "--listen",
+            worker.listen,
+            "--metrics-listen",
+            f"127.0.0.1:{worker.metrics_port}",
             *self.worker_args,
         ]
         env = {**os.environ, POOL_WORKER_ENV: str(worker.index)}
@@ -233,7 +243,8 @@ class Supervisor:
         """The workers' metrics added up, then the pool's own."""
         scrapes = await asyncio.gather(*(self._scrape(w) for w in self.workers))
         per_worker = [
-            f'buffered_stream_worker_requests_total{{worker="{w.index}"}} {_requests(text)!r}' for w, text in zip(self.workers, scrapes)
+            f'buffered_stream_worker_requests_total{{worker="{w.index}"}} {_requests(text)!r}'
+            for w, text in zip(self.workers, scrapes)
         ]
         pool = [
             "# HELP buffered_stream_workers Worker processes configured",

@@ -1,6 +1,6 @@
 """The one small interface every API's assembler implements.
 
-An API (chat completions, legacy completions; later Anthropic Messages, Responses) turns the
+An API (chat completions, legacy completions, Responses, Anthropic Messages) turns the
 decoded JSON payloads of a stream into the single answer that API's non-stream call returns.
 The pipeline (``convert.StreamConverter``) owns SSE decoding, size limits, and, through the API's
 ``SchemaSpec``, upstream error detection and the end payload, so an assembler only ever sees

@@ -16,7 +16,6 @@ import orjson
 
 from .assembler import Assembler
 from .errors import LIMIT, MALFORMED, TRUNCATED, ConversionError
-from .registry import spec_named
 from .spec import AUTO, SchemaSpec
 from .sse import BARE_JSON_EVENT, ERROR_EVENT, PING_EVENT, SseDecoder
 
@@ -35,12 +34,22 @@ _ONE_EVENT_BYTES = 512
 class StreamConverter:
     """Feed the upstream body in any chunking, then ``finish()`` for the answer's bytes."""
 
-    __slots__ = ("_spec", "_assembler", "_decoder", "_max_body", "_max_event", "_body_bytes", "_events", "_done",
-                 "_add_run", "_window")
+    __slots__ = (
+        "_spec",
+        "_assembler",
+        "_decoder",
+        "_max_body",
+        "_max_event",
+        "_body_bytes",
+        "_events",
+        "_done",
+        "_add_run",
+        "_window",
+    )
 
     def __init__(
         self,
-        schema: str | SchemaSpec,
+        spec: SchemaSpec,
         profile: str = AUTO,
         *,
         max_event_bytes: int = 1 << 20,
@@ -49,12 +58,12 @@ class StreamConverter:
         assembler: Assembler | None = None,
         whole_body: bool = True,
     ) -> None:
-        """``schema``: the API's spec or name; ``profile``: the route's profile name; ``request`` is
-        the client's request body (or the plan's hints), for answer details only it reveals;
+        """``spec``: the API (``buffered_stream.apis.spec_named`` finds one by name); ``profile``:
+        the route's profile name; ``request`` is the client's request body (or the plan's hints),
+        for answer details only it reveals;
         ``assembler`` replaces the schema's own (tests of the pipeline alone); ``whole_body``
         False takes every event one by one even where a run of them could be matched at once
         (tests compare both ways)."""
-        spec = schema if isinstance(schema, SchemaSpec) else spec_named(schema)
         self._spec = spec
         if assembler is None:
             assembler = spec.assembler(profile, request)
@@ -133,6 +142,7 @@ class StreamConverter:
         (and staying doubled across feeds).
         Every event is taken exactly as the per-event path would take it, only faster."""
         decoder, add_run, max_event = self._decoder, self._add_run, self._max_event
+        assert add_run is not None  # ``feed`` comes here only where the assembler has runs
         pos, size, total = 0, self._window, len(data)
         while pos < total:
             if decoder.at_event_start:
@@ -165,9 +175,7 @@ class StreamConverter:
             self._consume(self._decoder.close(), at_end=True)
         assembler = self._assembler
         if not self._done and not assembler.finished:
-            raise ConversionError(
-                TRUNCATED, 502, "upstream stream ended before the answer was complete"
-            )
+            raise ConversionError(TRUNCATED, 502, "upstream stream ended before the answer was complete")
         answer = assembler.result()
         if not assembler.finished and not self._spec.answer_complete(answer):
             raise ConversionError(TRUNCATED, 502, "upstream stream ended before the answer was complete")

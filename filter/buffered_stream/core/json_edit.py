@@ -25,6 +25,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import cast
 
 __all__ = ["JsonEditError", "Member", "ObjectLayout", "edit_object", "scan_object", "set_member"]
 
@@ -75,34 +76,41 @@ class ObjectLayout:
         return tuple(member for member in self.members if member.key == key)
 
 
+def _end(pattern: re.Pattern[bytes], body: bytes, pos: int) -> int:
+    """Where ``pattern``, one that matches the empty string too, stops matching from ``pos``."""
+    match = pattern.match(body, pos)
+    assert match is not None
+    return match.end()
+
+
 def scan_object(body: bytes) -> ObjectLayout:
     """The layout of ``body``'s top-level object (whitespace allowed around it, nothing else)."""
-    pos = _WS.match(body).end()
+    pos = _end(_WS, body, 0)
     if body[pos : pos + 1] != b"{":
         raise JsonEditError(f"expected '{{' at byte {pos}")
     start = pos
-    pos = _WS.match(body, pos + 1).end()
+    pos = _end(_WS, body, pos + 1)
     members: list[Member] = []
     if _at(body, pos) != _RBRACE:
         while True:
             if _at(body, pos) != _QUOTE:
                 raise JsonEditError(f"expected a key string at byte {pos}")
             key_start, key_end = pos, _string_end(body, pos)
-            pos = _WS.match(body, key_end).end()
+            pos = _end(_WS, body, key_end)
             if _at(body, pos) != _COLON:
                 raise JsonEditError(f"expected ':' at byte {pos}")
-            value_start = _WS.match(body, pos + 1).end()
+            value_start = _end(_WS, body, pos + 1)
             value_end = _skip_value(body, value_start)
             members.append(Member(_decode_key(body, key_start, key_end), key_start, value_start, value_end))
-            pos = _WS.match(body, value_end).end()
+            pos = _end(_WS, body, value_end)
             byte = _at(body, pos)
             if byte == _RBRACE:
                 break
             if byte != _COMMA:
                 raise JsonEditError(f"expected ',' or '}}' at byte {pos}")
-            pos = _WS.match(body, pos + 1).end()
+            pos = _end(_WS, body, pos + 1)
     close = pos
-    if _WS.match(body, close + 1).end() != len(body):
+    if _end(_WS, body, close + 1) != len(body):
         raise JsonEditError(f"unexpected bytes after the object at byte {close + 1}")
     return ObjectLayout(start, close, tuple(members))
 
@@ -170,7 +178,7 @@ def _decode_key(body: bytes, pos: int, end: int) -> str:
     """The key string ``body[pos:end]`` (quotes included) decoded."""
     if _BACKSLASH in body[pos:end]:
         try:
-            return json.loads(body[pos:end])
+            return cast(str, json.loads(body[pos:end]))
         except ValueError as exc:
             raise JsonEditError(f"bad escape in the key at byte {pos}") from exc
     return body[pos + 1 : end - 1].decode("utf-8", "surrogateescape")
@@ -222,7 +230,7 @@ def _skip_value(body: bytes, pos: int) -> int:
                     return pos
             else:  # the end of the body
                 raise JsonEditError(f"unterminated value at byte {pos}")
-            pos = _SKIP.match(body, pos).end()
+            pos = _end(_SKIP, body, pos)
     match = _SCALAR.match(body, pos)
     if match is None:
         raise JsonEditError(f"expected a value at byte {pos}")

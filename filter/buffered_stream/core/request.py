@@ -8,6 +8,7 @@ plans its own rewrite (``SchemaSpec.plan_request``); the checks every API shares
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
@@ -76,6 +77,7 @@ def stream_body(
     body: bytes,
     stream_options: Callable[[bytes | None], bytes] | None = None,
     members: Mapping[str, bytes] | None = None,
+    parsed: Mapping[str, Any] | None = None,
 ) -> bytes | Skip:
     """The client's body byte for byte, but with one top-level ``"stream": true`` (in place of the
     first ``stream`` member's value, else appended; every other ``stream`` member removed) and, when
@@ -85,19 +87,81 @@ def stream_body(
     the body is scanned once whatever is edited.
 
     Asked only of a body that parsed as an object, so the scan cannot fail; if it did, the request
-    is left alone (``NOT_JSON``) rather than failed.
+    is left alone (``NOT_JSON``) rather than failed. ``parsed`` (that object) allows a small body's
+    common shapes to be edited without the scan (``_edited_in_place``).
     """
+    if parsed is not None and len(body) <= _IN_PLACE_MAX_BYTES:
+        edited = _edited_in_place(body, parsed, stream_options is not None, members)
+        if edited is not None:
+            return edited
     try:
         layout = scan_object(body)
         changes = {"stream": b"true"}
         if stream_options is not None:
             found = layout.find("stream_options")
-            changes["stream_options"] = stream_options(body[found[-1].value_start : found[-1].value_end] if found else None)
+            changes["stream_options"] = stream_options(
+                body[found[-1].value_start : found[-1].value_end] if found else None
+            )
         if members:
             changes.update(members)
         return edit_object(body, changes, layout)
     except JsonEditError:
         return NOT_JSON
+
+
+# Bodies up to this size may take ``_edited_in_place``: its proof is one more parse of the body.
+_IN_PLACE_MAX_BYTES = 64 << 10
+_STREAM_KEY = re.compile(rb'"stream"[ \t\n\r]*+:[ \t\n\r]*+(?:true|false|null)')
+_RAW = {True: b"true", False: b"false", None: b"null"}
+_WHITESPACE = b" \t\n\r"
+
+
+def _edited_in_place(
+    body: bytes, parsed: Mapping[str, Any], stream_options: bool, members: Mapping[str, bytes] | None
+) -> bytes | None:
+    """The common request (``stream`` absent or a literal, no ``stream_options`` or ``members`` key
+    of its own) edited without scanning its members: the literal replaced where the one raw
+    ``"stream":`` is, the other members written before the closing brace. It is proved, not
+    assumed: the edited body must parse to the client's object with exactly those members changed
+    (a ``"stream"`` elsewhere, an escaped spelling or a duplicate fail the proof). None: use the scan."""
+    added = [(b"stream_options", b'{"include_usage":true}')] if stream_options else []
+    added += [(key.encode(), value) for key, value in (members or {}).items()]
+    # Without a \u escape a key can be spelled only one way, so where the parsed object lacks a key
+    # the body has no such top-level member at all, and where it has ``stream``, one ``"stream"`` in
+    # the whole body is that member (the proof below cannot see duplicates: orjson keeps the last).
+    if b"\\u" in body or any(key.decode() in parsed for key, _ in added):
+        return None
+    head, tail = body, b""
+    if "stream" in parsed:
+        found = list(_STREAM_KEY.finditer(body))
+        if len(found) != 1 or body.count(b'"stream"') != 1:
+            return None
+        literal = found[0]
+        if not body[literal.start() : literal.end()].endswith(_RAW.get(parsed["stream"], b"?")):
+            return None
+        value_start = literal.end() - len(_RAW[parsed["stream"]])
+        head, tail = body[:value_start] + b"true", body[literal.end() :]
+    else:
+        added.insert(0, (b"stream", b"true"))
+    edited = head + tail
+    if added:
+        close = edited.rstrip(_WHITESPACE)
+        if not close.endswith(b"}"):
+            return None
+        # After the last member's value (as the scan writes it), or inside the braces of an empty object.
+        at = len(close[:-1].rstrip(_WHITESPACE)) if parsed else len(close) - 1
+        extra = b",".join(b'"%s":%s' % pair for pair in added)
+        edited = edited[:at] + (b"," if parsed else b"") + extra + edited[at:]
+    expected = dict(parsed)
+    expected["stream"] = True
+    for key, value in added:
+        expected[key.decode()] = orjson.loads(value)
+    try:
+        if orjson.loads(edited) != expected:
+            return None
+    except orjson.JSONDecodeError:
+        return None
+    return edited
 
 
 def with_include_usage(options: bytes | None) -> bytes:

@@ -1,8 +1,8 @@
 """One API, as the pipeline and the adapter see it: a ``SchemaSpec``.
 
-Everything that differs between APIs (chat completions, legacy completions, later Anthropic
-Messages or the Responses API) is a field here, so a new API is one module plus one registry entry
-(``core.registry``), and neither the converter nor the adapter change.
+Everything that differs between APIs (chat completions, legacy completions, the Responses API,
+Anthropic Messages) is a field here, so a new API is one module plus one entry in
+``buffered_stream.apis``, and neither the converter nor the adapter change.
 """
 
 from __future__ import annotations
@@ -37,10 +37,10 @@ class SchemaSpec:
 
     name: str
     # Request paths served, exactly (query string and trailing slash removed); a path also matches
-    # under a mount prefix (``/openai`` + ``/v1/chat/completions``): see ``registry.spec_for_path``.
+    # under a mount prefix (``/openai`` + ``/v1/chat/completions``): see ``buffered_stream.apis.spec_for_path``.
     paths: tuple[str, ...]
     # Request body and the route's model globs -> the body to send upstream instead, or why not.
-    plan_request: Callable[[bytes, tuple[str, ...]], Rewrite | Skip]
+    plan_request: Callable[..., Rewrite | Skip]  # (body, models, *, stream_interval=0)
     # (this API's profile object or None for auto-detection, the Rewrite's hints) -> a fresh assembler.
     make_assembler: Callable[[Any, Mapping[str, Any] | None], Assembler]
     # Backend name -> this API's profile object.
@@ -90,7 +90,9 @@ class SchemaSpec:
         return self.make_assembler(self.profile(profile), hints)
 
     @classmethod
-    def from_module(cls, name: str, module: ModuleType, make_assembler: Callable[..., Assembler] | None = None) -> SchemaSpec:
+    def from_module(
+        cls, name: str, module: ModuleType, make_assembler: Callable[..., Assembler] | None = None
+    ) -> SchemaSpec:
         """The spec of an API module exposing ``PATHS``, ``PROFILES``, ``plan_request``,
         ``upstream_error``, ``error_body``, ``usage_tokens`` and optionally ``make_assembler`` (or
         pass it: a class taking ``(profile, hints)`` fits), ``error_event`` (default: the parsed
@@ -114,7 +116,9 @@ class SchemaSpec:
         )
 
 
-def _error_event_via(upstream_error: Callable[[dict[str, Any]], ConversionError | None]) -> Callable[[bytes], ConversionError]:
+def _error_event_via(
+    upstream_error: Callable[[dict[str, Any]], ConversionError | None],
+) -> Callable[[bytes], ConversionError]:
     """An ``event: error`` is fatal whatever it holds: the API's own reading of it when it parses
     as one of its error chunks, else a plain upstream error (never quoting the payload)."""
 

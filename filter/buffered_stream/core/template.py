@@ -52,14 +52,18 @@ _MAX_COUNT_DIGITS = 18  # below 2**63: any such integer parses, as it would in t
 _DATA_FIELDS = (b"data: ", b"data:")  # TGI writes no space
 # Event names a run may carry: plain tokens (``content_block_delta``, ``response.output_text.delta``).
 _NAME_BYTES = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-"
-_SPECIAL_NAMES = (ERROR_EVENT.encode(), BARE_JSON_EVENT.encode(), PING_EVENT.encode())  # names the converter gives a meaning
+_SPECIAL_NAMES = (
+    ERROR_EVENT.encode(),
+    BARE_JSON_EVENT.encode(),
+    PING_EVENT.encode(),
+)  # names the converter gives a meaning
 _MAX_EVENT_LINE = 128
 _FIRST_RUN_BYTES = 4 << 10  # a run may be short: match a little first
 _MAX_RUN_BYTES = 16 << 10
 _NATIVE_RUN_BYTES = 64 << 10  # events the native matcher takes per call: bounds the texts' copies
 
 try:  # the native run matcher, built at install where a C compiler is found (setup.py)
-    from . import _runs
+    from . import _runs  # type: ignore[attr-defined,unused-ignore]
 except ImportError:  # pragma: no cover - the pure-Python path below does the same
     _runs = None
 NATIVE_RUNS = _runs is not None
@@ -76,7 +80,12 @@ class TextTemplate:
         self.suffix = suffix
         self.padded = padded
         self.tail = tail  # a counted template: what follows the counter
-        self.size = len(prefix) + len(suffix) + (len(_PADDING_END) if padded else 0) + (len(tail) + 1 if tail is not None else 0)
+        self.size = (
+            len(prefix)
+            + len(suffix)
+            + (len(_PADDING_END) if padded else 0)
+            + (len(tail) + 1 if tail is not None else 0)
+        )
         self.pieces = pieces  # where the text of a matching payload is appended
         # Whole-body runs split at LFs and take no padding (see ``run_in``).
         self.runs = not padded and b"\n" not in prefix + suffix + (tail or b"")
@@ -209,28 +218,36 @@ class TextTemplate:
         start += len(opening)
         prefix, suffix = payload[:start], payload[start + len(raw) :]
         padding = chunk.get("obfuscation")
-        padded = type(padding) is str and padding.isascii() and _verbatim(padding.encode())
-        padded = padded and suffix.endswith(_PADDING_KEY + padding.encode() + _PADDING_END)
-        if padded:
-            suffix = suffix[: len(suffix) - len(padding) - len(_PADDING_END)]
+        padded = False
+        if type(padding) is str and padding.isascii() and _verbatim(padding.encode()):
+            padded = suffix.endswith(_PADDING_KEY + padding.encode() + _PADDING_END)
+            if padded:
+                suffix = suffix[: len(suffix) - len(padding) - len(_PADDING_END)]
         tail = None
         count = chunk.get(counter) if counter is not None and not padded else None
-        if type(count) is int and 0 <= count < 10**_MAX_COUNT_DIGITS:
-            needle = b'"' + counter.encode() + b'":' + str(count).encode()  # type: ignore[union-attr]
+        if counter is not None and type(count) is int and 0 <= count < 10**_MAX_COUNT_DIGITS:
+            needle = b'"' + counter.encode() + b'":' + str(count).encode()
             at = suffix.find(needle)
             end = at + len(needle)
             if at >= 0 and suffix.find(needle, at + 1) < 0 and suffix[end : end + 1] not in _DIGITS_AFTER:
                 suffix, tail = suffix[: end - len(str(count))], suffix[end:]
         probe = _PROBE.encode()
-        opened = (probe + _PADDING_END if padded else b"") + (str(_PROBE_COUNT).encode() + tail if tail is not None else b"")
+        opened = (probe + _PADDING_END if padded else b"") + (
+            str(_PROBE_COUNT).encode() + tail if tail is not None else b""
+        )
         try:
             probed = orjson.loads(prefix + probe + suffix + opened)
             found = _swap(probed, path, piece)
             found_padding = _swap(probed, ("obfuscation",), padding) if padded else _PROBE
-            found_count = _swap(probed, (counter,), count) if tail is not None else _PROBE_COUNT
+            found_count = _swap(probed, (counter,), count) if tail is not None and counter is not None else _PROBE_COUNT
             if found != _PROBE or found_padding != _PROBE or found_count != _PROBE_COUNT or probed != chunk:
                 return None
-        except (orjson.JSONDecodeError, LookupError, TypeError, RecursionError):  # ``!=`` of a deeply nested chunk recurses
+        except (
+            orjson.JSONDecodeError,
+            LookupError,
+            TypeError,
+            RecursionError,
+        ):  # ``!=`` of a deeply nested chunk recurses
             return None
         return cls(prefix, suffix, padded, pieces, tail)
 
@@ -281,7 +298,8 @@ def _decode_middles(middles: list[bytes], max_middle: int | None) -> list[str]:
         and not joined.endswith(b"\\")
     ):
         try:
-            return orjson.loads(b'["' + joined + b'"]')
+            texts: list[str] = orjson.loads(b'["' + joined + b'"]')
+            return texts
         except orjson.JSONDecodeError:
             pass
     texts = []

@@ -50,6 +50,7 @@ def is_end_payload(payload: bytes) -> bool:
     without ``message_stop`` the answer is still incomplete (truncated)."""
     return payload.strip() == b"[DONE]"
 
+
 MAX_BLOCKS = 4096
 
 # Anthropic's documented error types and their HTTP statuses; anything else is a bad gateway.
@@ -91,7 +92,7 @@ def plan_request(body: bytes, models: tuple[str, ...] = ()) -> Rewrite | Skip:
     request = load_non_stream_request(body, models)
     if isinstance(request, Skip):
         return request
-    rewritten = stream_body(body)  # the client's bytes with only ``stream`` edited
+    rewritten = stream_body(body, parsed=request)  # the client's bytes with only ``stream`` edited
     if isinstance(rewritten, Skip):
         return rewritten
     return Rewrite(body=rewritten, schema=SCHEMA, model=model_of(request), hints={})
@@ -148,16 +149,19 @@ def usage_tokens(usage: Mapping[str, Any] | None) -> dict[str, int]:
     """
     if not usage:
         return {}
-    counts = {}
-    inputs = [usage.get(key) for key in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")]
-    inputs = [value for value in inputs if type(value) is int]
+    counts: dict[str, int] = {}
+    inputs = [
+        value
+        for key in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+        if type(value := usage.get(key)) is int
+    ]
     if inputs:
         counts["input_tokens"] = sum(inputs)
     output = usage.get("output_tokens")
     if type(output) is int:
         counts["output_tokens"] = output
-    if len(counts) == 2:
-        counts["total_tokens"] = counts["input_tokens"] + output
+        if "input_tokens" in counts:
+            counts["total_tokens"] = counts["input_tokens"] + output
     return counts
 
 
@@ -192,7 +196,9 @@ class MessagesProfile:
     key_order: tuple[str, ...] = MODEL_FIRST_ORDER
     # Keys the answer always has, with their value when the stream never set them.
     defaults: Mapping[str, Any] = field(
-        default_factory=lambda: _keys(type="message", role="assistant", content=[], stop_reason=None, stop_sequence=None)
+        default_factory=lambda: _keys(
+            type="message", role="assistant", content=[], stop_reason=None, stop_sequence=None
+        )
     )
     # pydantic ``model_dump(exclude_none=True)``: null keys of the message, its usage and blocks go.
     drop_none: bool = False
@@ -251,7 +257,7 @@ PROFILES: Mapping[str, MessagesProfile] = MappingProxyType(
             "to_json_anthropic / to_json_anthropic_stream / cmpl_partial::to_json_anthropic. "
             "nlohmann ordered_json: content before model; usage {cache_read_input_tokens, "
             "input_tokens, output_tokens}, message_delta usage {output_tokens} only; thinking "
-            "signature \"\"; tool_use starts without input.",
+            'signature ""; tool_use starts without input.',
             key_order=CONTENT_FIRST_ORDER,
         ),
         "ollama": MessagesProfile(
@@ -313,7 +319,9 @@ class _Block:
             try:
                 self.input = orjson.loads(text)
             except orjson.JSONDecodeError as exc:
-                raise _malformed(f"tool input is not valid JSON: {exc.msg} (at char {exc.pos} of {len(text)})") from None
+                raise _malformed(
+                    f"tool input is not valid JSON: {exc.msg} (at char {exc.pos} of {len(text)})"
+                ) from None
             if not writable(self.input, _INPUT_DEPTH):
                 raise _malformed("tool input nests too deep to be answered")
         self.json = None
@@ -358,7 +366,18 @@ class MessagesAssembler:
 
     # ``add_raw`` and ``add_run`` are the fast path's own bound methods (``core.fast_path``):
     # a text delta that repeats the last one but for its text is appended without parsing.
-    __slots__ = ("_profile", "_message", "_usage", "_blocks", "_stop", "_started", "_finished", "_fast_path", "add_raw", "add_run")
+    __slots__ = (
+        "_profile",
+        "_message",
+        "_usage",
+        "_blocks",
+        "_stop",
+        "_started",
+        "_finished",
+        "_fast_path",
+        "add_raw",
+        "add_run",
+    )
 
     def __init__(self, profile: MessagesProfile | None = None, hints: Mapping[str, Any] | None = None) -> None:
         self._profile = PROFILES["auto"] if profile is None else profile
@@ -401,7 +420,9 @@ class MessagesAssembler:
             delta = chunk.get("delta")
             if block is None or type(delta) is not dict:
                 raise _malformed(
-                    "content_block_delta without a dict delta" if block else f"delta for unstarted block {_index_of(index)}"
+                    "content_block_delta without a dict delta"
+                    if block
+                    else f"delta for unstarted block {_index_of(index)}"
                 )
             delta_type = delta.get("type")
             if delta_type == "text_delta":

@@ -20,10 +20,32 @@ from .chat_fast_path import ChatFastPath
 from .chat_fold import ChatFold
 from .chat_profiles import PROFILES, REASONING_KEYS, ChatProfile, vllm_line
 from .chat_render import render_chat
-from .openai_conventions import STREAM_INTERVAL_PROFILES, answer_complete, error_body, error_event, is_end_payload, plan_openai_request, upstream_error, usage_tokens
+from .openai_conventions import (
+    STREAM_INTERVAL_PROFILES,
+    answer_complete,
+    error_body,
+    error_event,
+    is_end_payload,
+    plan_openai_request,
+    upstream_error,
+    usage_tokens,
+)
 
-__all__ = ["ChatAssembler", "PROFILES", "NAME", "PATHS", "make_assembler", "plan_request", "answer_complete", "upstream_error",
-           "error_event", "error_body", "usage_tokens", "is_end_payload", "STREAM_INTERVAL_PROFILES"]
+__all__ = [
+    "ChatAssembler",
+    "PROFILES",
+    "NAME",
+    "PATHS",
+    "make_assembler",
+    "plan_request",
+    "answer_complete",
+    "upstream_error",
+    "error_event",
+    "error_body",
+    "usage_tokens",
+    "is_end_payload",
+    "STREAM_INTERVAL_PROFILES",
+]
 
 
 class ChatAssembler(ChatFold):
@@ -67,6 +89,7 @@ class ChatAssembler(ChatFold):
         profile = self._profile
         if profile is None:
             profile = PROFILES[self._detected_chat_backend()]
+        assert isinstance(profile, ChatProfile)  # a chat fold is built with a chat profile
         return render_chat(profile, self._envelope, self._choices, self._forced_tool_choice)
 
     def _detected_chat_backend(self) -> str:

@@ -32,7 +32,16 @@ import orjson
 from ..core.errors import LIMIT, ConversionError
 from ..core.pieces import COMPACT_EVERY, Pieces
 from .chat_profiles import REASONING_KEYS
-from .openai_base import ChoiceAssembler, OpenAIProfile, malformed, merge_extras, merge_last, merge_logprobs, too_many, ExtraKeys
+from .openai_base import (
+    ChoiceAssembler,
+    ExtraKeys,
+    OpenAIProfile,
+    malformed,
+    merge_extras,
+    merge_last,
+    merge_logprobs,
+    too_many,
+)
 
 MAX_TOOL_CALLS = 4096
 MAX_TOOL_NAME_CHARS = 1024  # names are concatenated in place: bounded, so that stays linear

@@ -123,7 +123,9 @@ PROFILES: Mapping[str, ChatProfile] = MappingProxyType(
         # llama.cpp server (common/chat.cpp ``common_chat_msg::to_json_oaicompat``, as vendored in
         # llama-cpp-python 0.3.36): optional keys (logprobs, reasoning_content, tool_calls) appear
         # only when non-empty, and an empty content is ``""``, even beside tool calls.
-        "llamacpp": ChatProfile("llamacpp", created_from_last_chunk=True, null_content_beside=frozenset(), choice_keys=keys()),
+        "llamacpp": ChatProfile(
+            "llamacpp", created_from_last_chunk=True, null_content_beside=frozenset(), choice_keys=keys()
+        ),
         # llama.cpp builds up to commit 4227c9be4 (vendored in llama-cpp-python 0.3.16; 49bfddeca,
         # in 0.3.17, answers ``""``): content null beside tool calls.
         "llamacpp-4227c9b": ChatProfile(

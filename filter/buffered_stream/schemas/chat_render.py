@@ -64,7 +64,9 @@ def _message(profile: ChatProfile, state: ChoiceState, forced_tool_choice: bool)
     message.update(state.others)
     if state.calls:
         calls = state.calls
-        message["tool_calls"] = [_tool_call(profile, calls[key], position) for position, key in enumerate(sorted(calls))]
+        message["tool_calls"] = [
+            _tool_call(profile, calls[key], position) for position, key in enumerate(sorted(calls))
+        ]
     if state.function_call is not None:
         call = state.function_call
         message["function_call"] = {**call.function_extras, "name": call.name, "arguments": call.arguments.text() or ""}

@@ -17,13 +17,44 @@ from typing import Any
 
 from ..core.pieces import Pieces
 from ..core.request import Rewrite, Skip
-from .openai_base import GENERIC, ChoiceAssembler, OpenAIProfile, copy_logprobs, keys, malformed, merge_last, merge_logprobs
+from .openai_base import (
+    GENERIC,
+    ChoiceAssembler,
+    OpenAIProfile,
+    copy_logprobs,
+    keys,
+    malformed,
+    merge_last,
+    merge_logprobs,
+)
+from .openai_conventions import (
+    STREAM_INTERVAL_PROFILES,
+    answer_complete,
+    error_body,
+    error_event,
+    is_end_payload,
+    plan_openai_request,
+    upstream_error,
+    usage_tokens,
+)
 from .vllm_releases import BEFORE_PROMPT_TOKEN_IDS, CURRENT
 from .vllm_releases import LINES as VLLM_LINES
-from .openai_conventions import STREAM_INTERVAL_PROFILES, answer_complete, error_body, error_event, is_end_payload, plan_openai_request, upstream_error, usage_tokens
 
-__all__ = ["CompletionsAssembler", "PROFILES", "NAME", "PATHS", "make_assembler", "plan_request", "answer_complete", "upstream_error",
-           "error_event", "error_body", "usage_tokens", "is_end_payload", "STREAM_INTERVAL_PROFILES"]
+__all__ = [
+    "CompletionsAssembler",
+    "PROFILES",
+    "NAME",
+    "PATHS",
+    "make_assembler",
+    "plan_request",
+    "answer_complete",
+    "upstream_error",
+    "error_event",
+    "error_body",
+    "usage_tokens",
+    "is_end_payload",
+    "STREAM_INTERVAL_PROFILES",
+]
 
 # The native ``text_completion`` shape of each backend: the shared fields are all it needs.
 CompletionsProfile = OpenAIProfile
@@ -44,7 +75,9 @@ PROFILES: Mapping[str, CompletionsProfile] = MappingProxyType(
         },
         # Both SGLang lines answer completions alike (null token ids popped).
         **{
-            name: CompletionsProfile(name, created_from_last_chunk=True, choice_keys=keys(logprobs=None, matched_stop=None))
+            name: CompletionsProfile(
+                name, created_from_last_chunk=True, choice_keys=keys(logprobs=None, matched_stop=None)
+            )
             for name in ("sglang", "sglang-0.5.21")
         },
         "tgi": CompletionsProfile("tgi", created_from_last_chunk=True),

@@ -96,7 +96,6 @@ def merge_last(extras: dict[str, Any], key: str, value: Any) -> None:
         extras[key] = value
 
 
-
 def merge_extras(extras: dict[str, Any], keys: tuple[str, ...], source: dict[str, Any]) -> None:
     """``merge_last`` of each of ``keys`` from ``source`` (which has them all)."""
     for key in keys:
@@ -128,7 +127,7 @@ class ExtraKeys:
         return self._extras
 
 
-class Choices(dict):
+class Choices(dict[int, Any]):
     """Per-choice states keyed by ``index`` (a dict: an index of 1e9 allocates nothing), with the
     number not finished yet. Shared by every choice-based schema."""
 
@@ -290,7 +289,6 @@ def copy_logprobs(logprobs: dict[str, Any] | None) -> dict[str, Any] | None:
     if logprobs is None:
         return None
     return {key: list(value) if type(value) is list else value for key, value in logprobs.items()}
-
 
 
 class ChoiceAssembler:

@@ -59,7 +59,7 @@ def plan_openai_request(schema: str, body: bytes, models: tuple[str, ...], strea
     # The client's bytes with only ``stream``, ``stream_options`` (and ``stream_interval``) edited
     # (see ``stream_body``).
     members = {STREAM_INTERVAL: b"%d" % stream_interval} if stream_interval else None
-    rewritten = stream_body(body, with_include_usage, members)
+    rewritten = stream_body(body, with_include_usage, members, parsed=request)
     if isinstance(rewritten, Skip):
         return rewritten
     return Rewrite(
@@ -131,7 +131,12 @@ def _error_of(chunk: dict[str, Any]) -> ConversionError:
     message = shown(upstream.get("message") or "no message")[:_MESSAGE_EXCERPT_CHARS]
     if not writable(upstream, 1):  # nested too deep for the error body ``{"error": ...}``: the gist only
         text = upstream.get("message")
-        upstream = {"message": text if type(text) is str else message, "type": "upstream_error", "param": None, "code": None}
+        upstream = {
+            "message": text if type(text) is str else message,
+            "type": "upstream_error",
+            "param": None,
+            "code": None,
+        }
     return ConversionError(
         UPSTREAM_ERROR,
         status,

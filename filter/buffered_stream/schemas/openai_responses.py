@@ -195,7 +195,7 @@ def plan_request(body: bytes, models: tuple[str, ...] = ()) -> Rewrite | Skip:
     background = request.get("background")
     if background is not None and background is not False:
         return BACKGROUND
-    rewritten = stream_body(body)  # the client's bytes with only ``stream`` edited
+    rewritten = stream_body(body, parsed=request)  # the client's bytes with only ``stream`` edited
     if isinstance(rewritten, Skip):
         return rewritten
     tools = request.get("tools")
@@ -389,7 +389,9 @@ class _Item:
         if self.summary:
             item["summary"] = [self.summary[i].to_json() for i in sorted(self.summary)]
         if kind in ("function_call", "custom_tool_call") or self.arguments or self.final_arguments is not None:
-            item["arguments"] = self.final_arguments if self.final_arguments is not None else self.arguments.text() or ""
+            item["arguments"] = (
+                self.final_arguments if self.final_arguments is not None else self.arguments.text() or ""
+            )
         if "status" in item or kind in ("message", "function_call"):
             item["status"] = status
         return item
@@ -619,7 +621,9 @@ class ResponsesAssembler:
         self._done_part(chunk, "summary", "summary_index")
 
     def _summary_delta(self, chunk: dict[str, Any]) -> None:
-        self._part(chunk, "summary", "summary_text", "text", "summary_index").text.add(_delta_text(chunk, "reasoning_summary_text"))
+        self._part(chunk, "summary", "summary_text", "text", "summary_index").text.add(
+            _delta_text(chunk, "reasoning_summary_text")
+        )
 
     def _summary_done(self, chunk: dict[str, Any]) -> None:
         self._finish_part(self._part(chunk, "summary", "summary_text", "text", "summary_index"), chunk, "text")
@@ -674,7 +678,9 @@ class ResponsesAssembler:
             self._remember(state, item)
         return state
 
-    def _part(self, chunk: dict[str, Any], where: str, kind: str, field: str, index_key: str = "content_index") -> _Part:
+    def _part(
+        self, chunk: dict[str, Any], where: str, kind: str, field: str, index_key: str = "content_index"
+    ) -> _Part:
         item = self._item_of(chunk)
         parts = item.content if where == "content" else item.summary
         return item.part(parts, chunk.get(index_key), kind, field)

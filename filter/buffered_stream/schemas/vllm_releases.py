@@ -47,8 +47,10 @@ class VllmLine:
 
 
 def _plus(shape: VllmShape, *, message: Mapping[str, Any] | None = None, **added: tuple[str, ...]) -> VllmShape:
-    extended = {name: getattr(shape, name) + more for name, more in added.items()}
-    return replace(shape, **extended, **({"message": message} if message is not None else {}))
+    extended: dict[str, Any] = {name: getattr(shape, name) + more for name, more in added.items()}
+    if message is not None:
+        extended["message"] = message
+    return replace(shape, **extended)
 
 
 def _message(*, tool_calls: bool = True, reasoning: tuple[str, ...]) -> Mapping[str, Any]:
@@ -67,11 +69,17 @@ _V0_10 = VllmShape(
     completion_choice=("logprobs", "stop_reason", "prompt_logprobs"),
     usage=("prompt_tokens_details",),
 )
-_V0_10_2 = _plus(_V0_10, chat_top=("prompt_token_ids",), chat_choice=("token_ids",),
-                 completion_choice=("token_ids", "prompt_token_ids"))
+_V0_10_2 = _plus(
+    _V0_10,
+    chat_top=("prompt_token_ids",),
+    chat_choice=("token_ids",),
+    completion_choice=("token_ids", "prompt_token_ids"),
+)
 _V0_11_1 = _plus(_V0_10_2, message=_message(reasoning=("reasoning", "reasoning_content")))
 _V0_16 = _plus(_V0_11_1, message=_message(reasoning=("reasoning",)))
-_V0_21 = _plus(_V0_16, chat_top=("prompt_text",), chat_choice=("routed_experts",), completion_choice=("routed_experts",))
+_V0_21 = _plus(
+    _V0_16, chat_top=("prompt_text",), chat_choice=("routed_experts",), completion_choice=("routed_experts",)
+)
 _V0_24 = _plus(_V0_21, message=_message(tool_calls=False, reasoning=("reasoning",)))
 _V0_25 = _plus(_V0_24, chat_top=("metrics",), completion_top=("metrics",))
 _V0_26 = _plus(_V0_25, chat_top=("ec_transfer_params",), completion_top=("ec_transfer_params",))
