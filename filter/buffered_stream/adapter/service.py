@@ -27,7 +27,7 @@ from google.protobuf import json_format, struct_pb2, text_format
 
 from ..apis import spec_for_path
 from ..core.convert import StreamConverter
-from ..core.errors import LIMIT, MALFORMED, TRUNCATED, ConversionError
+from ..core.errors import ConversionError, limit, malformed, truncated
 from ..core.request import Rewrite
 from ..core.spec import SchemaSpec
 from ..settings import (
@@ -554,9 +554,9 @@ class Exchange:
         metrics.CONVERTING_NOW.value += 1
         self.response_at = time.perf_counter()
         if found.get("content-encoding", "identity").strip().lower() not in ("identity", ""):
-            return self._fail(ConversionError(MALFORMED, 502, "upstream stream is content-encoded; cannot convert it"))
+            return self._fail(malformed("upstream stream is content-encoded; cannot convert it"))
         if headers.end_of_stream:
-            return self._fail(ConversionError(TRUNCATED, 502, "upstream answered 200 text/event-stream with no body"))
+            return self._fail(truncated("upstream answered 200 text/event-stream with no body"))
         self.phase = Phase.RESPONSE_BODY
         if self.full_duplex:
             # Envoy cannot take this body mode back once the body may have started: convert in it.
@@ -652,9 +652,7 @@ class Exchange:
         assert self.route is not None
         budget = self.route.max_conversion_seconds
         if budget and self._assembly_seconds + seconds_now > budget:
-            raise ConversionError(
-                LIMIT, 502, f"conversion exceeded max_conversion_seconds={budget:g}", code="conversion_too_slow"
-            )
+            raise limit(f"conversion exceeded max_conversion_seconds={budget:g}", code="conversion_too_slow")
 
     # -- large chunks: fed a slice at a time -------------------------------------------------------
 

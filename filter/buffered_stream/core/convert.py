@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from .assembler import Assembler
-from .errors import LIMIT, MALFORMED, TRUNCATED, ConversionError
+from .errors import ConversionError, limit, malformed, truncated
 from .spec import AUTO, SchemaSpec
 from .sse import BARE_JSON_EVENT, ERROR_EVENT, PING_EVENT, SseDecoder
 
@@ -105,12 +105,7 @@ class StreamConverter:
             return
         self._body_bytes += len(data)
         if self._body_bytes > self._max_body:
-            raise ConversionError(
-                LIMIT,
-                502,
-                f"upstream answer exceeds max_body_bytes={self._max_body}",
-                code="response_too_large",
-            )
+            raise limit(f"upstream answer exceeds max_body_bytes={self._max_body}", code="response_too_large")
         if self._add_run is not None and len(data) >= _WHOLE_BODY_MIN_BYTES and b"\r" not in data:
             self._feed_whole(data)
             return
@@ -175,14 +170,14 @@ class StreamConverter:
             self._consume(self._decoder.close(), at_end=True)
         assembler = self._assembler
         if not self._done and not assembler.finished:
-            raise ConversionError(TRUNCATED, 502, "upstream stream ended before the answer was complete")
+            raise truncated()
         answer = assembler.result()
         if not assembler.finished and not self._spec.answer_complete(answer):
-            raise ConversionError(TRUNCATED, 502, "upstream stream ended before the answer was complete")
+            raise truncated()
         try:
             return orjson.dumps(answer)
         except orjson.JSONEncodeError:  # orjson reads 1,024 levels of nesting but writes 254
-            raise ConversionError(MALFORMED, 502, "upstream answer nests too deep to be written as JSON") from None
+            raise malformed("upstream answer nests too deep to be written as JSON") from None
 
     def _take(self, payload: bytes) -> None:
         """The payload of one whole one-line ``data:`` event (not at end of body), as the decoder
@@ -228,7 +223,7 @@ class StreamConverter:
                     if not payload.strip():  # an empty data line is a keep-alive
                         continue
                     if at_end:
-                        raise ConversionError(TRUNCATED, 502, "upstream stream ended inside an event") from None
+                        raise truncated("upstream stream ended inside an event") from None
                     raise _malformed(
                         count, f"is not valid JSON: {exc.msg} (at byte {exc.pos} of {len(payload)})"
                     ) from None
@@ -245,4 +240,4 @@ class StreamConverter:
 
 
 def _malformed(event_number: int, what: str) -> ConversionError:
-    return ConversionError(MALFORMED, 502, f"upstream SSE event #{event_number} {what}")
+    return malformed(f"upstream SSE event #{event_number} {what}")

@@ -71,3 +71,27 @@ class ConversionError(Exception):
 
     def __repr__(self) -> str:
         return f"ConversionError({self.kind!r}, {self.status}, {self.message!r})"
+
+
+# The status of a stream that cannot become an answer: the gateway got a bad answer upstream. An
+# upstream error keeps the status it says (``http_status_in``).
+BAD_UPSTREAM = 502
+
+
+def malformed(message: str) -> ConversionError:
+    """Bytes or values that are not what the API's stream allows (the message never quotes them)."""
+    return ConversionError(MALFORMED, BAD_UPSTREAM, message)
+
+
+def truncated(message: str = "upstream stream ended before the answer was complete") -> ConversionError:
+    return ConversionError(TRUNCATED, BAD_UPSTREAM, message)
+
+
+def limit(message: str, *, code: str | None = None) -> ConversionError:
+    """A configured or built-in bound exceeded; ``code`` names which for clients."""
+    return ConversionError(LIMIT, BAD_UPSTREAM, message, code=code)
+
+
+def too_many(what: str, bound: int, code: str | None = None) -> ConversionError:
+    """More than ``bound`` of ``what`` (choices, tool calls, output items...) in one answer."""
+    return limit(f"upstream stream has more than {bound} {what}", code=code or "too_many_" + what.replace(" ", "_"))

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from .assembler import Assembler
-from .errors import UPSTREAM_ERROR, ConversionError
+from .errors import BAD_UPSTREAM, UPSTREAM_ERROR, ConversionError
 from .request import Rewrite, Skip, fits
 
 AUTO = "auto"
@@ -128,6 +128,6 @@ def _error_event_via(
         except orjson.JSONDecodeError:
             parsed = None
         error = upstream_error(parsed) if isinstance(parsed, dict) else None
-        return error or ConversionError(UPSTREAM_ERROR, 502, "upstream sent an error event")
+        return error or ConversionError(UPSTREAM_ERROR, BAD_UPSTREAM, "upstream sent an error event")
 
     return error_event

@@ -35,8 +35,9 @@ from typing import Any
 
 import orjson
 
+from ..core import errors
 from ..core.assembler import shown, writable
-from ..core.errors import LIMIT, MALFORMED, UPSTREAM_ERROR, ConversionError
+from ..core.errors import UPSTREAM_ERROR, ConversionError
 from ..core.fast_path import TextFastPath
 from ..core.pieces import COMPACT_EVERY, Pieces
 from ..core.request import Rewrite, Skip, load_non_stream_request, model_of, stream_body
@@ -166,11 +167,10 @@ def usage_tokens(usage: Mapping[str, Any] | None) -> dict[str, int]:
 
 
 def _malformed(what: str) -> ConversionError:
-    return ConversionError(MALFORMED, 502, f"upstream stream event is malformed: {what}")
+    return errors.malformed(f"upstream stream event is malformed: {what}")
 
 
-def _limit(what: str) -> ConversionError:
-    return ConversionError(LIMIT, 502, what)
+_limit = errors.limit
 
 
 def _index_of(index: Any) -> str:

@@ -29,7 +29,7 @@ from typing import Any
 
 import orjson
 
-from ..core.errors import LIMIT, ConversionError
+from ..core.errors import limit
 from ..core.pieces import COMPACT_EVERY, Pieces
 from .chat_profiles import REASONING_KEYS
 from .openai_base import (
@@ -296,7 +296,7 @@ def _add_function(call: ToolCallState, function: dict[str, Any]) -> None:
             else:
                 call.name += value
             if len(call.name) > MAX_TOOL_NAME_CHARS:
-                raise ConversionError(LIMIT, 502, f"upstream tool call name exceeds {MAX_TOOL_NAME_CHARS} characters")
+                raise limit(f"upstream tool call name exceeds {MAX_TOOL_NAME_CHARS} characters")
         else:
             call.function_extras[key] = value
 

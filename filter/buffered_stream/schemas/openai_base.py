@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from ..core.errors import LIMIT, MALFORMED, ConversionError
+from ..core import errors
+from ..core.errors import ConversionError
 
 MAX_CHOICES = 1024
 # Keys with a rule of their own; any other key is carried as an extra.
@@ -82,12 +83,10 @@ def fill_defaults(target: dict[str, Any], defaults: Mapping[str, Any]) -> None:
 
 
 def malformed(message: str) -> ConversionError:
-    return ConversionError(MALFORMED, 502, f"upstream stream chunk is malformed: {message}")
+    return errors.malformed(f"upstream stream chunk is malformed: {message}")
 
 
-def too_many(what: str, limit: int) -> ConversionError:
-    code = "too_many_" + what.replace(" ", "_")
-    return ConversionError(LIMIT, 502, f"upstream stream has more than {limit} {what}", code=code)
+too_many = errors.too_many
 
 
 def merge_last(extras: dict[str, Any], key: str, value: Any) -> None:

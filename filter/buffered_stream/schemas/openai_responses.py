@@ -36,8 +36,9 @@ from typing import Any
 
 import orjson
 
+from ..core import errors
 from ..core.assembler import shown, writable
-from ..core.errors import LIMIT, MALFORMED, UPSTREAM_ERROR, ConversionError, http_status_in
+from ..core.errors import UPSTREAM_ERROR, ConversionError, http_status_in
 from ..core.fast_path import TextFastPath
 from ..core.pieces import COMPACT_EVERY, Pieces
 from ..core.request import Rewrite, Skip, load_non_stream_request, model_of, stream_body
@@ -313,11 +314,11 @@ _SEQUENCE_NUMBER = "sequence_number"
 
 
 def _malformed(message: str) -> ConversionError:
-    return ConversionError(MALFORMED, 502, f"upstream stream event is malformed: {message}")
+    return errors.malformed(f"upstream stream event is malformed: {message}")
 
 
-def _too_many(what: str, limit: int) -> ConversionError:
-    return ConversionError(LIMIT, 502, f"upstream stream has more than {limit} {what}", code=f"too_many_{what}")
+def _too_many(what: str, bound: int) -> ConversionError:
+    return errors.too_many(what, bound, code=f"too_many_{what}")
 
 
 class _Part:
