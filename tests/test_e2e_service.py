@@ -7,7 +7,6 @@ every generation) may differ.
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import httpx
@@ -17,9 +16,9 @@ import pytest
 from buffered_stream.demo_backend import DEMO_TEXT
 from buffered_stream.envoy_config import converting_routes
 from support.backend import Completion, Json, Sse
-from support.net import free_port, http_request, wait_until
+from support.net import http_request, wait_until
 from support.processes import ManagedProcess
-from support.stack import SOURCE_ROOT, Harness, Stack
+from support.stack import SOURCE_ROOT, Harness, Stack, run_args
 
 pytestmark = pytest.mark.e2e
 
@@ -261,21 +260,7 @@ def test_slow_generation_survives_an_idle_timeout_that_kills_the_direct_call(har
 
 
 def test_run_without_backend_answers_within_seconds(tmp_path) -> None:
-    port, admin_port, metrics_port = free_port(), free_port(), free_port()
-    args = [
-        sys.executable,
-        "-m",
-        "buffered_stream",
-        "run",
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--admin-port",
-        str(admin_port),
-        "--metrics-listen",
-        f"127.0.0.1:{metrics_port}",
-        "--demo-delay",
-        "0.01",
-    ]
+    args, port = run_args()
     with ManagedProcess("run", args, tmp_path, env={"PYTHONPATH": str(SOURCE_ROOT)}) as run:
         request = {"model": "demo", "messages": [{"role": "user", "content": "hi"}]}
 

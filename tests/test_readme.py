@@ -8,7 +8,6 @@ import io
 import json
 import re
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,9 +19,9 @@ from buffered_stream.demo_backend import DEMO_TEXT
 from buffered_stream.envoy_config import converting_routes, enable_keepalive, load_packaged_config
 from buffered_stream.settings import RouteSettings, load_service_settings, route_settings_from_metadata
 from support.manifests import Manifests
-from support.net import free_port, http_request, wait_until
+from support.net import http_request, wait_until
 from support.processes import ManagedProcess
-from support.stack import SOURCE_ROOT
+from support.stack import SOURCE_ROOT, run_args
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 README = (REPO_ROOT / "README.md").read_text()
@@ -100,21 +99,7 @@ def quick_start_blocks(lang: str) -> list[str]:
 @pytest.fixture(scope="module")
 def quick_start(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """What `make run` starts without a backend: `buffered-stream run` and its demo backend."""
-    port, admin_port, metrics_port = free_port(), free_port(), free_port()
-    args = [
-        sys.executable,
-        "-m",
-        "buffered_stream",
-        "run",
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--admin-port",
-        str(admin_port),
-        "--metrics-listen",
-        f"127.0.0.1:{metrics_port}",
-        "--demo-delay",
-        "0.01",
-    ]
+    args, port = run_args()
     with ManagedProcess(
         "run", args, tmp_path_factory.mktemp("quick-start"), env={"PYTHONPATH": str(SOURCE_ROOT)}
     ) as run:

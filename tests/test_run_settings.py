@@ -8,7 +8,6 @@ shows a keep-alive default at work (newlines to the client while the demo backen
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +27,9 @@ from buffered_stream.envoy_config import (
     load_packaged_config,
 )
 from buffered_stream.settings import RouteSettings, route_settings_from_metadata
-from support.net import free_port, http_request, wait_until
+from support.net import http_request, wait_until
 from support.processes import ManagedProcess
-from support.stack import SOURCE_ROOT
+from support.stack import SOURCE_ROOT, run_args
 
 BACKEND = "http://127.0.0.1:8000"
 TARGET = "unix:/tmp/bs-test/ext_proc.sock"
@@ -149,25 +148,7 @@ def test_run_with_a_keepalive_default_sends_newlines_while_the_backend_waits(tmp
     route is not full duplex."""
     settings = tmp_path / "settings.yaml"
     settings.write_text(yaml.safe_dump({"defaults": {"mode": "streamed", "keepalive_seconds": 1}}))
-    port, admin_port, metrics_port = free_port(), free_port(), free_port()
-    args = [
-        sys.executable,
-        "-m",
-        "buffered_stream",
-        "run",
-        "--settings",
-        str(settings),
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--admin-port",
-        str(admin_port),
-        "--metrics-listen",
-        f"127.0.0.1:{metrics_port}",
-        "--demo-delay",
-        "0.01",
-        "--workers",
-        "1",
-    ]
+    args, port = run_args("--settings", str(settings), "--workers", "1")
     request = {"model": "demo", "messages": [{"role": "user", "content": "hi"}]}
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
     with ManagedProcess("run", args, tmp_path, env={"PYTHONPATH": str(SOURCE_ROOT)}) as run:

@@ -222,6 +222,20 @@ def hop_config(backend_url: str, *, idle_timeout: str = "3s", timeout: str = "0s
     }
 
 
+def run_args(*extra: str) -> tuple[list[str], int]:
+    """``buffered-stream run`` with its demo backend (``extra`` flags added) on free loopback ports:
+    the command line, and the port its Envoy listens on."""
+    port = free_port()
+    args = [
+        sys.executable, "-m", "buffered_stream", "run", *extra,
+        "--listen", f"127.0.0.1:{port}",
+        "--admin-port", str(free_port()),
+        "--metrics-listen", f"127.0.0.1:{free_port()}",
+        "--demo-delay", "0.01",
+    ]  # fmt: skip
+    return args, port
+
+
 @dataclass
 class Stack:
     """A backend behind Envoy with the service as its ext_proc; send requests to ``url``."""
