@@ -9,7 +9,8 @@ message_start, a ping, block start/stop, message_delta, message_stop). Columns, 
 - ``decode+loads``: the package's ``SseDecoder`` plus ``orjson.loads``;
 - ``pipeline``: that plus ``upstream_error`` and ``MessagesAssembler.add`` per event, and the
   answer's ``orjson.dumps``: what a Messages route will run;
-- ``converter``: today's ``StreamConverter`` driving the assembler (its generic error checks).
+- ``converter``: the ``StreamConverter`` a Messages route runs (``messages.API``): its error checks
+  and the core's template fast path, which takes most text deltas without parsing them.
 
 ``add µs`` is the assembler alone per pre-parsed event; ``held`` the assembler's memory once every
 event is in, against the answer's JSON size.
@@ -23,10 +24,9 @@ import tracemalloc
 import orjson
 
 from bench_assembly import PIECE, WORDS, best_seconds, peak_memory, pieces
-from buffered_stream.apis import spec_named
 from buffered_stream.core.convert import StreamConverter
 from buffered_stream.core.sse import SseDecoder
-from buffered_stream.schemas.anthropic_messages import PROFILES, MessagesAssembler, upstream_error
+from buffered_stream.schemas.messages import API, AUTO, MessagesAssembler, upstream_error
 
 
 def messages_body(tokens: int) -> bytes:
@@ -92,7 +92,7 @@ def decoder_and_loads(chunks: list[bytes]) -> None:
 
 def pipeline(chunks: list[bytes]) -> bytes:
     decoder = SseDecoder(1 << 20, 2 << 20)
-    assembler = MessagesAssembler(PROFILES["auto"], {})
+    assembler = MessagesAssembler(AUTO, {})
     loads, add = orjson.loads, assembler.add
     for chunk in chunks:
         for _, payload in decoder.feed(chunk):
@@ -105,14 +105,14 @@ def pipeline(chunks: list[bytes]) -> bytes:
 
 
 def converter(chunks: list[bytes]) -> bytes:
-    stream = StreamConverter(spec_named("chat"), assembler=MessagesAssembler(PROFILES["auto"], {}))
+    stream = StreamConverter(API, "auto")
     for chunk in chunks:
         stream.feed(chunk)
     return stream.finish()
 
 
 def assemble_only(events: list[dict]) -> None:
-    assembler = MessagesAssembler(PROFILES["auto"], {})
+    assembler = MessagesAssembler(AUTO, {})
     for event in events:
         assembler.add(event)
 
@@ -121,7 +121,7 @@ def assembler_held(body: bytes) -> int:
     """Bytes one assembler keeps once every event is in; each event is parsed and dropped."""
     loads = orjson.loads
     tracemalloc.start()
-    assembler = MessagesAssembler(PROFILES["auto"], {})
+    assembler = MessagesAssembler(AUTO, {})
     for payload in payloads(body):
         assembler.add(loads(payload))
     held = tracemalloc.get_traced_memory()[0]

@@ -25,7 +25,7 @@ from collections.abc import Callable
 import orjson
 
 from buffered_stream.core.sse import SseDecoder
-from buffered_stream.schemas.openai_responses import GENERIC, ResponsesAssembler, get_profile
+from buffered_stream.schemas.responses import API, GENERIC, ResponsesAssembler
 from support.responses_replay import replay
 
 PIECE = 16 << 10
@@ -176,7 +176,7 @@ def assembler_memory(events: list[bytes], profile: str) -> tuple[int, int]:
     for payload in events:
         loads(payload)
     tracemalloc.start()
-    assembler = ResponsesAssembler(get_profile(profile))
+    assembler = ResponsesAssembler(API.profile(profile))
     for payload in events:
         assembler.add(loads(payload))
     held, peak = tracemalloc.get_traced_memory()

@@ -25,7 +25,6 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -36,63 +35,53 @@ from hypothesis import strategies as st
 from buffered_stream.apis import spec_named
 from buffered_stream.core.convert import StreamConverter
 from buffered_stream.core.errors import MALFORMED, UPSTREAM_ERROR, ConversionError
-from support.corpus import load_case
+from support import corpus
 from support.responses_replay import hints_of
 from support.specs import spec_of
-
-TESTS = Path(__file__).parent
 
 # A handful of representative cases per API: together they hold every event type and field shape
 # the corpora have (tool calls, logprobs, audio, annotations, reasoning, usage, n>1; Responses
 # items, parts, summaries, function calls; Messages text, thinking, tool use, citations, server tools).
-CASES: dict[str, tuple[str, tuple[str, ...]]] = {
+CASES: dict[str, tuple[str, ...]] = {
     "chat": (
-        "corpus",
-        (
-            "openai-audio",
-            "openai-annotations",
-            "openai-parallel-calls",
-            "llamacpp-live-chat-logprobs",
-            "ollama-parallel-calls-at-index-0",
-            "vllm-n2-continuous-usage",
-            "vllm-current-tool-auto",
-            "sglang-reasoning",
-            "generic-function-call",
-            "openai-refusal",
-            "tgi-tool-call",
-            "generic-error-mid-stream",
-            "vllm-flat-error",
-        ),
+        "openai-audio",
+        "openai-annotations",
+        "openai-parallel-calls",
+        "llamacpp-live-chat-logprobs",
+        "ollama-parallel-calls-at-index-0",
+        "vllm-n2-continuous-usage",
+        "vllm-current-tool-auto",
+        "sglang-reasoning",
+        "generic-function-call",
+        "openai-refusal",
+        "tgi-tool-call",
+        "generic-error-mid-stream",
+        "vllm-flat-error",
     ),
     "completions": (
-        "corpus",
-        ("vllm-completions-echo-logprobs", "llamacpp-live-completions-logprobs", "tgi-completions-empty-finish"),
+        "vllm-completions-echo-logprobs",
+        "llamacpp-live-completions-logprobs",
+        "tgi-completions-empty-finish",
     ),
     "responses": (
-        "corpus_responses",
-        (
-            "openai-function-calls",
-            "openai-reasoning-text",
-            "llamacpp-tool-calls",
-            "ollama-text-then-tool-calls",
-            "generic-terminal-empty-output",
-            "vllm-reasoning-text",
-            "openai-error-event",
-            "openai-failed",
-            "generic-error-object",
-        ),
+        "openai-function-calls",
+        "openai-reasoning-text",
+        "llamacpp-tool-calls",
+        "ollama-text-then-tool-calls",
+        "generic-terminal-empty-output",
+        "vllm-reasoning-text",
+        "openai-error-event",
+        "openai-failed",
+        "generic-error-object",
     ),
     "messages": (
-        "corpus_messages",
-        (
-            "anthropic-citations",
-            "anthropic-thinking-text",
-            "anthropic-tool-use-parallel",
-            "anthropic-web-search",
-            "llamacpp-thinking-tool-use",
-            "ollama-tool-use",
-            "anthropic-error-overloaded",
-        ),
+        "anthropic-citations",
+        "anthropic-thinking-text",
+        "anthropic-tool-use-parallel",
+        "anthropic-web-search",
+        "llamacpp-thinking-tool-use",
+        "ollama-tool-use",
+        "anthropic-error-overloaded",
     ),
 }
 
@@ -199,8 +188,8 @@ def split_events(body: bytes) -> list[Event]:
 
 @cache
 def load(api: str, name: str) -> Case:
-    folder, _ = CASES[api]
-    meta, body, _expected = load_case(TESTS / folder, name)
+    found = corpus.load(api, name)
+    meta, body = found.meta, found.body
     request = meta.get("request")
     if api == "responses":
         request = hints_of(request)
@@ -208,7 +197,7 @@ def load(api: str, name: str) -> Case:
     return Case(api, name, meta["profile"], request, tuple(split_events(body)), error)
 
 
-ALL_CASES = [(api, name) for api, (_, names) in CASES.items() for name in names]
+ALL_CASES = [(api, name) for api, names in CASES.items() for name in names]
 
 
 # --------------------------------------------------------------------------- the pipeline
@@ -325,7 +314,7 @@ def known_keys(api: str) -> tuple[str, ...]:
     """Every key the API's chosen streams use, anywhere: an added key is often a real one in the
     wrong place (``tool_calls`` in a top level, ``delta`` in a content block)."""
     keys: set[str] = set()
-    for name in CASES[api][1]:
+    for name in CASES[api]:
         for event in load(api, name).events:
             for path in paths(event.payload):
                 if type(path[-1]) is str:
@@ -423,7 +412,7 @@ def mutated_streams(draw: st.DrawFn, api: str | None = None) -> tuple[Case, dict
     dropped or repeated."""
     if api is None:
         api = draw(st.sampled_from(list(CASES)))
-    case = load(api, draw(st.sampled_from(CASES[api][1])))
+    case = load(api, draw(st.sampled_from(CASES[api])))
     json_events = [position for position, event in enumerate(case.events) if event.payload is not None]
     replaced: dict[int, Any] = {}
     for _ in range(draw(st.integers(1, 3))):
@@ -498,8 +487,7 @@ def test_any_chunking_of_a_mutated_stream_assembles_or_is_a_conversion_error(
     case, replaced, order = stream
     body = case.body(replaced) if order is None else b"".join(case.pieces(replaced, order))
     cuts = sorted(data.draw(st.lists(st.integers(0, len(body)), max_size=6)))
-    pieces = [body[start:end] for start, end in zip([0, *cuts], [*cuts, len(body)])]
-    convert(case, pieces)
+    convert(case, corpus.cut_at(body, cuts))
     convert(case, [body], whole_body=False)
 
 
@@ -571,8 +559,7 @@ def _named(name: str, payload: bytes) -> bytes:
 def _outcomes(api: str, profile: str, body: bytes) -> list[bytes | ConversionError | str]:
     """The outcome of ``body`` in one piece, one event per feed and without runs (see ``convert``)."""
     case = Case(api, "regression", profile, None, ())
-    events = [piece + b"\n\n" for piece in body.split(b"\n\n") if piece]
-    return [convert(case, [body]), convert(case, events), convert(case, [body], whole_body=False)]
+    return [convert(case, [body]), convert(case, corpus.events(body)), convert(case, [body], whole_body=False)]
 
 
 def test_tool_arguments_nested_too_deep_to_rewrite_are_kept_as_streamed() -> None:

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from buffered_stream.apis import PROFILE_NAMES, SCHEMAS, get_profile, make_assembler
 from buffered_stream.core.errors import LIMIT, MALFORMED, ConversionError
 from buffered_stream.schemas.chat import ChatAssembler
-from buffered_stream.schemas.chat_fold import MAX_TOOL_CALLS, MAX_TOOL_NAME_CHARS
-from buffered_stream.schemas.chat_profiles import PROFILES
+from buffered_stream.schemas.chat.fold import MAX_TOOL_CALLS, MAX_TOOL_NAME_CHARS
+from buffered_stream.schemas.chat.profiles import PROFILES
 from buffered_stream.schemas.completions import CompletionsAssembler
 from buffered_stream.schemas.openai_base import MAX_CHOICES
 

@@ -21,9 +21,6 @@ class RecordingAssembler:
         self.chunks: list[dict[str, Any]] = []
         self.finish_reasons: dict[Any, Any] = {}
 
-    def add_raw(self, payload: bytes) -> bool:
-        return False
-
     def add(self, chunk: dict[str, Any]) -> None:
         self.chunks.append(chunk)
         choices = chunk.get("choices")
@@ -33,6 +30,9 @@ class RecordingAssembler:
                 key = repr(choice.get("index", 0))  # any JSON value, even an unhashable one
                 if reason or key not in self.finish_reasons:
                     self.finish_reasons[key] = reason
+
+    def text_target(self, chunk: dict[str, Any]) -> None:
+        return None  # every chunk is parsed and recorded
 
     @property
     def finished(self) -> bool:

@@ -39,7 +39,7 @@ def core_modules() -> tuple[Path, list[str]]:
 
 def test_core_modules_are_found() -> None:
     _, names = core_modules()
-    for expected in ("core.sse", "core.convert", "core.errors", "core.assembler", "core.request", "schemas.chat"):
+    for expected in ("core.sse", "core.convert", "core.errors", "core.assembler", "core.request", "schemas.chat.fold"):
         assert f"buffered_stream.{expected}" in names
 
 

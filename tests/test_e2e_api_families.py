@@ -5,7 +5,6 @@ one, the case's own native answer otherwise.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -14,22 +13,18 @@ import orjson
 import pytest
 
 from buffered_stream.envoy_config import routes
+from support import corpus
 from support.backend import Json, RecordedRequest, Sse
 from support.net import http_request
 from support.stack import Harness, Stack
 
 pytestmark = pytest.mark.e2e
 
-TESTS = Path(__file__).parent
 
-
-def case(corpus: str, name: str) -> tuple[dict[str, Any], list[bytes], dict[str, Any] | None]:
-    folder = TESTS / corpus
-    meta = orjson.loads((folder / f"{name}.meta.json").read_bytes())
-    sse = (folder / f"{name}.sse").read_bytes()
-    native_path = folder / f"{name}.json"
-    native = orjson.loads(native_path.read_bytes()) if native_path.exists() else None
-    return meta, [sse[i : i + 97] for i in range(0, len(sse), 97)], native
+def case(api: str, name: str) -> tuple[dict[str, Any], list[bytes], dict[str, Any] | None]:
+    """A corpus case's meta, its stream in 97-byte pieces, and its native answer."""
+    found = corpus.load(api, name)
+    return found.meta, corpus.fixed_size(found.body, 97), found.native
 
 
 def serve(meta: dict[str, Any], pieces: list[bytes], native: dict[str, Any] | None):
@@ -69,7 +64,7 @@ def backend_requests(stack: Stack, path: str) -> list[RecordedRequest]:
 
 @pytest.mark.parametrize("name", ["openai-text", "openai-function-calls", "openai-reasoning-text"])
 def test_responses_create_gets_the_native_response(stack: Stack, name: str) -> None:
-    meta, pieces, native = case("corpus_responses", name)
+    meta, pieces, native = case("responses", name)
     stack.backend.reset()
     stack.backend.on(serve(meta, pieces, native), path="/v1/responses")
     client = openai.OpenAI(base_url=f"{stack.url}/v1", api_key="none", max_retries=0)
@@ -85,7 +80,7 @@ def test_responses_create_gets_the_native_response(stack: Stack, name: str) -> N
 
 
 def test_responses_failure_keeps_the_upstream_status(stack: Stack) -> None:
-    meta, pieces, _ = case("corpus_responses", "generic-error-object")
+    meta, pieces, _ = case("responses", "generic-error-object")
     stack.backend.reset()
     stack.backend.on(serve(meta, pieces, None), path="/v1/responses")
     client = openai.OpenAI(base_url=f"{stack.url}/v1", api_key="none", max_retries=0)
@@ -111,7 +106,7 @@ def test_background_responses_and_other_paths_pass_through(stack: Stack) -> None
 
 @pytest.mark.parametrize("name", ["anthropic-text", "anthropic-tool-use-parallel", "anthropic-thinking-text"])
 def test_messages_create_gets_the_native_message(stack: Stack, name: str) -> None:
-    meta, pieces, native = case("corpus_messages", name)
+    meta, pieces, native = case("messages", name)
     stack.backend.reset()
     stack.backend.on(serve(meta, pieces, native), path="/v1/messages")
     client = anthropic.Anthropic(base_url=stack.url, api_key="none", max_retries=0)
@@ -127,7 +122,7 @@ def test_messages_create_gets_the_native_message(stack: Stack, name: str) -> Non
 
 
 def test_messages_error_event_is_anthropics_error_with_its_status(stack: Stack) -> None:
-    meta, pieces, _ = case("corpus_messages", "anthropic-error-overloaded")
+    meta, pieces, _ = case("messages", "anthropic-error-overloaded")
     stack.backend.reset()
     stack.backend.on(serve(meta, pieces, None), path="/v1/messages")
     client = anthropic.Anthropic(base_url=stack.url, api_key="none", max_retries=0)

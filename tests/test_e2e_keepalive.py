@@ -13,7 +13,6 @@ import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,6 +23,7 @@ import requests
 
 from buffered_stream.core.convert import StreamConverter
 from buffered_stream.envoy_config import converting_routes, enable_keepalive
+from support import corpus
 from support.backend import Completion, Json, Sse
 from support.net import http_request
 from support.probes import outcome_count, raw_post, service_samples, wait_service_idle
@@ -34,7 +34,6 @@ pytestmark = pytest.mark.e2e
 
 KEEPALIVE_S = 0.5
 MESSAGES = [{"role": "user", "content": "Say something."}]
-CORPUS = Path(__file__).parent / "corpus"
 LEADING_WHITESPACE = re.compile(rb"\n*")
 
 
@@ -112,8 +111,8 @@ def test_text_answer_is_newlines_then_the_native_json(ka: Stack) -> None:
 def test_tool_calls_and_n2_are_newlines_then_the_assembled_json(ka: Stack, case: str) -> None:
     """Recorded streams, slowed down: the delivered document is the core's answer, byte for byte."""
     model = unique(case)
-    sse = (CORPUS / f"{case}.sse").read_bytes()
-    events = [event + b"\n\n" for event in sse.split(b"\n\n") if event.strip()]
+    sse = corpus.load("chat", case).body
+    events = corpus.events(sse)
     ka.backend.on(Sse(events, delay=[0.0, 1.2] + [0.05] * len(events)), model=model)
     converter = StreamConverter(spec_of("chat"), "auto")
     converter.feed(sse)

@@ -12,7 +12,6 @@ answer the client asked for; keep-alive bytes keep the client's own hop alive.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,6 +20,7 @@ import orjson
 import pytest
 
 from buffered_stream.envoy_config import converting_routes, enable_keepalive
+from support import corpus
 from support.backend import Completion, Json, RecordedRequest, ScriptedBackend, Sse
 from support.litellm import MASTER_KEY, client, find_litellm, proxy_config, running_litellm
 from support.stack import Harness, Stack
@@ -30,7 +30,6 @@ pytestmark = pytest.mark.e2e
 MESSAGES = [{"role": "user", "content": "What is the weather in Paris?"}]
 HOP_IDLE_TIMEOUT = "3s"
 LITELLM_TIMEOUT_S = 3
-CORPUS = Path(__file__).parent / "corpus"
 # Ten tokens, one a second: longer than every idle timeout on the way.
 SLOW_TEXT = Completion(" ".join(f"w{i}" for i in range(10)), token_delay=1.0)
 
@@ -45,9 +44,8 @@ def keepalive(seconds: float):
 
 def slowed(case: str, delay: float = 1.0) -> Any:
     """A recorded case, served slowly as a stream and at once as its native answer."""
-    sse = (CORPUS / f"{case}.sse").read_bytes()
-    events = [event + b"\n\n" for event in sse.split(b"\n\n") if event.strip()]
-    native = orjson.loads((CORPUS / f"{case}.json").read_bytes())
+    recorded = corpus.load("chat", case)
+    events, native = corpus.events(recorded.body), recorded.native
 
     def reply(request: RecordedRequest) -> Any:
         return Sse(events, delay=delay) if request.stream else Json(native)
@@ -192,9 +190,8 @@ def test_litellm_messages_call_is_converted_as_chat(backend: ScriptedBackend, li
 
 
 def test_litellm_responses_call_is_converted(backend: ScriptedBackend, litellm: str) -> None:
-    folder = CORPUS.parent / "corpus_responses"
-    sse = (folder / "openai-text.sse").read_bytes()
-    native = orjson.loads((folder / "openai-text.json").read_bytes())
+    recorded = corpus.load("responses", "openai-text")
+    sse, native = recorded.body, recorded.native
     backend.on(lambda r: Sse([sse]) if r.stream else Json(native), model="back-plain", path="/v1/responses")
 
     answer = client(litellm).responses.create(model="back-plain", input="Say hello.")

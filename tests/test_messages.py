@@ -1,18 +1,16 @@
 """Anthropic Messages: corpus replay, assembly properties, errors, request plan and usage.
 
-Each case in ``tests/corpus_messages`` is ``NAME.sse`` (the body the server streams),
-``NAME.meta.json`` (profile, what the case shows, the server source it follows, the request, and
-either the expected error or the fields a comparison must skip: random ids and signatures) and
-``NAME.json`` (the server's own ``stream: false`` answer). Every case is replayed whole, split in
-two at every byte and fed byte by byte; the answer must equal the native one key by key, in the
-same key order.
+The corpus is ``tests/corpus/messages`` (see ``support.corpus``): each case's meta gives its
+profile, what it shows, the server source it follows, the request, and either the expected error
+(with its answer's body) or the fields a comparison must skip (random ids and signatures). Every
+case is replayed whole, split in two at every byte and fed byte by byte; the answer must equal the
+native one key by key, in the same key order.
 """
 
 from __future__ import annotations
 
 import copy
 import tracemalloc
-from pathlib import Path
 from typing import Any
 
 import anthropic.types
@@ -21,14 +19,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from buffered_stream.core.convert import StreamConverter
 from buffered_stream.core.errors import LIMIT, MALFORMED, TRUNCATED, UPSTREAM_ERROR, ConversionError
 from buffered_stream.core.request import Rewrite, Skip
 from buffered_stream.core.sse import SseDecoder
-from buffered_stream.schemas import anthropic_messages as messages
-from buffered_stream.schemas.anthropic_messages import (
+from buffered_stream.schemas.messages import (
+    API,
+    AUTO,
     MAX_BLOCKS,
-    PATHS,
     PROFILES,
     MessagesAssembler,
     detect,
@@ -37,93 +34,44 @@ from buffered_stream.schemas.anthropic_messages import (
     upstream_error,
     usage_tokens,
 )
-from support.corpus import byte_by_byte, case_names, every_split, load_case, whole
-from support.specs import spec_of
+from support import corpus
+from support.corpus import Case, Chunking, answering, check, convert, cut_at, each_case, each_chunking
 
-CORPUS = Path(__file__).parent / "corpus_messages"
-CASES = case_names(CORPUS)
-
-
-def load(name: str) -> tuple[dict[str, Any], bytes, dict[str, Any] | None]:
-    return load_case(CORPUS, name)
+CASES = corpus.case_names("messages")
 
 
-def replay(meta: dict[str, Any], pieces: list[bytes]) -> dict[str, Any]:
-    """The real pipeline a Messages route runs: ``StreamConverter`` with the Messages spec."""
-    converter = StreamConverter(spec_of(messages.SCHEMA), meta["profile"])
-    for piece in pieces:
-        converter.feed(piece)
-    return orjson.loads(converter.finish())
+def load(name: str) -> Case:
+    return corpus.load("messages", name)
 
 
-def comparable(meta: dict[str, Any], answer: dict[str, Any]) -> dict[str, Any]:
-    """The answer without the values the case declares random; their keys must still be there."""
-    answer = orjson.loads(orjson.dumps(answer))
-    for path in meta.get("ignore", ()):
-        *parents, last = [int(part) if part.isdigit() else part for part in path.split(".")]
-        holder = answer
-        for part in parents:
-            holder = holder[part]
-        assert last in holder, path
-        holder[last] = "RANDOM"
-    return answer
+@each_chunking
+@each_case("messages")
+def test_every_chunking_gives_the_native_answer(case: Case, chunking: Chunking) -> None:
+    check(case, chunking)
 
 
-def check(name: str, pieces_of: Any) -> None:
-    meta, body, expected = load(name)
-    for pieces in pieces_of(body):
-        if "error" in meta:
-            with pytest.raises(ConversionError) as caught:
-                replay(meta, pieces)
-            error = caught.value
-            assert (error.status, error.kind) == (meta["error"]["status"], meta["error"]["kind"])
-            assert orjson.loads(error_body(error)) == meta["error"]["body"]
-        else:
-            assert expected is not None
-            answer, native = comparable(meta, replay(meta, pieces)), comparable(meta, expected)
-            assert answer == native
-            assert orjson.dumps(answer) == orjson.dumps(native), "same keys, different key order"
-
-
-@pytest.mark.parametrize("name", CASES)
-def test_whole_body_gives_the_native_answer(name: str) -> None:
-    check(name, whole)
-
-
-@pytest.mark.parametrize("name", CASES)
-def test_any_split_in_two_gives_the_same_answer(name: str) -> None:
-    check(name, every_split)
-
-
-@pytest.mark.parametrize("name", CASES)
-def test_byte_by_byte_gives_the_same_answer(name: str) -> None:
-    check(name, byte_by_byte)
-
-
-@pytest.mark.parametrize("name", [name for name in CASES if "error" not in load(name)[0]])
-def test_answers_validate_as_anthropic_messages_wherever_the_native_one_does(name: str) -> None:
+@each_case("messages", where=answering)
+def test_answers_validate_as_anthropic_messages_wherever_the_native_one_does(case: Case) -> None:
     """Ollama's thinking without signature, or its null content, fail the SDK's model as the server's
     own answer does; every other answer is a valid ``anthropic.types.Message``."""
-    meta, body, expected = load(name)
     try:
-        anthropic.types.Message.model_validate(expected)
+        anthropic.types.Message.model_validate(case.native)
     except ValueError:
-        assert meta["source"].startswith("ollama")
+        assert case.meta["source"].startswith("ollama")
         return
-    anthropic.types.Message.model_validate(replay(meta, [body]))
+    anthropic.types.Message.model_validate(convert(case, [case.body]))
 
 
-@pytest.mark.parametrize("name", [name for name in CASES if load(name)[0]["profile"] in ("generic", "anthropic")])
-def test_generic_answers_pass_strict_validation(name: str) -> None:
-    meta, body, _ = load(name)
-    if "error" in meta:
+@each_case("messages", where=lambda case: case.profile in ("generic", "anthropic"))
+def test_generic_answers_pass_strict_validation(case: Case) -> None:
+    if case.error is not None:
         return
-    message = anthropic.types.Message.model_validate(replay(meta, [body]), strict=True)
+    message = anthropic.types.Message.model_validate(convert(case, [case.body]), strict=True)
     assert message.type == "message" and message.role == "assistant"
 
 
 def test_corpus_covers_every_profile_and_the_listed_cases() -> None:
-    metas = {name: load(name)[0] for name in CASES}
+    metas = {name: load(name).meta for name in CASES}
     assert {"generic", "anthropic", "vllm", "llamacpp", "ollama", "sglang", "auto"} <= {
         meta["profile"] for meta in metas.values()
     }
@@ -146,10 +94,10 @@ def test_corpus_covers_every_profile_and_the_listed_cases() -> None:
     ],
 )
 def test_auto_resolves_each_servers_profile_from_message_start(name: str, profile: str) -> None:
-    meta, body, _ = load(name)
-    assert meta["profile"] == "auto"
-    assembler = MessagesAssembler(None, {})
-    start = next(orjson.loads(payload) for _, payload in SseDecoder(1 << 20, 2 << 20).feed(body))
+    case = load(name)
+    assert case.profile == "auto"
+    assembler = MessagesAssembler(AUTO, {})
+    start = next(orjson.loads(payload) for _, payload in SseDecoder(1 << 20, 2 << 20).feed(case.body))
     assembler.add(start)
     assert assembler.profile.name == profile
 
@@ -378,8 +326,7 @@ def block_streams(draw: st.DrawFn) -> tuple[list[list[dict[str, Any]]], list[dic
                 st.dictionaries(st.text(max_size=4), st.integers(-(2**63), 2**63 - 1) | st.text(max_size=4), max_size=3)
             )
             text = orjson.dumps(value).decode()
-            cuts = sorted(draw(st.lists(st.integers(0, len(text)), max_size=4)))
-            parts = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)])]
+            parts = cut_at(text, sorted(draw(st.lists(st.integers(0, len(text)), max_size=4))))
             events = [block_start(index, type="tool_use", id=f"t{index}", name="f", input={})]
             events += [block_delta(index, type="input_json_delta", partial_json=p) for p in parts]
             expected.append({"type": "tool_use", "id": f"t{index}", "name": "f", "input": value})
@@ -485,11 +432,11 @@ events_strategy = st.fixed_dictionaries(
 ) | st.dictionaries(st.sampled_from(KEYS), json_values, max_size=4)
 
 
-@given(events=st.lists(events_strategy, max_size=10), profile=st.sampled_from(list(PROFILES)))
+@given(events=st.lists(events_strategy, max_size=10), profile=st.sampled_from(["auto", *PROFILES]))
 @settings(max_examples=500, deadline=None)
 def test_arbitrary_events_assemble_or_raise_conversion_error(events: list[dict[str, Any]], profile: str) -> None:
     pristine = copy.deepcopy(events)
-    assembler = MessagesAssembler(PROFILES[profile], {})
+    assembler = MessagesAssembler(API.profile(profile), {})
     try:
         for event in events:
             error = upstream_error(event)
@@ -560,7 +507,7 @@ def test_usage_tokens_normalises_and_never_invents() -> None:
 
 
 def test_paths_are_exact() -> None:
-    assert PATHS == ("/v1/messages",)
+    assert API.paths == ("/v1/messages",)
 
 
 def test_plan_request_rewrites_only_stream() -> None:
@@ -568,7 +515,7 @@ def test_plan_request_rewrites_only_stream() -> None:
     plan = plan_request(body, ("claude-*",))
     assert isinstance(plan, Rewrite)
     assert plan.body == body.replace(b'"stream": false', b'"stream": true')  # the client's bytes, one value edited
-    assert (plan.schema, plan.model, plan.hints) == (messages.SCHEMA, "claude-x", {})
+    assert (plan.schema, plan.model, plan.hints) == (API.name, "claude-x", {})
     absent = plan_request(b'{"model": "m", "messages": []}')
     assert isinstance(absent, Rewrite) and orjson.loads(absent.body) == {"model": "m", "messages": [], "stream": True}
     assert b"stream_options" not in absent.body

@@ -6,8 +6,6 @@ a wrongly typed field in an assembled answer fails here even when JSON equality 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import orjson
 import pytest
 from openai.types import Completion
@@ -15,40 +13,27 @@ from openai.types.chat import ChatCompletion
 from pydantic import BaseModel, ValidationError
 
 from buffered_stream.core.convert import StreamConverter
+from support.corpus import Case, answering, convert, each_case, load
 from support.specs import spec_of
 
-CORPUS = Path(__file__).parent / "corpus"
 TYPES: dict[str, type[BaseModel]] = {"chat": ChatCompletion, "completions": Completion}
 # Server values kept verbatim on purpose, which openai-python's types do not allow.
 VERBATIM_NON_OPENAI = {
     "tgi-no-usage": "TGI's finish_reason 'stop_sequence'",
     "vllm-completions-echo-logprobs": "the echoed first prompt token has a null logprob, as vLLM sends it",
 }
-ANSWERING_CASES = sorted(
-    name
-    for path in CORPUS.glob("*.meta.json")
-    if "error" not in orjson.loads(path.read_bytes())
-    and (name := path.name[: -len(".meta.json")]) not in VERBATIM_NON_OPENAI
-)
 
 
-def assembled(name: str) -> tuple[str, dict]:
-    meta = orjson.loads((CORPUS / f"{name}.meta.json").read_bytes())
-    converter = StreamConverter(spec_of(meta["schema"]), meta["profile"], request=meta.get("request"))
-    converter.feed((CORPUS / f"{name}.sse").read_bytes())
-    return meta["schema"], orjson.loads(converter.finish())
-
-
-@pytest.mark.parametrize("name", ANSWERING_CASES)
-def test_every_assembled_answer_is_a_valid_openai_object(name: str) -> None:
-    schema, answer = assembled(name)
-    parsed = TYPES[schema].model_validate(answer, strict=True)
+@each_case("chat", "completions", where=lambda case: answering(case) and case.name not in VERBATIM_NON_OPENAI)
+def test_every_assembled_answer_is_a_valid_openai_object(case: Case) -> None:
+    answer = convert(case, [case.body])
+    parsed = TYPES[case.api].model_validate(answer, strict=True)
     assert len(parsed.choices) == len(answer["choices"])
 
 
 @pytest.mark.parametrize("profile", ["generic", "auto", "openai"])
 def test_generic_chat_answer_round_trips_through_the_client_type(profile: str) -> None:
-    body = (CORPUS / "openai-tool-call.sse").read_bytes()
+    body = load("chat", "openai-tool-call").body
     converter = StreamConverter(spec_of("chat"), profile)
     converter.feed(body)
     answer = orjson.loads(converter.finish())
@@ -60,11 +45,13 @@ def test_generic_chat_answer_round_trips_through_the_client_type(profile: str) -
 
 
 def test_strict_validation_catches_a_wrong_type() -> None:
-    _, answer = assembled("openai-text")
+    case = load("chat", "openai-text")
+    answer = convert(case, [case.body])
     answer["choices"][0]["message"]["content"] = 42
     with pytest.raises(ValidationError):
         ChatCompletion.model_validate(answer, strict=True)
-    _, completion = assembled("llama-cpp-python-completions-logprobs")
+    case = load("completions", "llama-cpp-python-completions-logprobs")
+    completion = convert(case, [case.body])
     completion["created"] = "1795644709"
     with pytest.raises(ValidationError):
         Completion.model_validate(completion, strict=True)

@@ -11,16 +11,15 @@ and keep-alive modes), gives the very bytes the stream without it gives.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
 from buffered_stream.core.convert import StreamConverter
+from support import corpus
 from support.specs import spec_of
 
-TESTS = Path(__file__).parent
 PINGS = {
     "litellm-comment": b": ping\n\n",  # LiteLLM sse_keepalive_ping_interval_seconds
     "vllm-comment": b": keep-alive\n\n",  # vLLM --sse-keep-alive-interval
@@ -50,26 +49,22 @@ def chat_run(tokens: int) -> tuple[bytes, dict[str, Any]]:
     return body, {}
 
 
-def corpus(folder: str, name: str, schema: str) -> tuple[str, str, bytes, dict[str, Any]]:
-    meta = orjson.loads((TESTS / folder / f"{name}.meta.json").read_bytes())
-    return schema, meta.get("profile", "auto"), (TESTS / folder / f"{name}.sse").read_bytes(), meta.get("request") or {}
+def recorded(api: str, name: str) -> tuple[str, str, bytes, dict[str, Any]]:
+    """A corpus case's API, profile, stream and request (the client's, as the case records it)."""
+    case = corpus.load(api, name)
+    return api, case.profile, case.body, case.meta.get("request") or {}
 
 
 CASES = {
-    "chat": corpus("corpus", "vllm-0.16-text", "chat"),
-    "chat-tool-calls": corpus("corpus", "openai-parallel-calls", "chat"),
+    "chat": recorded("chat", "vllm-0.16-text"),
+    "chat-tool-calls": recorded("chat", "openai-parallel-calls"),
     "chat-long-run": ("chat", "auto", *chat_run(300)),
-    "completions": corpus("corpus", "llamacpp-live-completions-text", "completions"),
-    "responses": corpus("corpus_responses", "openai-text", "responses"),
-    "responses-vllm": corpus("corpus_responses", "vllm-reasoning-text", "responses"),
-    "messages": corpus("corpus_messages", "anthropic-text", "messages"),
-    "messages-tools": corpus("corpus_messages", "anthropic-tool-use-parallel", "messages"),
+    "completions": recorded("completions", "llamacpp-live-completions-text"),
+    "responses": recorded("responses", "openai-text"),
+    "responses-vllm": recorded("responses", "vllm-reasoning-text"),
+    "messages": recorded("messages", "anthropic-text"),
+    "messages-tools": recorded("messages", "anthropic-tool-use-parallel"),
 }
-
-
-def events_of(body: bytes) -> list[bytes]:
-    """The body's events, each with its blank line (no body here uses CR line ends)."""
-    return [event + b"\n\n" for event in body.split(b"\n\n") if event.strip()]
 
 
 def convert(schema: str, profile: str, request: dict[str, Any], pieces: list[bytes]) -> bytes:
@@ -85,8 +80,8 @@ def convert(schema: str, profile: str, request: dict[str, Any], pieces: list[byt
 def test_a_ping_never_changes_the_answer(case: str, ping: str, where: str) -> None:
     schema, profile, body, request = CASES[case]
     expected = convert(schema, profile, request, [body])
-    assert expected == convert(schema, profile, request, events_of(body)), "the case itself converts alike"
-    events, beat = events_of(body), PINGS[ping]
+    assert expected == convert(schema, profile, request, corpus.events(body)), "the case itself converts alike"
+    events, beat = corpus.events(body), PINGS[ping]
     if where == "before-first-event":
         pieces = [beat] * 10 + events  # ten pings: an upstream silent before its first token
     else:

@@ -1,74 +1,39 @@
-"""The API registry: exact request paths, one spec per API, and an API plugged in from one module."""
+"""The API registry: exact request paths, one ``Api`` per API, and a new API plugged in as the
+development guide shows it."""
 
 from __future__ import annotations
 
-import types
+import re
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
+from buffered_stream import apis
 from buffered_stream.apis import PROFILE_NAMES, SCHEMAS, SPECS, PathIndex, spec_for_path
+from buffered_stream.core.api import Api
 from buffered_stream.core.convert import StreamConverter
 from buffered_stream.core.errors import UPSTREAM_ERROR, ConversionError
-from buffered_stream.core.request import Rewrite, Skip, load_non_stream_request, model_of
-from buffered_stream.core.spec import SchemaSpec
-from buffered_stream.schemas import anthropic_messages, chat, completions, openai_responses
+from buffered_stream.core.request import Rewrite
+from buffered_stream.schemas import chat, completions, messages, responses
 
 
-class _TypedEventAssembler:
-    """A stream of typed events whose last is ``{"type": "stop"}``: no end payload."""
-
-    def __init__(self, profile: Any, hints: Any) -> None:
-        self.profile = profile
-        self.text: list[str] = []
-        self.finished = False
-        self.usage = None
-
-    def add_raw(self, payload: bytes) -> bool:
-        return False
-
-    def add(self, chunk: dict[str, Any]) -> None:
-        if chunk.get("type") == "delta":
-            self.text.append(chunk["text"])
-        elif chunk.get("type") == "stop":
-            self.finished = True
-
-    def result(self) -> dict[str, Any]:
-        return {"type": "message", "text": "".join(self.text), "profile": self.profile}
+def _api_from_the_guide() -> Any:
+    """The toy API of docs/development.md's "Adding an API", run as written there."""
+    guide = (Path(__file__).resolve().parent.parent / "docs" / "development.md").read_text()
+    section = guide.split("## Adding an API", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(blocks) == 1, "the guide shows one whole API"
+    namespace: dict[str, Any] = {}
+    exec(compile(blocks[0], "docs/development.md", "exec"), namespace)
+    return namespace["API"]
 
 
-def _typed_event_module() -> types.ModuleType:
-    """An API module exposing exactly the hooks ``SchemaSpec.from_module`` reads."""
-    module = types.ModuleType("typed_events")
-
-    def plan_request(body: bytes, models: tuple[str, ...]) -> Rewrite | Skip:
-        request = load_non_stream_request(body, models)
-        if isinstance(request, Skip):
-            return request
-        return Rewrite(orjson.dumps({**request, "stream": True}), "typed", model_of(request), {})
-
-    def upstream_error(chunk: dict[str, Any]) -> ConversionError | None:
-        if chunk.get("type") == "error":
-            return ConversionError(UPSTREAM_ERROR, 529, "overloaded", upstream_error=chunk["error"])
-        return None
-
-    module.PATHS = ("/v1/messages",)
-    module.PROFILES = {"claude": "claude-shape"}
-    module.plan_request = plan_request
-    module.upstream_error = upstream_error
-    module.error_body = lambda error: orjson.dumps({"type": "error", "error": {"message": error.message}})
-    module.usage_tokens = lambda usage: {
-        "input_tokens": usage.get("input_tokens"),
-        "output_tokens": None,
-        "total_tokens": None,
-    }
-    return module
+ECHO = _api_from_the_guide()
 
 
-TYPED = SchemaSpec.from_module("typed", _typed_event_module(), _TypedEventAssembler)
-# The real Messages spec claims /v1/messages; this stand-in takes its place to test the mechanism alone.
-PATHS = PathIndex((*(spec for spec in SPECS if spec.name != "messages"), TYPED))
+PATHS = PathIndex((*SPECS, ECHO))
 
 
 @pytest.mark.parametrize(
@@ -84,9 +49,11 @@ PATHS = PathIndex((*(spec for spec in SPECS if spec.name != "messages"), TYPED))
         ("/vllm-a/v1/chat/completions", "chat"),
         ("/vllm-a/v1/completions", "completions"),
         ("/streamed/v1/chat/completions", "chat"),
-        ("/v1/messages", "typed"),
-        ("/anthropic/v1/messages/", "typed"),
-        ("/v1/messages?beta=true", "typed"),
+        ("/v1/messages", "messages"),
+        ("/anthropic/v1/messages/", "messages"),
+        ("/v1/messages?beta=true", "messages"),
+        ("/v1/echo", "echo"),
+        ("/tenant-a/v1/echo/?x=1", "echo"),
         ("/v1/messages/count_tokens", None),
         ("/v1/messages/batches", None),
         ("/v1/chat/completions/extra", None),
@@ -113,30 +80,27 @@ def test_the_registry_resolves_paths_like_its_index() -> None:
 
 def test_two_apis_cannot_claim_one_path() -> None:
     with pytest.raises(ValueError, match="same path"):
-        PathIndex((*SPECS, SchemaSpec.from_module("again", chat)))
+        PathIndex((*SPECS, chat.ChatApi()))
 
 
-def test_each_api_is_one_spec_made_from_its_module() -> None:
+def test_each_api_is_one_package_listed_once() -> None:
     assert list(SCHEMAS) == ["chat", "completions", "responses", "messages"]
-    for name, module in (
-        ("chat", chat),
-        ("completions", completions),
-        ("responses", openai_responses),
-        ("messages", anthropic_messages),
-    ):
-        spec = SCHEMAS[name]
-        assert spec.paths == module.PATHS
-        assert spec.profiles is module.PROFILES
-        assert spec.plan_request is module.plan_request
+    assert SPECS == (chat.API, completions.API, responses.API, messages.API)
+    for api in SPECS:
+        assert isinstance(api, Api)
+        assert api.auto.detect and api.auto.name == "auto"
+        assert all(not profile.detect and profile.name == name for name, profile in api.profiles.items())
+    listed = re.findall(r"^\s+(\w+)\.API,$", Path(apis.__file__).read_text(), re.M)
+    assert listed == ["chat", "completions", "responses", "messages"], "one line per API in apis.SPECS"
 
 
 def test_profile_names_are_every_api_profile_and_unknown_ones_auto_detect() -> None:
     assert PROFILE_NAMES[0] == "auto"
-    for spec in SPECS:
-        assert set(spec.profiles) <= set(PROFILE_NAMES)
-        assert spec.profile("auto") is None
-    assert TYPED.profile("claude") == "claude-shape"
-    assert TYPED.profile("vllm") is None  # a backend this API has no profile of: auto-detect
+    for api in SPECS:
+        assert set(api.profiles) <= set(PROFILE_NAMES)
+        assert api.profile("auto") is api.auto
+    assert ECHO.profile("plain").name == "plain"
+    assert ECHO.profile("vllm") is ECHO.auto  # a backend this API has no profile of: auto-detect
     assert SCHEMAS["chat"].profile("vllm").name == "vllm"
 
 
@@ -163,16 +127,19 @@ def test_openai_family_error_body_is_the_upstream_error_object() -> None:
     assert SCHEMAS["chat"].upstream_error({"choices": []}) is None
 
 
-def test_a_typed_event_api_ends_with_its_assembler_not_with_done() -> None:
-    converter = StreamConverter(TYPED, "claude")
+def test_the_guide_s_api_plans_and_converts_like_a_real_one() -> None:
+    plan = ECHO.plan(b'{"model": "m",  "stream" : false, "input": "hi"}', profile="plain")
+    assert isinstance(plan, Rewrite) and plan.body == b'{"model": "m",  "stream" : true, "input": "hi"}'
+    assert (plan.schema, plan.model) == ("echo", "m")
+    converter = StreamConverter(ECHO, "plain")
     converter.feed(b'data: {"type": "delta", "text": "he"}\n\ndata: {"type": "delta", "text": "llo"}\n\n')
     converter.feed(b'data: {"type": "stop"}\n\n')
     assert not converter.done
-    assert orjson.loads(converter.finish()) == {"type": "message", "text": "hello", "profile": "claude-shape"}
+    assert orjson.loads(converter.finish()) == {"type": "echo", "text": "hello", "shape": "plain"}
 
 
 def test_a_typed_event_api_without_its_end_event_is_truncated() -> None:
-    converter = StreamConverter(TYPED)
+    converter = StreamConverter(ECHO)
     converter.feed(b'data: {"type": "delta", "text": "he"}\n\n')
     with pytest.raises(ConversionError) as caught:
         converter.finish()
@@ -180,25 +147,25 @@ def test_a_typed_event_api_without_its_end_event_is_truncated() -> None:
 
 
 def test_a_done_payload_is_not_an_end_for_an_api_without_one() -> None:
-    converter = StreamConverter(TYPED)
+    converter = StreamConverter(ECHO)
     with pytest.raises(ConversionError) as caught:
         converter.feed(b"data: [DONE]\n\n")
     assert caught.value.kind == "malformed"
 
 
 def test_in_stream_errors_and_error_events_use_the_api_s_own_reading() -> None:
-    converter = StreamConverter(TYPED)
+    converter = StreamConverter(ECHO)
     with pytest.raises(ConversionError) as caught:
         converter.feed(b'data: {"type": "error", "error": {"type": "overloaded_error"}}\n\n')
-    assert (caught.value.status, caught.value.upstream_error) == (529, {"type": "overloaded_error"})
-    assert orjson.loads(TYPED.error_body(caught.value)) == {"type": "error", "error": {"message": "overloaded"}}
+    assert (caught.value.status, caught.value.upstream_error) == (503, {"type": "overloaded_error"})
+    assert orjson.loads(ECHO.error_body(caught.value)) == {"type": "error", "message": "upstream error"}
 
-    converter = StreamConverter(TYPED)
+    converter = StreamConverter(ECHO)
     with pytest.raises(ConversionError) as caught:
         converter.feed(b'event: error\ndata: {"type": "error", "error": {"type": "overloaded_error"}}\n\n')
-    assert caught.value.status == 529
+    assert caught.value.status == 503
 
-    converter = StreamConverter(TYPED)
+    converter = StreamConverter(ECHO)
     with pytest.raises(ConversionError) as caught:
         converter.feed(b"event: error\ndata: not json at all\n\n")
     assert (caught.value.kind, caught.value.status, caught.value.upstream_error) == (UPSTREAM_ERROR, 502, None)

@@ -1,16 +1,13 @@
 """OpenAI Responses API: stream -> the backend's own non-stream ``response`` object.
 
-Each case in ``tests/corpus_responses`` is ``NAME.sse`` (the body the server streams),
-``NAME.meta.json`` (profile, the server source it follows, optional request, and either an expected
-error or the paths whose values are random or wall-clock: ``output.*.id``) and ``NAME.json`` (the
-server's ``stream=false`` answer). Every case is replayed whole, split in two at every byte and
-byte by byte, through the same steps the pipeline takes (``support.responses_replay``).
+The corpus is ``tests/corpus/responses`` (see ``support.corpus``): each case's meta gives its
+profile, the server source it follows, optional request, and either an expected error or the paths
+whose values are random or wall-clock (``output.*.id``). Every case is replayed whole, split in two
+at every byte and byte by byte through the real pipeline, its request as the plan's hints.
 """
 
 from __future__ import annotations
 
-import copy
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -22,94 +19,44 @@ from pydantic import ValidationError
 
 from buffered_stream.core.errors import LIMIT, MALFORMED, UPSTREAM_ERROR, ConversionError
 from buffered_stream.core.request import MODEL_NOT_ENABLED, NOT_JSON, NOT_OBJECT, STREAM_REQUESTED, Rewrite
-from buffered_stream.schemas.openai_responses import (
+from buffered_stream.schemas.responses import (
+    API,
+    AUTO,
     BACKGROUND,
     GENERIC,
     MAX_ITEMS,
-    PATHS,
-    PROFILE_NAMES,
     PROFILES,
     ResponsesAssembler,
     ResponsesProfile,
     error_body,
     error_event,
-    get_profile,
     plan_request,
     upstream_error,
     usage_tokens,
 )
-from support.corpus import byte_by_byte, case_names, every_split, load_case, whole
+from support import corpus
+from support.corpus import Case, Chunking, check, comparable, convert, cut_at, each_case, each_chunking
 from support.responses_replay import replay
 
-CORPUS = Path(__file__).parent / "corpus_responses"
-CASES = case_names(CORPUS)
+CASES = corpus.case_names("responses")
 
 
-def load(name: str) -> tuple[dict[str, Any], bytes, dict[str, Any] | None]:
-    return load_case(CORPUS, name)
-
-
-IGNORED = "<ignored>"
-
-
-def comparable(meta: dict[str, Any], answer: dict[str, Any]) -> dict[str, Any]:
-    """The answer with the values the case declares random or wall-clock blanked; their keys stay,
-    so a missing or extra key still fails."""
-    answer = copy.deepcopy(answer)
-    for path in meta.get("ignore", ()):
-        _blank(answer, path.split("."))
-    return answer
-
-
-def _blank(holder: Any, parts: list[str]) -> None:
-    head, rest = parts[0], parts[1:]
-    if head == "*":
-        for child in holder if isinstance(holder, list) else ():
-            _blank(child, rest)
-    elif isinstance(holder, dict) and head in holder:
-        if rest:
-            _blank(holder[head], rest)
-        else:
-            holder[head] = IGNORED
-
-
-def check(name: str, pieces_of: Any) -> None:
-    meta, body, expected = load(name)
-    for pieces in pieces_of(body):
-        if "error" in meta:
-            with pytest.raises(ConversionError) as caught:
-                replay(pieces, meta["profile"], meta.get("request"))
-            error = caught.value
-            assert (error.status, error.kind) == (meta["error"]["status"], meta["error"]["kind"])
-            if "code" in meta["error"]:
-                assert error.upstream_error is not None and error.upstream_error["code"] == meta["error"]["code"]
-        else:
-            assert expected is not None
-            answer = replay(pieces, meta["profile"], meta.get("request"))
-            assert comparable(meta, answer) == comparable(meta, expected)
+def load(name: str) -> Case:
+    return corpus.load("responses", name)
 
 
 # --------------------------------------------------------------------------- corpus
 
 
-@pytest.mark.parametrize("name", CASES)
-def test_whole_body_gives_the_native_answer(name: str) -> None:
-    check(name, whole)
-
-
-@pytest.mark.parametrize("name", CASES)
-def test_any_split_in_two_gives_the_same_answer(name: str) -> None:
-    check(name, every_split)
-
-
-@pytest.mark.parametrize("name", CASES)
-def test_byte_by_byte_gives_the_same_answer(name: str) -> None:
-    check(name, byte_by_byte)
+@each_chunking
+@each_case("responses")
+def test_every_chunking_gives_the_native_answer(case: Case, chunking: Chunking) -> None:
+    check(case, chunking)
 
 
 def test_every_profile_has_a_case_and_every_case_cites_its_source() -> None:
-    metas = [load(name)[0] for name in CASES]
-    assert {meta["profile"] for meta in metas} == set(PROFILE_NAMES)
+    metas = [load(name).meta for name in CASES]
+    assert {meta["profile"] for meta in metas} == {AUTO.name, *PROFILES}
     assert all(meta.get("source") and meta.get("about") for meta in metas)
     kinds = {meta["error"]["kind"] for meta in metas if "error" in meta}
     assert kinds == {"upstream_error", "truncated"}
@@ -128,10 +75,10 @@ def test_every_profile_has_a_case_and_every_case_cites_its_source() -> None:
 def test_the_server_profile_is_what_makes_the_answer_native(name: str) -> None:
     """Without its profile these terminal objects are not the server's non-stream answer: each
     reshaping rule is needed by a real server (a plain Ollama text answer needs none)."""
-    meta, body, expected = load(name)
-    assert expected is not None
-    generic = replay([body], "generic", meta.get("request"))
-    assert comparable(meta, generic) != comparable(meta, expected)
+    case = load(name)
+    assert case.native is not None
+    generic = convert(case, [case.body], profile="generic")
+    assert comparable(case, generic) != comparable(case, case.native)
 
 
 @pytest.mark.parametrize(
@@ -145,9 +92,9 @@ def test_the_server_profile_is_what_makes_the_answer_native(name: str) -> None:
     ],
 )
 def test_auto_gives_what_the_detected_profile_gives(name: str, profile: str) -> None:
-    meta, body, _ = load(name)
-    assert meta["profile"] == "auto"
-    assert replay([body], "auto", meta.get("request")) == replay([body], profile, meta.get("request"))
+    case = load(name)
+    assert case.profile == "auto"
+    assert convert(case, [case.body]) == convert(case, [case.body], profile=profile)
 
 
 # --------------------------------------------------------------------------- the client's own type
@@ -169,7 +116,7 @@ NOT_OPENAI_SHAPED = {
     "ollama-reasoning-text": "Ollama's usage details lack cache_write_tokens",
     "openai-text": "recorded shape before cache_write_tokens",
 }
-OPENAI_SHAPED = [name for name in CASES if "error" not in load(name)[0] and name not in NOT_OPENAI_SHAPED]
+OPENAI_SHAPED = [name for name in CASES if load(name).error is None and name not in NOT_OPENAI_SHAPED]
 
 
 def _with_cache_write_tokens(answer: dict[str, Any]) -> dict[str, Any]:
@@ -181,8 +128,8 @@ def _with_cache_write_tokens(answer: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.mark.parametrize("name", OPENAI_SHAPED)
 def test_openai_shaped_answers_are_valid_client_objects(name: str) -> None:
-    meta, body, _ = load(name)
-    answer = _with_cache_write_tokens(replay([body], meta["profile"], meta.get("request")))
+    case = load(name)
+    answer = _with_cache_write_tokens(convert(case, [case.body]))
     parsed = Response.model_validate(answer, strict=True)
     assert len(parsed.output) == len(answer["output"])
 
@@ -191,8 +138,8 @@ def test_openai_shaped_answers_are_valid_client_objects(name: str) -> None:
 def test_answers_only_lack_what_the_server_itself_leaves_out(name: str) -> None:
     """Answers validate once given what their server never sends (usage cache writes), so the
     assembly adds no wrong type of its own."""
-    meta, body, _ = load(name)
-    answer = _with_cache_write_tokens(replay([body], meta["profile"], meta.get("request")))
+    case = load(name)
+    answer = _with_cache_write_tokens(convert(case, [case.body]))
     answer.setdefault("tools", [])
     answer.setdefault("parallel_tool_calls", True)
     answer.setdefault("tool_choice", "auto")
@@ -200,8 +147,8 @@ def test_answers_only_lack_what_the_server_itself_leaves_out(name: str) -> None:
 
 
 def test_strict_validation_catches_a_wrong_type() -> None:
-    meta, body, _ = load("openai-function-calls")
-    answer = _with_cache_write_tokens(replay([body], meta["profile"]))
+    case = load("openai-function-calls")
+    answer = _with_cache_write_tokens(replay([case.body], case.profile))
     answer["output"][0]["arguments"] = {"city": "Paris"}
     with pytest.raises(ValidationError):
         Response.model_validate(answer, strict=True)
@@ -211,7 +158,7 @@ def test_strict_validation_catches_a_wrong_type() -> None:
 
 
 def test_paths_are_exactly_the_create_endpoint() -> None:
-    assert PATHS == ("/v1/responses",)
+    assert API.paths == ("/v1/responses",)
 
 
 def test_a_non_stream_request_is_rewritten_to_stream_only() -> None:
@@ -552,14 +499,13 @@ def test_profiles_are_frozen_and_named_by_their_key() -> None:
     assert all(isinstance(profile, ResponsesProfile) and profile.name == name for name, profile in PROFILES.items())
     with pytest.raises(AttributeError):
         PROFILES["ollama"].chat_usage_keys = True  # type: ignore[misc]
-    assert get_profile("auto") is None
-    with pytest.raises(ValueError):
-        get_profile("tgi")
+    assert API.profile("auto") is AUTO and AUTO.detect and not any(p.detect for p in PROFILES.values())
+    assert API.profile("tgi") is AUTO  # a backend with no Responses profile: detected at the end
 
 
 def test_the_terminal_object_is_held_as_its_json_and_deltas_are_dropped() -> None:
     """Memory: once the terminal object holds the answer, the streamed text is not kept twice."""
-    _, body, _ = load("openai-text")
+    body = load("openai-text").body
     assembler = ResponsesAssembler(GENERIC)
     for block in body.split(b"\n\n"):
         if block:
@@ -655,11 +601,9 @@ def test_any_interleaving_of_items_gives_the_same_output(data: st.DataObject) ->
 @given(data=st.data())
 @settings(max_examples=50, deadline=None)
 def test_any_chunking_of_a_corpus_body_gives_the_same_answer(data: st.DataObject) -> None:
-    name = data.draw(st.sampled_from([name for name in CASES if "error" not in load(name)[0]]))
-    meta, body, _ = load(name)
-    cuts = sorted(data.draw(st.lists(st.integers(0, len(body)), max_size=12)))
-    pieces = [body[start:end] for start, end in zip([0, *cuts], [*cuts, len(body)])]
-    assert replay(pieces, meta["profile"], meta.get("request")) == replay([body], meta["profile"], meta.get("request"))
+    case = load(data.draw(st.sampled_from([name for name in CASES if load(name).error is None])))
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(case.body)), max_size=12)))
+    assert convert(case, cut_at(case.body, cuts)) == convert(case, [case.body])
 
 
 EVENT_TYPES = [

@@ -1,6 +1,6 @@
 """The ext_proc adapter without Envoy: one ``Exchange`` driven with real protobuf messages.
 
-Table-driven: requests in → the replies Envoy would get, the phase and the outcome out. The
+Table-driven: requests in → the replies Envoy would get, the state and the outcome out. The
 end-to-end tests prove the same replies work with the real binary.
 """
 
@@ -13,7 +13,7 @@ from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import Proces
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from google.protobuf import struct_pb2
 
-from buffered_stream.adapter.service import Exchange, Phase, RouteSettingsCache
+from buffered_stream.adapter.service import Exchange, RouteSettingsCache, State
 from buffered_stream.settings import RouteSettings
 
 ENABLED = 'filter_metadata { key: "buffered_stream" value { fields { key: "enabled" value { bool_value: true } } } }'
@@ -88,7 +88,7 @@ def test_converted_buffered_request(exchange: Exchange) -> None:
     assert reply.mode_override.response_body_mode == ProcessingMode.BUFFERED
     assert set_headers(reply.response_headers.response.header_mutation) == {"content-type": "application/json"}
     assert list(reply.response_headers.response.header_mutation.remove_headers) == ["content-length"]
-    assert exchange.phase is Phase.RESPONSE_BODY
+    assert exchange.state is State.CONVERTING_BUFFERED
 
     reply = exchange.handle(body(SSE, response=True))
     answer = reply.response_body.response.body_mutation.body
@@ -96,7 +96,7 @@ def test_converted_buffered_request(exchange: Exchange) -> None:
     assert set_headers(reply.response_body.response.header_mutation) == {"content-length": str(len(answer))}
     usage = reply.dynamic_metadata.fields["buffered_stream"].struct_value.fields
     assert usage["total_tokens"].number_value == 5 and usage["outcome"].string_value == "converted"
-    assert (exchange.phase, exchange.outcome) == (Phase.DONE, "converted")
+    assert (exchange.state, exchange.outcome) == (State.DONE, "converted")
 
 
 def test_streamed_mode_drops_chunks_then_answers_once(exchange: Exchange) -> None:
@@ -156,7 +156,7 @@ def test_requests_skipped_after_headers(exchange: Exchange, first: pb.Processing
     reply = exchange.handle(first)
     assert reply.mode_override.request_body_mode == ProcessingMode.NONE
     assert reply.mode_override.response_header_mode == ProcessingMode.SKIP
-    assert (exchange.phase, exchange.outcome) == (Phase.DONE, outcome)
+    assert (exchange.state, exchange.outcome) == (State.PASSING_THROUGH, outcome)
 
 
 @pytest.mark.parametrize(
@@ -224,7 +224,7 @@ def test_request_without_body_reaches_the_service_at_response_headers(exchange: 
     attributes.update({"xds.route_metadata": ENABLED, "request.path": "/v1/chat/completions", "request.method": "GET"})
     first.attributes["envoy.filters.http.ext_proc"].CopyFrom(attributes)
     assert exchange.handle(first) == pb.ProcessingResponse(response_headers=pb.HeadersResponse())
-    assert (exchange.phase, exchange.outcome) == (Phase.DONE, "passthrough_path")
+    assert (exchange.state, exchange.outcome) == (State.PASSING_THROUGH, "passthrough_path")
 
 
 # --- full-duplex (keep-alive) routes ----------------------------------------------------------
@@ -250,18 +250,19 @@ def test_full_duplex_commits_json_headers_and_answers_once_at_the_end() -> None:
     reply = exchange.handle(response_headers())
     assert reply.response_headers.response.header_mutation.set_headers[0].header.raw_value == b"application/json"
     assert not reply.HasField("mode_override"), "Envoy cannot leave full-duplex mode: no override"
-    assert exchange.keepalive_due is None, "no keep-alive before the upstream body started"
+    assert exchange.keepalive is not None
+    assert exchange.keepalive.due is None, "no keep-alive before the upstream body started"
 
     half = len(SSE) // 2
     assert exchange.handle(body(SSE[:half], end_of_stream=False, response=True)) is None
-    assert exchange.keepalive_due is not None
-    exchange.keepalive()
+    assert exchange.keepalive.due is not None
+    exchange.keepalive.chunk()
     final = exchange.handle(body(SSE[half:], response=True))
     streamed = final.response_body.response.body_mutation.streamed_response
     assert streamed.end_of_stream
     assert orjson.loads(streamed.body)["choices"][0]["message"]["content"] == "Hello"
     assert exchange.outcome == "converted_keepalive"
-    assert exchange.keepalive_due is None
+    assert exchange.keepalive.due is None
 
 
 def test_full_duplex_failure_is_an_error_answer_that_envoy_turns_into_a_reset_after_commit() -> None:
@@ -278,7 +279,7 @@ def test_full_duplex_pass_through_echoes_every_chunk() -> None:
     reply = exchange.handle(body(b'{"error": {}}', response=True))
     echoed = reply.response_body.response.body_mutation.streamed_response
     assert (echoed.body, echoed.end_of_stream) == (b'{"error": {}}', True)
-    assert exchange.keepalive_due is None
+    assert exchange.keepalive is None, "no keep-alive for an answer passed through"
 
 
 def test_keepalive_without_full_duplex_converts_as_usual() -> None:
@@ -287,4 +288,4 @@ def test_keepalive_without_full_duplex_converts_as_usual() -> None:
     exchange.handle(body(CHAT_BODY))
     reply = exchange.handle(response_headers())
     assert reply.mode_override.response_body_mode == ProcessingMode.BUFFERED
-    assert exchange.keepalive_due is None
+    assert exchange.keepalive is None

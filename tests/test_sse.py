@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from buffered_stream.core.errors import LIMIT, ConversionError
 from buffered_stream.core.sse import BARE_JSON_EVENT, ERROR_EVENT, SseDecoder
+from support.corpus import cut_at, every_chunking
 
 BIG = 1 << 20
 
@@ -20,14 +19,6 @@ def decode(chunks: list[bytes], max_event: int = BIG, max_buffer: int = BIG) -> 
     for chunk in chunks:
         events += decoder.feed(chunk)
     return events + decoder.close()
-
-
-def chunkings(body: bytes) -> Iterator[list[bytes]]:
-    """The whole body, every two-piece split, and byte by byte."""
-    yield [body]
-    for cut in range(len(body) + 1):
-        yield [body[:cut], body[cut:]]
-    yield [body[i : i + 1] for i in range(len(body))]
 
 
 CASES = {
@@ -69,7 +60,7 @@ CASES = {
 
 @pytest.mark.parametrize("body,expected", CASES.values(), ids=CASES.keys())
 def test_rule_holds_at_every_chunk_boundary(body: bytes, expected: list) -> None:
-    for chunks in chunkings(body):
+    for chunks in every_chunking(body):
         assert decode(chunks) == expected, chunks
 
 
@@ -178,9 +169,7 @@ def encoded_stream(draw: st.DrawFn) -> tuple[bytes, list]:
 
 @st.composite
 def split(draw: st.DrawFn, body: bytes) -> list[bytes]:
-    cuts = sorted(draw(st.lists(st.integers(0, len(body)), max_size=8)))
-    bounds = [0, *cuts, len(body)]
-    return [body[a:b] for a, b in zip(bounds, bounds[1:])]
+    return cut_at(body, sorted(draw(st.lists(st.integers(0, len(body)), max_size=8))))
 
 
 @settings(max_examples=300, deadline=None)

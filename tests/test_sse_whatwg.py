@@ -8,7 +8,6 @@ unterminated event) have rows too, so that the rules and the extensions are seen
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,6 +17,7 @@ import pytest
 from buffered_stream.core.convert import StreamConverter
 from buffered_stream.core.errors import ConversionError
 from buffered_stream.core.sse import BARE_JSON_EVENT, ERROR_EVENT, SseDecoder
+from support.corpus import at_event_ends, byte_by_byte, every_chunking, fixed_size, whole
 from support.specs import spec_of
 
 BIG = 1 << 20
@@ -35,11 +35,8 @@ def decode(chunks: list[bytes]) -> list[tuple[str, bytes]]:
 def chunkings(body: bytes) -> Iterator[list[bytes]]:
     """Whole, byte by byte (also with empty chunks between), every two-piece split, and every
     three-piece split of short bodies (a BOM or CRLF cut in three)."""
-    yield [body]
-    yield [body[i : i + 1] for i in range(len(body))]
+    yield from every_chunking(body)
     yield [b"", *(piece for i in range(len(body)) for piece in (body[i : i + 1], b""))]
-    for cut in range(len(body) + 1):
-        yield [body[:cut], body[cut:]]
     if len(body) <= 24:
         for a in range(len(body) + 1):
             for b in range(a, len(body) + 1):
@@ -177,11 +174,11 @@ def outcome(chunks: list[bytes], *, whole_body: bool = True) -> tuple[str, Any]:
 
 def converter_chunkings(body: bytes) -> Iterator[list[bytes]]:
     """Whole, one event per feed (the one-event fast path), byte by byte, and fixed sizes."""
-    yield [body]
-    yield re.split(rb"(?<=\n\n)", body)
-    yield [body[i : i + 1] for i in range(len(body))]
+    yield from whole(body)
+    yield at_event_ends(body)
+    yield from byte_by_byte(body)
     for size in (2, 3, 5, 64, 700, 4096):
-        yield [body[i : i + size] for i in range(0, len(body), size)]
+        yield fixed_size(body, size)
 
 
 @pytest.mark.parametrize("words", [1, 40, 400])

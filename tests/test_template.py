@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -11,15 +12,15 @@ from hypothesis import strategies as st
 
 from buffered_stream.core.convert import StreamConverter
 from buffered_stream.core.errors import ConversionError
+from buffered_stream.core.fast_path import TextFastPath
 from buffered_stream.schemas.chat import ChatAssembler
-from support.parsed_only import ParsedOnly
 from support.specs import spec_of
 
 HEAD = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 7, "model": "m"}
 
 
 def outcome(payloads: list[bytes], *, templates: bool) -> tuple[str, Any]:
-    converter = StreamConverter(spec_of("chat"), assembler=None if templates else ParsedOnly())
+    converter = StreamConverter(spec_of("chat"), fast_path=templates)
     try:
         converter.feed(b"".join(b"data: " + payload + b"\n\n" for payload in payloads))
         return "answer", orjson.loads(converter.finish())
@@ -31,6 +32,23 @@ def assert_same_outcome(payloads: list[bytes]) -> tuple[str, Any]:
     with_templates = outcome(payloads, templates=True)
     assert with_templates == outcome(payloads, templates=False)
     return with_templates
+
+
+def offered_as_the_converter_does() -> Callable[[bytes], bool]:
+    """A chat assembler behind the core's fast path: a payload offered is taken unparsed (True) or
+    parsed, folded and learned from (False), as ``StreamConverter`` does."""
+    assembler, fast_path = ChatAssembler(), TextFastPath()
+
+    def offer(payload: bytes) -> bool:
+        if fast_path.add_raw(payload):
+            return True
+        chunk = orjson.loads(payload)
+        assembler.add(chunk)
+        if fast_path.payload is not None:
+            fast_path.learn(chunk, assembler.text_target(chunk))
+        return False
+
+    return offer
 
 
 def event(delta: dict[str, Any], finish_reason: str | None = None, ensure_ascii: bool = False, **top: Any) -> bytes:
@@ -45,13 +63,11 @@ def stream(texts: list[str], key: str = "content") -> list[bytes]:
 def test_repeated_text_chunks_are_taken_unparsed_with_the_same_answer() -> None:
     kind, answer = assert_same_outcome(stream(["Hello", " wor", "ld", "!"]))
     assert kind == "answer" and answer["choices"][0]["message"]["content"] == "Hello world!"
-    assembler = ChatAssembler()
+    offer = offered_as_the_converter_does()
     first, second, third = stream(["a", "b"])[:3]
-    assert not assembler.add_raw(first)
-    assembler.add(orjson.loads(first))
-    assert not assembler.add_raw(second)
-    assembler.add(orjson.loads(second))
-    assert assembler.add_raw(third)  # the template learned from the second chunk
+    assert not offer(first)
+    assert not offer(second)
+    assert offer(third)  # the template learned from the second chunk
 
 
 def test_escaped_and_non_ascii_text_is_read_like_the_parser_reads_it() -> None:
@@ -181,12 +197,8 @@ def test_nulls_repeated_beside_the_text_stay_in_the_template() -> None:
     for payloads in (vllm, sglang):
         kind, answer = assert_same_outcome([*payloads, event({}, "stop")])
         assert kind == "answer" and answer["choices"][0]["message"]["content"] == "xyz"
-        assembler = ChatAssembler()
-        taken = []
-        for payload in payloads:
-            taken.append(assembler.add_raw(payload))
-            if not taken[-1]:
-                assembler.add(orjson.loads(payload))
+        offer = offered_as_the_converter_does()
+        taken = [offer(payload) for payload in payloads]
         assert taken[-1], "the last text chunk was taken unparsed"
     first_null = [
         event({"role": "assistant", "content": ""}),

@@ -8,7 +8,6 @@ the same answer, or the same error with the same message (which numbers the fail
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -19,17 +18,11 @@ from hypothesis import strategies as st
 from buffered_stream.core import template
 from buffered_stream.core.convert import StreamConverter
 from buffered_stream.core.errors import ConversionError
-from buffered_stream.schemas.anthropic_messages import SCHEMA as MESSAGES
-from buffered_stream.schemas.openai_responses import SCHEMA as RESPONSES
-from support.parsed_only import ParsedOnly
+from buffered_stream.schemas.messages.request import NAME as MESSAGES
+from buffered_stream.schemas.responses.request import NAME as RESPONSES
+from support.corpus import APIS, Case, at_event_ends, each_case
 from support.specs import spec_of
 
-TESTS = Path(__file__).parent
-CASES = sorted(
-    (folder, path.name[: -len(".meta.json")])
-    for folder in ("corpus", "corpus_messages", "corpus_responses")
-    for path in (TESTS / folder).glob("*.meta.json")
-)
 GENERATED_TOOL_CALL_ID = re.compile(rb"call_[0-9a-f]{24}")
 HEAD = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 7, "model": "m"}
 
@@ -49,8 +42,7 @@ def outcome(
 ) -> tuple[str, Any]:
     """The answer (or error) of ``body`` fed in one piece, or, with ``whole_body`` False, with
     every event taken one by one; ``parse_all``: with no fast path at all."""
-    assembler = ParsedOnly(schema, profile) if parse_all else None
-    converter = StreamConverter(spec_of(schema), profile, whole_body=whole_body, assembler=assembler, **limits)
+    converter = StreamConverter(spec_of(schema), profile, whole_body=whole_body, fast_path=not parse_all, **limits)
     try:
         converter.feed(body)
         answer = GENERATED_TOOL_CALL_ID.sub(b"GENERATED", converter.finish())  # random by design
@@ -69,7 +61,7 @@ def assert_taken_unparsed(schema: Any, body: bytes, *, at_least: int) -> None:
     """At least ``at_least`` events of ``body`` were taken by the fast path, without parsing."""
     converter = StreamConverter(spec_of(schema))
     converter.feed(body)
-    assert converter._assembler._fast_path._template_hits >= at_least  # noqa: SLF001 - the count it keeps
+    assert converter._fast_path._template_hits >= at_least  # noqa: SLF001 - the count it keeps
     converter.finish()
 
 
@@ -80,26 +72,18 @@ def assert_same_outcome_as_parsed(schema: Any, body: bytes, **options: Any) -> t
     return whole
 
 
-def corpus_case(folder: str, name: str) -> tuple[Any, bytes, str]:
-    """A corpus case's schema, SSE body and profile."""
-    meta = orjson.loads((TESTS / folder / f"{name}.meta.json").read_bytes())
-    schema = {"corpus": meta.get("schema"), "corpus_messages": MESSAGES, "corpus_responses": RESPONSES}[folder]
-    return schema, (TESTS / folder / f"{name}.sse").read_bytes(), meta.get("profile", "auto")
+@each_case(*APIS)
+def test_every_corpus_case_gives_the_same_outcome_both_ways(case: Case) -> None:
+    assert_same_outcome_as_parsed(case.api, case.body, profile=case.profile)
 
 
-@pytest.mark.parametrize(("folder", "name"), CASES)
-def test_every_corpus_case_gives_the_same_outcome_both_ways(folder: str, name: str) -> None:
-    schema, body, profile = corpus_case(folder, name)
-    assert_same_outcome_as_parsed(schema, body, profile=profile)
-
-
-@pytest.mark.parametrize(("folder", "name"), CASES)
-def test_every_corpus_case_fed_one_event_at_a_time_gives_the_same_outcome(folder: str, name: str) -> None:
+@each_case(*APIS)
+def test_every_corpus_case_fed_one_event_at_a_time_gives_the_same_outcome(case: Case) -> None:
     """Streamed mode: one upstream chunk per event, the shape the one-event fast path takes."""
-    schema, body, profile = corpus_case(folder, name)
+    schema, body, profile = case.api, case.body, case.profile
     converter = StreamConverter(spec_of(schema), profile)
     try:
-        for piece in re.split(rb"(?<=\n\n)", body):
+        for piece in at_event_ends(body):
             converter.feed(piece)
         one_by_one: tuple[str, Any] = (
             "answer",

@@ -1,9 +1,9 @@
 """The APIs the service converts, by name and by request path: the wiring above ``core`` and
 ``schemas`` (core never imports this module; ``tests/test_layers.py`` keeps it so).
 
-Adding an API is one more ``SchemaSpec`` in ``SPECS``; the adapter and the settings find it here.
-A route's ``profile`` names a backend: ``PROFILE_NAMES`` is every name some API knows, and an API
-with no profile of that backend auto-detects (``SchemaSpec.profile``).
+Adding an API is one more line in ``SPECS`` (its package's ``API``, an ``core.api.Api``); the
+adapter and the settings find it here. A route's ``profile`` names a backend: ``PROFILE_NAMES`` is
+every name some API knows, and an API with no profile of that backend auto-detects (``Api.profile``).
 """
 
 from __future__ import annotations
@@ -12,23 +12,23 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
+from .core.api import AUTO, Api
 from .core.assembler import Assembler
 from .core.request import Rewrite, Skip
-from .core.spec import AUTO, SchemaSpec
-from .schemas import anthropic_messages, chat, completions, openai_responses
+from .schemas import chat, completions, messages, responses
 
-SPECS: tuple[SchemaSpec, ...] = (
-    SchemaSpec.from_module(chat.NAME, chat),
-    SchemaSpec.from_module(completions.NAME, completions),
-    SchemaSpec.from_module(openai_responses.SCHEMA, openai_responses),
-    SchemaSpec.from_module(anthropic_messages.SCHEMA, anthropic_messages, anthropic_messages.MessagesAssembler),
+SPECS: tuple[Api[Any], ...] = (
+    chat.API,
+    completions.API,
+    responses.API,
+    messages.API,
 )
 
-CHAT = chat.NAME
-COMPLETIONS = completions.NAME
-SCHEMAS: Mapping[str, SchemaSpec] = MappingProxyType({spec.name: spec for spec in SPECS})
+CHAT = "chat"
+COMPLETIONS = "completions"
+SCHEMAS: Mapping[str, Api[Any]] = MappingProxyType({spec.name: spec for spec in SPECS})
 PROFILE_NAMES: tuple[str, ...] = (AUTO, *dict.fromkeys(name for spec in SPECS for name in spec.profiles))
-# Profiles for which some API sends the route's ``upstream_stream_interval`` (``SchemaSpec.plan``).
+# Profiles for which some API sends the route's ``upstream_stream_interval`` (``Api.plan``).
 STREAM_INTERVAL_PROFILES: tuple[str, ...] = tuple(
     name for name in PROFILE_NAMES if any(name in spec.stream_interval_profiles for spec in SPECS)
 )
@@ -46,7 +46,7 @@ class PathIndex:
 
     __slots__ = ("_by_path", "_max_segments")
 
-    def __init__(self, specs: tuple[SchemaSpec, ...]) -> None:
+    def __init__(self, specs: tuple[Api[Any], ...]) -> None:
         self._by_path = {path: spec for spec in specs for path in spec.paths}
         if len(self._by_path) != sum(len(spec.paths) for spec in specs):
             raise ValueError("two APIs claim the same path")
@@ -54,7 +54,7 @@ class PathIndex:
             raise ValueError("an API path must start with '/' and not end with one")
         self._max_segments = max(path.count("/") for path in self._by_path)
 
-    def find(self, path: str) -> SchemaSpec | None:
+    def find(self, path: str) -> Api[Any] | None:
         path = path.split("?", 1)[0].rstrip("/")
         by_path = self._by_path
         spec = by_path.get(path)
@@ -77,14 +77,14 @@ class PathIndex:
 _PATHS = PathIndex(SPECS)
 
 
-def spec_named(schema: str) -> SchemaSpec:
+def spec_named(schema: str) -> Api[Any]:
     try:
         return SCHEMAS[schema]
     except KeyError:
         raise ValueError(f"unknown schema {schema!r}; valid schemas: {', '.join(SCHEMAS)}") from None
 
 
-def spec_for_path(path: str) -> SchemaSpec | None:
+def spec_for_path(path: str) -> Api[Any] | None:
     """The API a request path is for, or None (see ``PathIndex``)."""
     return _PATHS.find(path)
 
@@ -104,23 +104,23 @@ def plan_request(
     profile: str = AUTO,
     stream_interval: int = 0,
 ) -> Rewrite | Skip:
-    """``schema``'s plan for a request body (see ``SchemaSpec.plan``; None: no size limit)."""
+    """``schema``'s plan for a request body (see ``Api.plan``; None: no size limit)."""
     return spec_named(schema).plan(body, models, max_request_bytes, profile=profile, stream_interval=stream_interval)
 
 
-def get_profile(name: str, schema: str = CHAT) -> Any | None:
-    """``schema``'s profile of a route profile name (None: auto-detect); ValueError for a name no
-    API knows."""
+def get_profile(name: str, schema: str = CHAT) -> Any:
+    """``schema``'s profile of a route profile name (its ``auto`` for ``auto`` and for a backend
+    it has no profile of); ValueError for a name no API knows."""
     if name not in PROFILE_NAMES:
         raise ValueError(f"unknown profile {name!r}; valid profiles: {', '.join(PROFILE_NAMES)}")
     return spec_named(schema).profile(name)
 
 
-def make_assembler(schema: str, profile: str = AUTO, request: Mapping[str, Any] | None = None) -> Assembler:
+def make_assembler(schema: str, profile: str = AUTO, hints: Mapping[str, Any] | None = None) -> Assembler:
     """A fresh assembler for ``schema`` shaped like ``profile``'s native answers.
 
-    ``request`` (the client's request body, optional) lets the answer follow choices only the
+    ``hints`` (the plan's, or the client's request body) let the answer follow choices only the
     request reveals, such as vLLM's ``content: ""`` beside calls forced by ``tool_choice``.
     """
-    spec = spec_named(schema)
-    return spec.make_assembler(get_profile(profile, schema), request)
+    get_profile(profile, schema)
+    return spec_named(schema).assembler(profile, hints)

@@ -8,8 +8,8 @@ For each case it stores what the server streams for the request buffered-stream 
 (``NAME.sse``, the body bytes as received) and its native ``stream: false`` answer to the client's
 request (``NAME.json``, as received), with ``NAME.meta.json``. Chat and legacy completions cases are
 replayed through ``StreamConverter`` at once: a pair whose answer equals the native one goes to
-``tests/corpus/``, any other to ``tests/recordings_live/chat/`` with the difference printed and
-kept as ``NAME.diff``.
+the API's corpus, ``tests/corpus/{chat,completions}/``, any other to
+``tests/recordings_live/{chat,completions}/`` with the difference printed and kept as ``NAME.diff``.
 Responses and Anthropic Messages pairs go to ``tests/recordings_live/{responses,messages}/``; their
 meta lists nested random values under ``random_paths``.
 
@@ -36,13 +36,13 @@ from buffered_stream.core.convert import StreamConverter
 from buffered_stream.core.errors import ConversionError
 from buffered_stream.core.request import Rewrite
 
+from . import corpus
 from .llama_server import LLAMA_CPP_BIN, MODEL_ALIAS, server_version, start_llama_server
 from .net import http_request
 from .specs import spec_of
 
 TESTS = Path(__file__).resolve().parents[1]
-CORPUS = TESTS / "corpus"
-LIVE = TESTS / "recordings_live"
+LIVE = TESTS / "recordings_live"  # pairs kept out of the corpus, one folder per API as there
 PREFIX = "llamacpp-live-"
 # Where llama.cpp builds both answers (paths in its source tree).
 SERVER_SOURCE = {
@@ -274,7 +274,7 @@ def difference(pair: Pair, profile: str) -> str:
 def destination(pair: Pair) -> Path:
     schema = pair.case.schema
     if schema in (CHAT, COMPLETIONS):
-        return CORPUS if not difference(pair, "llamacpp") else LIVE / "chat"
+        return corpus.folder(schema) if not difference(pair, "llamacpp") else LIVE / schema
     return LIVE / schema
 
 
@@ -308,8 +308,10 @@ def main(argv: Sequence[str]) -> None:
                     continue
                 pair = record(server.url, case)
                 directory = destination(pair)
-                for stale in (CORPUS, LIVE / "chat"):
-                    for path in stale.glob(f"{PREFIX}{case.name}.*"):
+                # A chat or completions pair may move between its corpus and the recordings.
+                stale = (corpus.folder(case.schema), LIVE / case.schema) if case.schema in (CHAT, COMPLETIONS) else ()
+                for folder in stale:
+                    for path in folder.glob(f"{PREFIX}{case.name}.*"):
                         path.unlink()
                 write(pair, directory, source)
                 print(

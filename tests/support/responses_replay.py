@@ -10,7 +10,7 @@ import orjson
 
 from buffered_stream.core.convert import StreamConverter
 from buffered_stream.core.request import Rewrite
-from buffered_stream.schemas.openai_responses import SCHEMA, plan_request
+from buffered_stream.schemas.responses.request import NAME, plan_request
 
 from .specs import spec_of
 
@@ -25,7 +25,7 @@ def hints_of(request: dict[str, Any] | None) -> dict[str, Any]:
 
 def replay(pieces: Iterable[bytes], profile: str = "auto", request: dict[str, Any] | None = None) -> dict[str, Any]:
     """The answer for a body fed in ``pieces``, or the ``ConversionError`` the pipeline raises."""
-    converter = StreamConverter(spec_of(SCHEMA), profile, request=hints_of(request))
+    converter = StreamConverter(spec_of(NAME), profile, request=hints_of(request))
     for piece in pieces:
         converter.feed(piece)
     return orjson.loads(converter.finish())

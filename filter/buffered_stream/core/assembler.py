@@ -7,9 +7,9 @@ The pipeline (``convert.StreamConverter``) owns SSE decoding, size limits, and, 
 well-formed, non-error chunks. An API whose stream ends with a typed event (no end payload) says
 the answer is complete through ``finished``.
 
-An assembler may also offer ``add_run(body, pos, max_payload) -> (end, events)``: given a whole
-LF-only body (buffered mode) at an event boundary, fold in the run of events from ``pos`` it can
-prove without parsing and say where that run ends; the pipeline takes the rest event by event.
+The fast path is the core's (``fast_path``): an assembler only says where a chunk's text went
+(``text_target``), and the core learns the template, matches payloads and whole-body runs against
+it and appends their texts to the same pieces.
 
 Every impossible value is a ``ConversionError(MALFORMED)``, never another exception: ``writable``
 and ``shown`` below check the values an assembler keeps whole from the stream.
@@ -21,14 +21,22 @@ from typing import Any, Protocol
 
 import orjson
 
+from .pieces import Pieces
+
+# Where a folded chunk's one text went: its path in the chunk, the text, the pieces it was appended
+# to, and the chunk's top-level integer counter that folding ignores (or None).
+TextTarget = tuple[tuple[str | int, ...], str, Pieces, str | None]
+
 
 class Assembler(Protocol):
-    def add_raw(self, payload: bytes) -> bool:
-        """Fold one unparsed data payload in when its effect is proven without parsing it (the
-        fast path for the thousands of chunks that differ only in their token); False: parse it."""
-
     def add(self, chunk: dict[str, Any]) -> None:
         """Fold one stream chunk in; raise ``ConversionError(MALFORMED)`` on an impossible shape."""
+
+    def text_target(self, chunk: dict[str, Any]) -> TextTarget | None:
+        """Asked right after ``add(chunk)`` when the core may learn a template from ``chunk``:
+        where its one text went, if folding the chunk in again with another text (and any value
+        of the counter) would change nothing but append that text to those pieces; else None
+        (always None: no fast path for this API)."""
 
     @property
     def finished(self) -> bool:

@@ -2,7 +2,7 @@
 
 ``StreamConverter`` owns everything that is the same for every API: SSE decoding, JSON parsing,
 size limits and the completeness check at end of body. What differs, the end-of-stream payload,
-in-stream errors and the assembler, comes from the API's ``SchemaSpec``. The assembler only sees
+in-stream errors and the assembler, comes from the API (``api.Api``). The assembler only sees
 well-formed, non-error chunks.
 Messages never quote payloads (they can hold completion text): only positions and sizes.
 """
@@ -14,9 +14,10 @@ from typing import Any
 
 import orjson
 
+from .api import AUTO, Api
 from .assembler import Assembler
 from .errors import ConversionError, limit, malformed, truncated
-from .spec import AUTO, SchemaSpec
+from .fast_path import TextFastPath
 from .sse import BARE_JSON_EVENT, ERROR_EVENT, PING_EVENT, SseDecoder
 
 # Room for field names and comments around an event of the maximal size.
@@ -35,45 +36,51 @@ class StreamConverter:
     """Feed the upstream body in any chunking, then ``finish()`` for the answer's bytes."""
 
     __slots__ = (
-        "_spec",
+        "_api",
         "_assembler",
         "_decoder",
+        "_fast_path",
+        "_add_raw",
+        "_add_run",
+        "_text_target",
         "_max_body",
         "_max_event",
         "_body_bytes",
         "_events",
         "_done",
-        "_add_run",
         "_window",
     )
 
     def __init__(
         self,
-        spec: SchemaSpec,
+        api: Api[Any],
         profile: str = AUTO,
         *,
         max_event_bytes: int = 1 << 20,
         max_body_bytes: int = 16 << 20,
         request: Mapping[str, Any] | None = None,
         assembler: Assembler | None = None,
+        fast_path: bool = True,
         whole_body: bool = True,
     ) -> None:
-        """``spec``: the API (``buffered_stream.apis.spec_named`` finds one by name); ``profile``:
+        """``api``: the API (``buffered_stream.apis.spec_named`` finds one by name); ``profile``:
         the route's profile name; ``request`` is the client's request body (or the plan's hints),
-        for answer details only it reveals;
-        ``assembler`` replaces the schema's own (tests of the pipeline alone); ``whole_body``
-        False takes every event one by one even where a run of them could be matched at once
-        (tests compare both ways)."""
-        self._spec = spec
+        for answer details only it reveals; ``assembler`` replaces the API's own (tests of the
+        pipeline alone). ``fast_path`` False parses every payload, ``whole_body`` False takes every
+        event one by one even where a run of them could be matched at once (tests compare the
+        answers all ways)."""
+        self._api = api
         if assembler is None:
-            assembler = spec.assembler(profile, request)
+            assembler = api.assembler(profile, request)
         self._assembler = assembler
         self._decoder = SseDecoder(max_event_bytes, max_event_bytes + _FRAMING_SLACK_BYTES)
+        self._fast_path = TextFastPath() if fast_path else None
+        self._add_raw = self._fast_path.add_raw if self._fast_path is not None else _parse_it
+        self._add_run = self._fast_path.add_run if self._fast_path is not None and whole_body else None
+        self._text_target = assembler.text_target
         self._max_body = max_body_bytes
         self._max_event = max_event_bytes
-        # The assembler's whole-body fast path (see ``_feed_whole``), where it has one.
-        self._add_run = getattr(assembler, "add_run", None) if whole_body else None
-        self._window = 1  # bytes the decoder takes next between runs (see ``_feed_whole``)
+        self._window = 1  # bytes the decoder takes next between runs of a large feed (see ``feed``)
         self._body_bytes = 0
         self._events = 0
         self._done = False
@@ -100,55 +107,38 @@ class StreamConverter:
         return self._assembler.output_started
 
     def feed(self, data: bytes) -> None:
-        """Consume the next body chunk; bytes after the end payload are ignored."""
+        """Consume the next body chunk (any size, cut anywhere); bytes after the end payload are
+        ignored.
+
+        One walk over the chunk: at each event boundary, first the run of events the fast path can
+        prove without parsing (``add_run``, for a large chunk: a whole buffered body), then a
+        one-line ``data:`` event taken on its own (the common shape of a streamed body, one
+        upstream chunk per token), else the decoder takes a window ending at an event boundary, the
+        window doubling while no run is found (and staying doubled across large feeds). Every event
+        is taken exactly as the decoder alone would return it, only faster; a chunk with a CR
+        (CRLF or CR framing) goes to the decoder alone."""
         if self._done:
             return
-        self._body_bytes += len(data)
+        total = len(data)
+        self._body_bytes += total
         if self._body_bytes > self._max_body:
             raise limit(f"upstream answer exceeds max_body_bytes={self._max_body}", code="response_too_large")
-        if self._add_run is not None and len(data) >= _WHOLE_BODY_MIN_BYTES and b"\r" not in data:
-            self._feed_whole(data)
-            return
-        if (
-            data.endswith(b"\n\n")
-            and data.startswith(b"data: ")
-            and data.find(b"\n") == len(data) - 2
-            and b"\r" not in data
-            and len(data) <= self._max_event
-            and self._decoder.at_event_start
-        ):
-            # One whole one-line event per feed, the common shape of a streamed body (one upstream
-            # chunk per token): exactly what the decoder would return, without its general scan;
-            # most of them are taken by the fast path at once.
-            self._take(data[6:-2])
-            return
-        if len(data) <= _WINDOW_BYTES:
-            self._consume(self._decoder.feed(data))
-            return
-        for start in range(0, len(data), _WINDOW_BYTES):
-            self._consume(self._decoder.feed(data[start : start + _WINDOW_BYTES]))
-            if self._done:
-                return
-
-    def _feed_whole(self, data: bytes) -> None:
-        """Many events at once (buffered mode): at each event boundary the assembler takes the run
-        of events it can prove without parsing (``add_run``); the rest goes through the decoder a
-        window ending at an event boundary at a time, the window doubling while no run is found
-        (and staying doubled across feeds).
-        Every event is taken exactly as the per-event path would take it, only faster."""
-        decoder, add_run, max_event = self._decoder, self._add_run, self._max_event
-        assert add_run is not None  # ``feed`` comes here only where the assembler has runs
-        pos, size, total = 0, self._window, len(data)
+        decoder, max_event = self._decoder, self._max_event
+        shortcuts = b"\r" not in data
+        large = total >= _WHOLE_BODY_MIN_BYTES
+        add_run = self._add_run if large and shortcuts else None
+        pos, size = 0, self._window if large else 1
         while pos < total:
-            if decoder.at_event_start:
-                end, count = add_run(data, pos, max_event)
-                if count:
-                    self._events += count
-                    pos, size = end, 1
-                    continue
+            if shortcuts and decoder.at_event_start:
+                if add_run is not None:
+                    end, count = add_run(data, pos, max_event)
+                    if count:
+                        self._events += count
+                        pos, size = end, 1
+                        continue
                 if size < _ONE_EVENT_BYTES and data.startswith(b"data: ", pos):
-                    # One one-line event (a role, finish or usage chunk between runs): what the
-                    # decoder would return for it, without a pass through the decoder.
+                    # One one-line event: what the decoder would return for it, without a pass
+                    # through the decoder.
                     end = data.find(b"\n", pos)
                     if 0 <= end < total - 1 and data[end + 1] == _LF and end - pos - 6 <= max_event:
                         self._take(data[pos + 6 : end])
@@ -162,7 +152,8 @@ class StreamConverter:
             if self._done:
                 return
             pos, size = cut, min(size * 2, _WINDOW_BYTES)
-        self._window = size  # a stream whose runs never start stays at full windows from feed to feed
+        if large:
+            self._window = size  # a stream whose runs never start stays at full windows from feed to feed
 
     def finish(self) -> bytes:
         """End of body: the answer as JSON bytes, or ``ConversionError`` if it is incomplete."""
@@ -172,7 +163,7 @@ class StreamConverter:
         if not self._done and not assembler.finished:
             raise truncated()
         answer = assembler.result()
-        if not assembler.finished and not self._spec.answer_complete(answer):
+        if not assembler.finished and not self._api.answer_complete(answer):
             raise truncated()
         try:
             return orjson.dumps(answer)
@@ -182,7 +173,7 @@ class StreamConverter:
     def _take(self, payload: bytes) -> None:
         """The payload of one whole one-line ``data:`` event (not at end of body), as the decoder
         would have returned it: the fast path first, else parsed and folded."""
-        if self._assembler.add_raw(payload):
+        if self._add_raw(payload):
             self._events += 1
         else:
             self._consume((("", payload),), offered=True)
@@ -195,9 +186,11 @@ class StreamConverter:
         these (unnamed) payloads.
         """
         add = self._assembler.add
-        add_raw = self._assembler.add_raw
-        spec = self._spec
-        upstream_error = spec.upstream_error
+        add_raw = self._add_raw
+        fast_path = self._fast_path
+        text_target = self._text_target
+        api = self._api
+        upstream_error = api.upstream_error
         loads = orjson.loads
         count = self._events
         try:
@@ -210,14 +203,14 @@ class StreamConverter:
                 if not offered and name != ERROR_EVENT and name != BARE_JSON_EVENT and add_raw(payload):
                     continue
                 if name and name == ERROR_EVENT:
-                    raise spec.error_event(payload)
-                if payload[:1] == b"[" and spec.is_end_payload(payload):  # ``[DONE]``: no JSON error to raise
+                    raise api.error_event(payload)
+                if payload[:1] == b"[" and api.is_end_payload(payload):  # ``[DONE]``: no JSON error to raise
                     self._done = True
                     return
                 try:
                     chunk = loads(payload)
                 except orjson.JSONDecodeError as exc:
-                    if spec.is_end_payload(payload):
+                    if api.is_end_payload(payload):
                         self._done = True
                         return
                     if not payload.strip():  # an empty data line is a keep-alive
@@ -235,8 +228,15 @@ class StreamConverter:
                 if name and name == BARE_JSON_EVENT:
                     raise _malformed(count, "is a JSON line without a data: field")
                 add(chunk)
+                if fast_path is not None and fast_path.payload is not None:  # declined just now: learn
+                    fast_path.learn(chunk, text_target(chunk))
         finally:
             self._events = count
+
+
+def _parse_it(payload: bytes) -> bool:
+    """``add_raw`` without a fast path: every payload is parsed."""
+    return False
 
 
 def _malformed(event_number: int, what: str) -> ConversionError:

@@ -1,9 +1,12 @@
-"""The fast path any assembler can use: payloads that repeat the last text event but for its
-text are appended without parsing (see ``template``), the bulk of a long answer.
+"""The fast path of every API: payloads that repeat the last text event but for its text are
+appended without parsing (see ``template``), the bulk of a long answer.
 
-The converter offers every payload to ``add_raw`` first (and a whole buffered body to ``add_run``);
-when it declines, the payload is parsed and folded by the assembler, which then calls
-``learn_text`` if folding that event in again with another text would only append the text.
+The converter owns it: it offers every payload to ``add_raw`` first (and a whole buffered body to
+``add_run``); when it declines, the template is dropped and the payload is parsed and folded by the
+assembler, and then ``learn`` asks the assembler where that event's text went
+(``Assembler.text_target``): if folding the event in again with another text would only append the
+text, the event becomes the template. An API only says where its text lives; it never touches the
+template.
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ from typing import Any
 
 import orjson
 
-from .pieces import COMPACT_EVERY, Pieces
+from .assembler import TextTarget
+from .pieces import COMPACT_EVERY
 from .template import TextTemplate
 
 # Templates that never matched before the stream may stop offering new ones (OpenAI's chunks
@@ -41,7 +45,8 @@ class TextFastPath:
                 try:  # parses only if the middle is the inside of one JSON string, as in the template
                     piece = orjson.loads(b'"' + middle + b'"')
                 except orjson.JSONDecodeError:
-                    return False  # the parser will say what is wrong
+                    self._template = None  # the parser will say what is wrong, or what else it does
+                    return False
                 pieces = template.pieces
                 pieces.append(piece)
                 if len(pieces) >= COMPACT_EVERY:
@@ -51,8 +56,7 @@ class TextFastPath:
             if not self._template_hits:
                 self._learn_tries -= 1  # a template that never matched: the stream varies more
             self._template = None
-        if self._learn_tries > 0:
-            self.payload = payload
+        self.payload = payload if self._learn_tries > 0 else None
         return False
 
     def add_run(self, body: bytes, pos: int, max_payload: int) -> tuple[int, int]:
@@ -65,19 +69,14 @@ class TextFastPath:
         self._template_hits += count
         return end, count
 
-    def forget(self) -> None:
-        """Drop the template: the states it appends to may no longer be where its text goes."""
-        self._template = None
-
-    def learn_text(
-        self, chunk: dict[str, Any], path: tuple[str | int, ...], piece: str, pieces: Pieces, counter: str | None = None
-    ) -> None:
-        """Make ``chunk`` (just folded, parsed from the pending payload) the template: its one text
-        ``piece`` at ``path`` went to ``pieces``. The caller has proved that folding the chunk in
-        again with another text, and with any value of its top-level integer ``counter``, would
-        change nothing else (any API, not only chat)."""
+    def learn(self, chunk: dict[str, Any], target: TextTarget | None) -> None:
+        """Make ``chunk`` (just folded, parsed from the pending ``payload``) the template if the
+        assembler found its one text at ``target``: ``(path, text, pieces, counter)``, proved to
+        change nothing else if folded in again with another text (and any value of the top-level
+        integer ``counter``)."""
         payload = self.payload
         self.payload = None
-        if payload is not None:
+        if target is not None and payload is not None:
+            path, piece, pieces, counter = target
             self._template = TextTemplate.learn(payload, chunk, path, piece, pieces, counter)
             self._template_hits = 0

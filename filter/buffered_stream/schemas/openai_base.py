@@ -41,6 +41,8 @@ class OpenAIProfile:
     top_keys: Mapping[str, Any] = field(default_factory=keys)
     choice_keys: Mapping[str, Any] = field(default_factory=lambda: keys(logprobs=None))
     usage_keys: Mapping[str, Any] = field(default_factory=keys)
+    # ``auto``: the answer takes the shape of the backend the finished stream reveals.
+    detect: bool = False
 
 
 def detect_backend(
@@ -291,12 +293,12 @@ def copy_logprobs(logprobs: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 class ChoiceAssembler:
-    """What every choice-based schema's assembler holds: the profile (None: detect it at the end),
-    the top-level ``Envelope`` and the per-choice states."""
+    """What every choice-based schema's assembler holds: the profile (``auto``'s detects the
+    backend at the end), the top-level ``Envelope`` and the per-choice states."""
 
     __slots__ = ("_profile", "_envelope", "_choices")
 
-    def __init__(self, profile: OpenAIProfile | None, new_choice_state: Any) -> None:
+    def __init__(self, profile: OpenAIProfile, new_choice_state: Any) -> None:
         self._profile = profile
         self._envelope = Envelope()
         self._choices = Choices(new_choice_state)

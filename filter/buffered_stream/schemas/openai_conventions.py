@@ -1,5 +1,5 @@
-"""The OpenAI family's conventions around the answer, shared by chat and legacy completions: the
-request rewrite (``stream: true`` plus ``stream_options.include_usage``, so the stream carries the
+"""The OpenAI family's conventions around the answer, shared by chat and legacy completions
+(``OpenAIFamilyApi``, the base of both ``Api`` classes): the request rewrite (``stream: true`` plus ``stream_options.include_usage``, so the stream carries the
 usage the non-stream answer has), ``[DONE]`` as the end of the stream, the many shapes of
 in-stream errors its servers send, its error body and its usage token names.
 """
@@ -11,8 +11,9 @@ from typing import Any
 
 import orjson
 
+from ..core.api import Api, ProfileT
 from ..core.assembler import shown, writable
-from ..core.errors import UPSTREAM_ERROR, ConversionError, http_status_in
+from ..core.errors import BAD_UPSTREAM, UPSTREAM_ERROR, ConversionError, http_status_in
 from ..core.request import (
     UNSTREAMABLE,
     Rewrite,
@@ -43,7 +44,7 @@ _END_PAYLOAD = b"[DONE]"
 # profile, ``auto`` included (it learns the server from the stream, after the request has left).
 STREAM_INTERVAL = "stream_interval"
 STREAM_INTERVAL_PROFILES = frozenset({"vllm", "vllm-0.28", "vllm-0.26"})
-_DEFAULT_ERROR_STATUS = 502
+_DEFAULT_ERROR_STATUS = BAD_UPSTREAM
 _MESSAGE_EXCERPT_CHARS = 100
 
 
@@ -157,3 +158,20 @@ def usage_tokens(usage: Mapping[str, Any]) -> dict[str, Any]:
         "output_tokens": usage.get("completion_tokens"),
         "total_tokens": usage.get("total_tokens"),
     }
+
+
+class OpenAIFamilyApi(Api[ProfileT]):
+    """What chat and legacy completions share: everything but the name, the paths, the profiles
+    and the assembler."""
+
+    stream_interval_profiles = STREAM_INTERVAL_PROFILES
+
+    def plan_request(self, body: bytes, models: tuple[str, ...], stream_interval: int = 0) -> Rewrite | Skip:
+        return plan_openai_request(self.name, body, models, stream_interval)
+
+    upstream_error = staticmethod(upstream_error)
+    error_body = staticmethod(error_body)
+    usage_tokens = staticmethod(usage_tokens)
+    error_event = staticmethod(error_event)
+    is_end_payload = staticmethod(is_end_payload)
+    answer_complete = staticmethod(answer_complete)

@@ -7,7 +7,7 @@ answer: keys the native answer always carries (vLLM and SGLang dump every null f
 chunk's ``created`` the native answer would have. Values never come from a profile, only keys
 and the null-vs-empty choice, so a wrong profile cannot invent data.
 
-``auto`` starts generic and is resolved once, at the end, from markers that the servers really put
+``AUTO`` (the route's ``auto``) starts generic and is resolved once, at the end, from markers that the servers really put
 in their streams (``openai_base.detect_backend``), so it costs nothing per chunk. For vLLM it then
 picks the release line the stream shows (``vllm_line``; the lines are ``vllm_releases``). Whatever
 the profile, a reasoning key the stream used is the one the answer has.
@@ -20,9 +20,15 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from .openai_base import GENERIC, OpenAIProfile, keys
-from .vllm_releases import BEFORE_PROMPT_TOKEN_IDS, BOTH_REASONING_KEYS, CURRENT, OLDEST_WITH_PROMPT_TOKEN_IDS, VllmLine
-from .vllm_releases import LINES as VLLM_LINES
+from ..openai_base import GENERIC, OpenAIProfile, keys
+from ..vllm_releases import (
+    BEFORE_PROMPT_TOKEN_IDS,
+    BOTH_REASONING_KEYS,
+    CURRENT,
+    OLDEST_WITH_PROMPT_TOKEN_IDS,
+    VllmLine,
+)
+from ..vllm_releases import LINES as VLLM_LINES
 
 # What can stand beside an empty content, deciding whether a server renders it as null.
 TOOL_CALLS = "tool_calls"
@@ -147,3 +153,6 @@ PROFILES: Mapping[str, ChatProfile] = MappingProxyType(
         ),
     }
 )
+
+# ``auto``: generic while the stream is folded, then the backend the finished stream reveals.
+AUTO = ChatProfile("auto", detect=True)

@@ -19,7 +19,7 @@ Rules (field by field, see the tests and corpus for each server's shape):
 
 Every wrong type raises ``ConversionError(MALFORMED)``; more than ``MAX_CHOICES`` choices or
 ``MAX_TOOL_CALLS`` calls in a choice raises ``ConversionError(LIMIT)``. How the states become the
-answer is ``chat_render``; the unparsed fast path is ``chat_fast_path``.
+answer is ``render``; where a chunk's text went, for the core's fast path, is ``assembler``.
 """
 
 from __future__ import annotations
@@ -29,10 +29,9 @@ from typing import Any
 
 import orjson
 
-from ..core.errors import limit
-from ..core.pieces import COMPACT_EVERY, Pieces
-from .chat_profiles import REASONING_KEYS
-from .openai_base import (
+from ...core.errors import limit
+from ...core.pieces import COMPACT_EVERY, Pieces
+from ..openai_base import (
     ChoiceAssembler,
     ExtraKeys,
     OpenAIProfile,
@@ -42,6 +41,7 @@ from .openai_base import (
     merge_logprobs,
     too_many,
 )
+from .profiles import REASONING_KEYS
 
 MAX_TOOL_CALLS = 4096
 MAX_TOOL_NAME_CHARS = 1024  # names are concatenated in place: bounded, so that stays linear
@@ -121,12 +121,9 @@ class ChatFold(ChoiceAssembler):
 
     __slots__ = ("_choice_shape",)
 
-    def __init__(self, profile: OpenAIProfile | None) -> None:
+    def __init__(self, profile: OpenAIProfile) -> None:
         super().__init__(profile, ChoiceState)
         self._choice_shape = ExtraKeys(_KNOWN_CHOICE_KEYS)
-
-    def _tool_call_opened(self) -> None:
-        """A new call took a stream tool index: what was learned about that index is stale."""
 
     def fold(self, chunk: dict[str, Any]) -> None:
         state_of = self._choices.state_of
@@ -233,7 +230,6 @@ class ChatFold(ChoiceAssembler):
                 call = None  # Ollama: the next parallel call arrives at the same index
             if call is None:
                 call = self._new_tool_call(state, index)
-                self._tool_call_opened()  # its index may now lead to this new call
             for name, value in delta.items():
                 if name == "function":
                     if value is not None:

@@ -15,9 +15,9 @@ from typing import Any
 
 import orjson
 
-from .chat_fold import UNSEEN, ChoiceState, ToolCallState
-from .chat_profiles import AUDIO, FUNCTION_CALL, REASONING, REASONING_KEYS, REFUSAL, TOOL_CALLS, ChatProfile
-from .openai_base import Choices, Envelope, copy_logprobs, fill_defaults
+from ..openai_base import Choices, Envelope, copy_logprobs, fill_defaults
+from .fold import UNSEEN, ChoiceState, ToolCallState
+from .profiles import AUDIO, FUNCTION_CALL, REASONING, REASONING_KEYS, REFUSAL, TOOL_CALLS, ChatProfile
 
 
 def render_chat(profile: ChatProfile, envelope: Envelope, choices: Choices, forced_tool_choice: bool) -> dict[str, Any]:

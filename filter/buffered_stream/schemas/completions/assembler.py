@@ -12,81 +12,15 @@ vLLM's beam search sends, therefore comes out unchanged.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from types import MappingProxyType
 from typing import Any
 
-from ..core.pieces import Pieces
-from ..core.request import Rewrite, Skip
-from .openai_base import (
-    GENERIC,
-    ChoiceAssembler,
-    OpenAIProfile,
-    copy_logprobs,
-    keys,
-    malformed,
-    merge_last,
-    merge_logprobs,
-)
-from .openai_conventions import (
-    STREAM_INTERVAL_PROFILES,
-    answer_complete,
-    error_body,
-    error_event,
-    is_end_payload,
-    plan_openai_request,
-    upstream_error,
-    usage_tokens,
-)
-from .vllm_releases import BEFORE_PROMPT_TOKEN_IDS, CURRENT
-from .vllm_releases import LINES as VLLM_LINES
+from ...core.assembler import TextTarget
+from ...core.pieces import Pieces
+from ..openai_base import ChoiceAssembler, copy_logprobs, malformed, merge_last, merge_logprobs
+from ..vllm_releases import BEFORE_PROMPT_TOKEN_IDS, CURRENT
+from .profiles import AUTO, PROFILES, CompletionsProfile
 
-__all__ = [
-    "CompletionsAssembler",
-    "PROFILES",
-    "NAME",
-    "PATHS",
-    "make_assembler",
-    "plan_request",
-    "answer_complete",
-    "upstream_error",
-    "error_event",
-    "error_body",
-    "usage_tokens",
-    "is_end_payload",
-    "STREAM_INTERVAL_PROFILES",
-]
-
-# The native ``text_completion`` shape of each backend: the shared fields are all it needs.
-CompletionsProfile = OpenAIProfile
-
-PROFILES: Mapping[str, CompletionsProfile] = MappingProxyType(
-    {
-        GENERIC: CompletionsProfile(GENERIC),
-        "openai": CompletionsProfile("openai"),
-        # pydantic ``model_dump()``: every declared key, null or empty (see ``vllm_releases``).
-        **{
-            line.profile: CompletionsProfile(
-                line.profile,
-                top_keys=keys(**dict.fromkeys(line.shape.completion_top)),
-                choice_keys=keys(**dict.fromkeys(line.shape.completion_choice)),
-                usage_keys=keys(**dict.fromkeys(line.shape.usage)),
-            )
-            for line in VLLM_LINES
-        },
-        # Both SGLang lines answer completions alike (null token ids popped).
-        **{
-            name: CompletionsProfile(
-                name, created_from_last_chunk=True, choice_keys=keys(logprobs=None, matched_stop=None)
-            )
-            for name in ("sglang", "sglang-0.5.21")
-        },
-        "tgi": CompletionsProfile("tgi", created_from_last_chunk=True),
-        **{name: CompletionsProfile(name, created_from_last_chunk=True) for name in ("llamacpp", "llamacpp-4227c9b")},
-        "llama-cpp-python": CompletionsProfile("llama-cpp-python"),
-        # Go structs with omitempty: no logprobs key.
-        "ollama": CompletionsProfile("ollama", choice_keys=keys()),
-    }
-)
+_TEXT_PATH = ("choices", 0, "text")
 
 
 class _Choice:
@@ -100,15 +34,26 @@ class _Choice:
 
 
 class CompletionsAssembler(ChoiceAssembler):
-    """Legacy completions assembler; ``profile`` None means auto-detect at the end."""
+    """Legacy completions assembler; the ``auto`` profile detects the backend at the end."""
 
     __slots__ = ()
 
-    def __init__(self, profile: CompletionsProfile | None = None, request: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, profile: CompletionsProfile = AUTO, hints: Mapping[str, Any] | None = None) -> None:
         super().__init__(profile, _Choice)
 
-    def add_raw(self, payload: bytes) -> bool:
-        return False  # no unparsed fast path (yet): every payload is parsed
+    def text_target(self, chunk: dict[str, Any]) -> TextTarget | None:
+        """Where the text of ``chunk`` (just folded) went, if folding it in again would change
+        nothing but append that text: one choice with a text, no logprobs and no finish reason
+        (its other keys keep the last value, the same again; the top level keeps first or last)."""
+        choices = chunk.get("choices")
+        if type(choices) is not list or len(choices) != 1:
+            return None
+        choice = choices[0]
+        text = choice.get("text")
+        if type(text) is not str or not text or choice.get("logprobs") is not None or choice.get("finish_reason"):
+            return None
+        state = self._choices.get(choice.get("index", 0))
+        return None if state is None else (_TEXT_PATH, text, state.text, None)
 
     @property
     def output_started(self) -> bool:
@@ -138,7 +83,7 @@ class CompletionsAssembler(ChoiceAssembler):
 
     def result(self) -> dict[str, Any]:
         profile = self._profile
-        if profile is None:
+        if profile.detect:
             profile = PROFILES[self._detected_completions_backend()]
         choices = []
         for index in sorted(self._choices):
@@ -164,14 +109,3 @@ class CompletionsAssembler(ChoiceAssembler):
         if any("prompt_token_ids" in state.extras for state in self._choices.values()):
             return CURRENT
         return BEFORE_PROMPT_TOKEN_IDS
-
-
-# -- the API's hooks (see ``core.spec.SchemaSpec``) -------------------------------------------------
-
-NAME = "completions"
-PATHS = ("/v1/completions", "/completions")
-make_assembler = CompletionsAssembler
-
-
-def plan_request(body: bytes, models: tuple[str, ...], stream_interval: int = 0) -> Rewrite | Skip:
-    return plan_openai_request(NAME, body, models, stream_interval)
