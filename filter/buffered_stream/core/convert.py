@@ -27,9 +27,6 @@ _FRAMING_SLACK_BYTES = 64 << 10
 _WINDOW_BYTES = 16 << 10
 # A feed this large holds many events: worth matching runs of them against the assembler's template.
 _WHOLE_BODY_MIN_BYTES = 512
-_LF = 0x0A
-# Windows this small hold one event: such an event is taken on its own, without the decoder.
-_ONE_EVENT_BYTES = 512
 
 
 class StreamConverter:
@@ -123,7 +120,7 @@ class StreamConverter:
         self._body_bytes += total
         if self._body_bytes > self._max_body:
             raise limit(f"upstream answer exceeds max_body_bytes={self._max_body}", code="response_too_large")
-        decoder, max_event = self._decoder, self._max_event
+        decoder, max_event, add_raw = self._decoder, self._max_event, self._add_raw
         shortcuts = b"\r" not in data
         large = total >= _WHOLE_BODY_MIN_BYTES
         add_run = self._add_run if large and shortcuts else None
@@ -136,14 +133,19 @@ class StreamConverter:
                         self._events += count
                         pos, size = end, 1
                         continue
-                if size < _ONE_EVENT_BYTES and data.startswith(b"data: ", pos):
+                # While the window is this small it holds one event: it is taken on its own.
+                if size < 512 and data.startswith(b"data: ", pos):
                     # One one-line event: what the decoder would return for it, without a pass
-                    # through the decoder.
+                    # through the decoder; the fast path first, else parsed and folded.
                     end = data.find(b"\n", pos)
-                    if 0 <= end < total - 1 and data[end + 1] == _LF and end - pos - 6 <= max_event:
-                        self._take(data[pos + 6 : end])
-                        if self._done:
-                            return
+                    if 0 <= end < total - 1 and data[end + 1] == 10 and end - pos - 6 <= max_event:  # LF
+                        payload = data[pos + 6 : end]
+                        if add_raw(payload):
+                            self._events += 1
+                        else:
+                            self._consume((("", payload),), offered=True)
+                            if self._done:
+                                return
                         pos, size = end + 2, size * 2
                         continue
             cut = data.find(b"\n\n", pos + size - 1, pos + _WINDOW_BYTES)
@@ -169,14 +171,6 @@ class StreamConverter:
             return orjson.dumps(answer)
         except orjson.JSONEncodeError:  # orjson reads 1,024 levels of nesting but writes 254
             raise malformed("upstream answer nests too deep to be written as JSON") from None
-
-    def _take(self, payload: bytes) -> None:
-        """The payload of one whole one-line ``data:`` event (not at end of body), as the decoder
-        would have returned it: the fast path first, else parsed and folded."""
-        if self._add_raw(payload):
-            self._events += 1
-        else:
-            self._consume((("", payload),), offered=True)
 
     def _consume(self, events: Iterable[tuple[str, bytes]], at_end: bool = False, offered: bool = False) -> None:
         """The hot loop: per ordinary chunk one parse, the spec's error check and the assembler call.
