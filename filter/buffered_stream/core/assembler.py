@@ -3,7 +3,7 @@
 An API (chat completions, legacy completions, Responses, Anthropic Messages) turns the
 decoded JSON payloads of a stream into the single answer that API's non-stream call returns.
 The pipeline (``convert.StreamConverter``) owns SSE decoding, size limits, and, through the API's
-``SchemaSpec``, upstream error detection and the end payload, so an assembler only ever sees
+``api.Api``, upstream error detection and the end payload, so an assembler only ever sees
 well-formed, non-error chunks. An API whose stream ends with a typed event (no end payload) says
 the answer is complete through ``finished``.
 

@@ -1,7 +1,7 @@
 """Errors of the conversion, as values with an HTTP status hint.
 
 Every failure the core can detect is a ``ConversionError``: the adapter turns it into one error
-answer in the API's own shape (``SchemaSpec.error_body``) and a metrics outcome (``kind``), and never
+answer in the API's own shape (``Api.error_body``) and a metrics outcome (``kind``), and never
 needs to know which part of the core raised it. Keeping the upstream's own error object lets the client see exactly what the
 backend said.
 """

@@ -3,7 +3,7 @@
 Pure functions over bytes. A request is converted only when we are sure the stream carries
 everything the non-stream answer would: anything else is sent upstream untouched and the backend
 decides, so the service can never make a request fail that would have worked without it. Each API
-plans its own rewrite (``SchemaSpec.plan_request``); the checks every API shares are here.
+plans its own rewrite (``Api.plan_request``); the checks every API shares are here.
 """
 
 from __future__ import annotations
