@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 import orjson
 
-from buffered_stream.apis import make_assembler, spec_named
+from buffered_stream.apis import api_named, make_assembler
 from buffered_stream.core.convert import StreamConverter
 from buffered_stream.core.sse import SseDecoder
 
@@ -121,7 +121,7 @@ def decoder_and_loads(chunks: list[bytes]) -> None:
 
 
 def feed(chunks: list[bytes], profile: str) -> StreamConverter:
-    converter = StreamConverter(spec_named("chat"), profile)
+    converter = StreamConverter(api_named("chat"), profile)
     for chunk in chunks:
         converter.feed(chunk)
     return converter

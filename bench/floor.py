@@ -47,7 +47,7 @@ from buffered_stream.adapter.service import (  # noqa: E402
     _answer_streamed,
     _rewritten_request,
 )
-from buffered_stream.apis import spec_for_path  # noqa: E402
+from buffered_stream.apis import api_for_path  # noqa: E402
 from buffered_stream.core.convert import StreamConverter  # noqa: E402
 from buffered_stream.core.request import Rewrite  # noqa: E402
 
@@ -74,7 +74,7 @@ class Conversation:
     """The replies of one request body, built once; ``answer`` waits for its first conversion."""
 
     def __init__(self, path: str, body: bytes, stream_interval: int = 0) -> None:
-        self.spec = spec_for_path(path)
+        self.spec = api_for_path(path)
         plan = (
             self.spec.plan_request(body, (), stream_interval=stream_interval)
             if stream_interval
@@ -89,7 +89,7 @@ class Conversation:
         self.full_duplex_reply: pb.ProcessingResponse | None = None
 
     def learn(self, body: bytes) -> None:
-        converter = StreamConverter(self.spec, request=self.hints)
+        converter = StreamConverter(self.spec, hints=self.hints)
         converter.feed(body)
         answer = self.answer = converter.finish()
         # The service's own reply shapes (without the usage metadata), built once.

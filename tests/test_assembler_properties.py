@@ -32,12 +32,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from buffered_stream.apis import spec_named
+from buffered_stream.apis import api_named
 from buffered_stream.core.convert import StreamConverter
 from buffered_stream.core.errors import MALFORMED, UPSTREAM_ERROR, ConversionError
 from support import corpus
+from support.apis import api_of
 from support.responses_replay import hints_of
-from support.specs import spec_of
 
 # A handful of representative cases per API: together they hold every event type and field shape
 # the corpora have (tool calls, logprobs, audio, annotations, reasoning, usage, n>1; Responses
@@ -205,8 +205,8 @@ ALL_CASES = [(api, name) for api, names in CASES.items() for name in names]
 
 def convert(case: Case, pieces: list[bytes], *, whole_body: bool = True) -> bytes | ConversionError:
     """The pipeline's outcome; any exception but ``ConversionError`` escapes (and fails the test)."""
-    spec = spec_named(case.api)
-    converter = StreamConverter(spec, case.profile, request=case.request, whole_body=whole_body)
+    spec = api_named(case.api)
+    converter = StreamConverter(spec, case.profile, hints=case.request, whole_body=whole_body)
     try:
         for piece in pieces:
             converter.feed(piece)
@@ -537,7 +537,7 @@ def test_non_ascii_base64_audio_data_is_malformed(data: str) -> None:
     finish = b'data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n'
     body = _audio_chunk("AAECAwQFBg==") + _audio_chunk(data) + finish + b"data: [DONE]\n\n"
     for pieces in ([body], [body[: len(_audio_chunk("AAECAwQFBg=="))], body[len(_audio_chunk("AAECAwQFBg==")) :]]):
-        converter = StreamConverter(spec_of("chat"), "openai")
+        converter = StreamConverter(api_of("chat"), "openai")
         with pytest.raises(ConversionError) as caught:
             for piece in pieces:
                 converter.feed(piece)
@@ -650,7 +650,7 @@ def test_an_upstream_error_nested_too_deep_is_still_an_upstream_error(api: str, 
     for outcome in _outcomes(api, "generic", body):
         assert isinstance(outcome, ConversionError), outcome
         assert outcome.kind in (UPSTREAM_ERROR, MALFORMED)
-        assert orjson.loads(spec_named(api).error_body(outcome))
+        assert orjson.loads(api_named(api).error_body(outcome))
 
 
 def test_a_block_index_that_is_no_integer_is_not_quoted() -> None:

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from buffered_stream.core.convert import StreamConverter
 from buffered_stream.core.errors import LIMIT, MALFORMED, TRUNCATED, UPSTREAM_ERROR, ConversionError
-from support.specs import spec_of
+from support.apis import api_of
 
 
 class RecordingAssembler:
@@ -47,7 +47,7 @@ class RecordingAssembler:
 
 
 def converter(**limits: int) -> StreamConverter:
-    return StreamConverter(spec_of("chat"), assembler=RecordingAssembler(), **limits)
+    return StreamConverter(api_of("chat"), assembler=RecordingAssembler(), **limits)
 
 
 def sse(*payloads: Any) -> bytes:
@@ -338,7 +338,7 @@ def upstream_body(draw: st.DrawFn) -> bytes:
 @given(body=upstream_body(), piece=st.integers(1, 64))
 def test_any_bytes_give_an_answer_or_a_conversion_error(schema: str | None, body: bytes, piece: int) -> None:
     limits = {"max_event_bytes": 256, "max_body_bytes": 1500}
-    conv = StreamConverter(spec_of(schema), **limits) if schema else converter(**limits)
+    conv = StreamConverter(api_of(schema), **limits) if schema else converter(**limits)
     try:
         for i in range(0, len(body), piece):
             conv.feed(body[i : i + piece])

@@ -14,9 +14,9 @@ import pytest
 
 from buffered_stream.core.convert import StreamConverter
 from buffered_stream.demo_backend import KEEP_ALIVE_COMMENT, WAIT_HEADER
+from support.apis import api_of
 from support.net import free_port, port_open, wait_until
 from support.processes import ManagedProcess
-from support.specs import spec_of
 from support.stack import SOURCE_ROOT
 
 CHAT = {"model": "demo", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
@@ -187,7 +187,7 @@ def test_every_api_streams_what_its_non_stream_call_answers(demo_port: int, api:
     native_answer = orjson.loads(native.read())
     conn.close()
 
-    converter = StreamConverter(spec_of(schema), "auto", request=request)
+    converter = StreamConverter(api_of(schema), "auto", hints=request)
     converter.feed(body)
     assert without_random(orjson.loads(converter.finish())) == without_random(native_answer)
     if schema in ("responses", "messages"):

@@ -24,10 +24,10 @@ import requests
 from buffered_stream.core.convert import StreamConverter
 from buffered_stream.envoy_config import converting_routes, enable_keepalive
 from support import corpus
+from support.apis import api_of
 from support.backend import Completion, Json, Sse
 from support.net import http_request
 from support.probes import outcome_count, raw_post, service_samples, wait_service_idle
-from support.specs import spec_of
 from support.stack import Harness, Stack
 
 pytestmark = pytest.mark.e2e
@@ -114,7 +114,7 @@ def test_tool_calls_and_n2_are_newlines_then_the_assembled_json(ka: Stack, case:
     sse = corpus.load("chat", case).body
     events = corpus.events(sse)
     ka.backend.on(Sse(events, delay=[0.0, 1.2] + [0.05] * len(events)), model=model)
-    converter = StreamConverter(spec_of("chat"), "auto")
+    converter = StreamConverter(api_of("chat"), "auto")
     converter.feed(sse)
     expected = converter.finish()
 

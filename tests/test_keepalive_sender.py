@@ -15,7 +15,8 @@ import orjson
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
-from buffered_stream.adapter.service import KEEPALIVE_BYTE, ExternalProcessor
+from buffered_stream.adapter.keepalive import KEEPALIVE_BYTE
+from buffered_stream.adapter.service import ExternalProcessor
 from buffered_stream.settings import ServiceSettings
 from test_service import CHAT_BODY, ENABLED, SSE, body, full_duplex_request, response_headers
 

@@ -50,7 +50,7 @@ def test_the_check_sees_an_upward_import(tmp_path: Path) -> None:
     module = tmp_path / "buffered_stream" / "core" / "m.py"
     module.parent.mkdir(parents=True)
     module.write_text(
-        "from ..apis import spec_named\nfrom .. import settings\nfrom .spec import AUTO\n"
+        "from ..apis import api_named\nfrom .. import settings\nfrom .spec import AUTO\n"
         "import buffered_stream.adapter.service\n"
     )
     assert package_imports(module, tmp_path / "buffered_stream") == {"apis", "settings", "core", "adapter"}

@@ -13,8 +13,8 @@ from openai.types.chat import ChatCompletion
 from pydantic import BaseModel, ValidationError
 
 from buffered_stream.core.convert import StreamConverter
+from support.apis import api_of
 from support.corpus import Case, answering, convert, each_case, load
-from support.specs import spec_of
 
 TYPES: dict[str, type[BaseModel]] = {"chat": ChatCompletion, "completions": Completion}
 # Server values kept verbatim on purpose, which openai-python's types do not allow.
@@ -34,7 +34,7 @@ def test_every_assembled_answer_is_a_valid_openai_object(case: Case) -> None:
 @pytest.mark.parametrize("profile", ["generic", "auto", "openai"])
 def test_generic_chat_answer_round_trips_through_the_client_type(profile: str) -> None:
     body = load("chat", "openai-tool-call").body
-    converter = StreamConverter(spec_of("chat"), profile)
+    converter = StreamConverter(api_of("chat"), profile)
     converter.feed(body)
     answer = orjson.loads(converter.finish())
     parsed = ChatCompletion.model_validate(answer, strict=True)

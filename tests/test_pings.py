@@ -18,7 +18,7 @@ import pytest
 
 from buffered_stream.core.convert import StreamConverter
 from support import corpus
-from support.specs import spec_of
+from support.apis import api_of
 
 PINGS = {
     "litellm-comment": b": ping\n\n",  # LiteLLM sse_keepalive_ping_interval_seconds
@@ -68,7 +68,7 @@ CASES = {
 
 
 def convert(schema: str, profile: str, request: dict[str, Any], pieces: list[bytes]) -> bytes:
-    converter = StreamConverter(spec_of(schema), profile, request=request)
+    converter = StreamConverter(api_of(schema), profile, hints=request)
     for piece in pieces:
         converter.feed(piece)
     return converter.finish()
@@ -95,7 +95,7 @@ def test_a_ping_never_changes_the_answer(case: str, ping: str, where: str) -> No
 def test_a_stream_of_only_pings_so_far_is_not_an_answer_yet(case: str) -> None:
     """Pings alone are no answer: a stream cut after them is truncated, never an empty answer."""
     schema, profile, _, request = CASES[case]
-    converter = StreamConverter(spec_of(schema), profile, request=request)
+    converter = StreamConverter(api_of(schema), profile, hints=request)
     for beat in PINGS.values():
         converter.feed(beat)
     assert not converter.done and converter.usage is None

@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from buffered_stream import apis
-from buffered_stream.apis import PROFILE_NAMES, SCHEMAS, SPECS, PathIndex, spec_for_path
+from buffered_stream.apis import APIS, PROFILE_NAMES, SCHEMAS, PathIndex, api_for_path
 from buffered_stream.core.api import Api
 from buffered_stream.core.convert import StreamConverter
 from buffered_stream.core.errors import UPSTREAM_ERROR, ConversionError
@@ -33,7 +33,7 @@ def _api_from_the_guide() -> Any:
 ECHO = _api_from_the_guide()
 
 
-PATHS = PathIndex((*SPECS, ECHO))
+PATHS = PathIndex((*APIS, ECHO))
 
 
 @pytest.mark.parametrize(
@@ -71,32 +71,32 @@ def test_a_path_matches_an_api_path_exactly_or_under_a_mount_prefix(path: str, s
 
 
 def test_the_registry_resolves_paths_like_its_index() -> None:
-    for spec in SPECS:
+    for spec in APIS:
         for path in spec.paths:
-            assert spec_for_path(path) is spec
-            assert spec_for_path("/mounted" + path + "/?q=1") is spec
-    assert spec_for_path("/v1/messages/count_tokens") is None
+            assert api_for_path(path) is spec
+            assert api_for_path("/mounted" + path + "/?q=1") is spec
+    assert api_for_path("/v1/messages/count_tokens") is None
 
 
 def test_two_apis_cannot_claim_one_path() -> None:
     with pytest.raises(ValueError, match="same path"):
-        PathIndex((*SPECS, chat.ChatApi()))
+        PathIndex((*APIS, chat.ChatApi()))
 
 
 def test_each_api_is_one_package_listed_once() -> None:
     assert list(SCHEMAS) == ["chat", "completions", "responses", "messages"]
-    assert SPECS == (chat.API, completions.API, responses.API, messages.API)
-    for api in SPECS:
+    assert APIS == (chat.API, completions.API, responses.API, messages.API)
+    for api in APIS:
         assert isinstance(api, Api)
         assert api.auto.detect and api.auto.name == "auto"
         assert all(not profile.detect and profile.name == name for name, profile in api.profiles.items())
     listed = re.findall(r"^\s+(\w+)\.API,$", Path(apis.__file__).read_text(), re.M)
-    assert listed == ["chat", "completions", "responses", "messages"], "one line per API in apis.SPECS"
+    assert listed == ["chat", "completions", "responses", "messages"], "one line per API in apis.APIS"
 
 
 def test_profile_names_are_every_api_profile_and_unknown_ones_auto_detect() -> None:
     assert PROFILE_NAMES[0] == "auto"
-    for api in SPECS:
+    for api in APIS:
         assert set(api.profiles) <= set(PROFILE_NAMES)
         assert api.profile("auto") is api.auto
     assert ECHO.profile("plain").name == "plain"

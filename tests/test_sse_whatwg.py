@@ -17,8 +17,8 @@ import pytest
 from buffered_stream.core.convert import StreamConverter
 from buffered_stream.core.errors import ConversionError
 from buffered_stream.core.sse import BARE_JSON_EVENT, ERROR_EVENT, SseDecoder
+from support.apis import api_of
 from support.corpus import at_event_ends, byte_by_byte, every_chunking, fixed_size, whole
-from support.specs import spec_of
 
 BIG = 1 << 20
 BOM = b"\xef\xbb\xbf"
@@ -163,7 +163,7 @@ def chat_body(words: int) -> bytes:
 
 
 def outcome(chunks: list[bytes], *, whole_body: bool = True) -> tuple[str, Any]:
-    converter = StreamConverter(spec_of("chat"), whole_body=whole_body)
+    converter = StreamConverter(api_of("chat"), whole_body=whole_body)
     try:
         for chunk in chunks:
             converter.feed(chunk)

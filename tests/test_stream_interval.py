@@ -15,7 +15,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from google.protobuf import struct_pb2
 
 from buffered_stream.adapter.service import Exchange, RouteSettingsCache
-from buffered_stream.apis import PROFILE_NAMES, SPECS, STREAM_INTERVAL_PROFILES, plan_request, spec_named
+from buffered_stream.apis import APIS, PROFILE_NAMES, STREAM_INTERVAL_PROFILES, api_named, plan_request
 from buffered_stream.core.convert import StreamConverter
 from buffered_stream.core.json_edit import scan_object
 from buffered_stream.core.request import Rewrite
@@ -25,7 +25,7 @@ from buffered_stream.settings import (
     SettingsError,
     route_settings_from_metadata,
 )
-from support.specs import spec_of
+from support.apis import api_of
 from support.vllm_stream import batches, vllm_chat
 
 BODIES = {
@@ -93,7 +93,7 @@ def test_a_profile_that_does_not_prove_the_server_is_an_error(profile: str) -> N
 
 def test_the_profiles_are_the_vllm_lines_with_a_release_that_honours_it() -> None:
     assert STREAM_INTERVAL_PROFILES == ("vllm", "vllm-0.28", "vllm-0.26")
-    by_api = {spec.name: spec.stream_interval_profiles for spec in SPECS}
+    by_api = {spec.name: spec.stream_interval_profiles for spec in APIS}
     assert by_api["chat"] == by_api["completions"] == frozenset(STREAM_INTERVAL_PROFILES)
     assert not by_api["responses"] and not by_api["messages"]  # vLLM never reads it there
 
@@ -110,7 +110,7 @@ def test_added_only_where_configured_and_only_for_profiles_that_honour_it(schema
     assert plan_request(schema, body, profile=profile, stream_interval=0) == plain
     asked = plan_request(schema, body, profile=profile, stream_interval=8)
     assert isinstance(asked, Rewrite)
-    if profile in spec_named(schema).stream_interval_profiles:
+    if profile in api_named(schema).stream_interval_profiles:
         # The no-interval rewrite, byte for byte, with one member appended.
         assert asked.body == plain.body[:-1] + b',"stream_interval":8}'
         assert orjson.loads(asked.body)["stream_interval"] == 8
@@ -250,7 +250,7 @@ def test_the_adapter_leaves_it_out_when_unset() -> None:
 def test_output_started_is_false_through_the_preamble_and_true_at_the_first_output(
     schema: str, preamble: list[dict], output: dict
 ) -> None:
-    converter = StreamConverter(spec_of(schema))
+    converter = StreamConverter(api_of(schema))
     assert not converter.output_started
     for event in preamble:
         converter.feed(b"data: " + orjson.dumps(event) + b"\n\n")

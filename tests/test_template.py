@@ -14,13 +14,13 @@ from buffered_stream.core.convert import StreamConverter
 from buffered_stream.core.errors import ConversionError
 from buffered_stream.core.fast_path import TextFastPath
 from buffered_stream.schemas.chat import ChatAssembler
-from support.specs import spec_of
+from support.apis import api_of
 
 HEAD = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 7, "model": "m"}
 
 
 def outcome(payloads: list[bytes], *, templates: bool) -> tuple[str, Any]:
-    converter = StreamConverter(spec_of("chat"), fast_path=templates)
+    converter = StreamConverter(api_of("chat"), fast_path=templates)
     try:
         converter.feed(b"".join(b"data: " + payload + b"\n\n" for payload in payloads))
         return "answer", orjson.loads(converter.finish())

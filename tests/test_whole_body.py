@@ -20,8 +20,8 @@ from buffered_stream.core.convert import StreamConverter
 from buffered_stream.core.errors import ConversionError
 from buffered_stream.schemas.messages.request import NAME as MESSAGES
 from buffered_stream.schemas.responses.request import NAME as RESPONSES
+from support.apis import api_of
 from support.corpus import APIS, Case, at_event_ends, each_case
-from support.specs import spec_of
 
 GENERATED_TOOL_CALL_ID = re.compile(rb"call_[0-9a-f]{24}")
 HEAD = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 7, "model": "m"}
@@ -42,7 +42,7 @@ def outcome(
 ) -> tuple[str, Any]:
     """The answer (or error) of ``body`` fed in one piece, or, with ``whole_body`` False, with
     every event taken one by one; ``parse_all``: with no fast path at all."""
-    converter = StreamConverter(spec_of(schema), profile, whole_body=whole_body, fast_path=not parse_all, **limits)
+    converter = StreamConverter(api_of(schema), profile, whole_body=whole_body, fast_path=not parse_all, **limits)
     try:
         converter.feed(body)
         answer = GENERATED_TOOL_CALL_ID.sub(b"GENERATED", converter.finish())  # random by design
@@ -59,7 +59,7 @@ def assert_same_outcome(schema: Any, body: bytes, **options: Any) -> tuple[str, 
 
 def assert_taken_unparsed(schema: Any, body: bytes, *, at_least: int) -> None:
     """At least ``at_least`` events of ``body`` were taken by the fast path, without parsing."""
-    converter = StreamConverter(spec_of(schema))
+    converter = StreamConverter(api_of(schema))
     converter.feed(body)
     assert converter._fast_path._template_hits >= at_least  # noqa: SLF001 - the count it keeps
     converter.finish()
@@ -81,7 +81,7 @@ def test_every_corpus_case_gives_the_same_outcome_both_ways(case: Case) -> None:
 def test_every_corpus_case_fed_one_event_at_a_time_gives_the_same_outcome(case: Case) -> None:
     """Streamed mode: one upstream chunk per event, the shape the one-event fast path takes."""
     schema, body, profile = case.api, case.body, case.profile
-    converter = StreamConverter(spec_of(schema), profile)
+    converter = StreamConverter(api_of(schema), profile)
     try:
         for piece in at_event_ends(body):
             converter.feed(piece)

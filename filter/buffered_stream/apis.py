@@ -1,7 +1,7 @@
 """The APIs the service converts, by name and by request path: the wiring above ``core`` and
 ``schemas`` (core never imports this module; ``tests/test_layers.py`` keeps it so).
 
-Adding an API is one more line in ``SPECS`` (its package's ``API``, an ``core.api.Api``); the
+Adding an API is one more line in ``APIS`` (its package's ``API``, an ``core.api.Api``); the
 adapter and the settings find it here. A route's ``profile`` names a backend: ``PROFILE_NAMES`` is
 every name some API knows, and an API with no profile of that backend auto-detects (``Api.profile``).
 """
@@ -17,7 +17,7 @@ from .core.assembler import Assembler
 from .core.request import Rewrite, Skip
 from .schemas import chat, completions, messages, responses
 
-SPECS: tuple[Api[Any], ...] = (
+APIS: tuple[Api[Any], ...] = (
     chat.API,
     completions.API,
     responses.API,
@@ -26,11 +26,11 @@ SPECS: tuple[Api[Any], ...] = (
 
 CHAT = "chat"
 COMPLETIONS = "completions"
-SCHEMAS: Mapping[str, Api[Any]] = MappingProxyType({spec.name: spec for spec in SPECS})
-PROFILE_NAMES: tuple[str, ...] = (AUTO, *dict.fromkeys(name for spec in SPECS for name in spec.profiles))
+SCHEMAS: Mapping[str, Api[Any]] = MappingProxyType({spec.name: spec for spec in APIS})
+PROFILE_NAMES: tuple[str, ...] = (AUTO, *dict.fromkeys(name for spec in APIS for name in spec.profiles))
 # Profiles for which some API sends the route's ``upstream_stream_interval`` (``Api.plan``).
 STREAM_INTERVAL_PROFILES: tuple[str, ...] = tuple(
-    name for name in PROFILE_NAMES if any(name in spec.stream_interval_profiles for spec in SPECS)
+    name for name in PROFILE_NAMES if any(name in spec.stream_interval_profiles for spec in APIS)
 )
 
 
@@ -74,24 +74,24 @@ class PathIndex:
         return None
 
 
-_PATHS = PathIndex(SPECS)
+_PATHS = PathIndex(APIS)
 
 
-def spec_named(schema: str) -> Api[Any]:
+def api_named(schema: str) -> Api[Any]:
     try:
         return SCHEMAS[schema]
     except KeyError:
         raise ValueError(f"unknown schema {schema!r}; valid schemas: {', '.join(SCHEMAS)}") from None
 
 
-def spec_for_path(path: str) -> Api[Any] | None:
+def api_for_path(path: str) -> Api[Any] | None:
     """The API a request path is for, or None (see ``PathIndex``)."""
     return _PATHS.find(path)
 
 
 def schema_for_path(path: str) -> str | None:
-    """The name of the API a request path is for (see ``spec_for_path``), or None."""
-    spec = spec_for_path(path)
+    """The name of the API a request path is for (see ``api_for_path``), or None."""
+    spec = api_for_path(path)
     return spec.name if spec is not None else None
 
 
@@ -105,7 +105,7 @@ def plan_request(
     stream_interval: int = 0,
 ) -> Rewrite | Skip:
     """``schema``'s plan for a request body (see ``Api.plan``; None: no size limit)."""
-    return spec_named(schema).plan(body, models, max_request_bytes, profile=profile, stream_interval=stream_interval)
+    return api_named(schema).plan(body, models, max_request_bytes, profile=profile, stream_interval=stream_interval)
 
 
 def get_profile(name: str, schema: str = CHAT) -> Any:
@@ -113,7 +113,7 @@ def get_profile(name: str, schema: str = CHAT) -> Any:
     it has no profile of); ValueError for a name no API knows."""
     if name not in PROFILE_NAMES:
         raise ValueError(f"unknown profile {name!r}; valid profiles: {', '.join(PROFILE_NAMES)}")
-    return spec_named(schema).profile(name)
+    return api_named(schema).profile(name)
 
 
 def make_assembler(schema: str, profile: str = AUTO, hints: Mapping[str, Any] | None = None) -> Assembler:
@@ -123,4 +123,4 @@ def make_assembler(schema: str, profile: str = AUTO, hints: Mapping[str, Any] | 
     request reveals, such as vLLM's ``content: ""`` beside calls forced by ``tool_choice``.
     """
     get_profile(profile, schema)
-    return spec_named(schema).assembler(profile, hints)
+    return api_named(schema).assembler(profile, hints)

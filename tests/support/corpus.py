@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import orjson
 import pytest
 
-from buffered_stream.apis import spec_named
+from buffered_stream.apis import api_named
 from buffered_stream.core.convert import StreamConverter
 from buffered_stream.core.errors import ConversionError
 
@@ -217,7 +217,7 @@ def the_plan_hints(case: Case) -> Mapping[str, Any]:
     request = case.meta.get("request")
     if request is None:
         return {}
-    plan = spec_named(case.api).plan_request(orjson.dumps(request), ())
+    plan = api_named(case.api).plan_request(orjson.dumps(request), ())
     hints = getattr(plan, "hints", None)
     assert hints is not None, plan  # a Rewrite, not a Skip
     return hints
@@ -254,7 +254,7 @@ def convert(case: Case, pieces: Iterable[bytes], profile: str | None = None) -> 
     """The pipeline's answer to the case's stream fed in ``pieces`` (``profile``: other than the
     case's), or the ``ConversionError`` it raises."""
     converter = StreamConverter(
-        spec_named(case.api), case.profile if profile is None else profile, request=RULES[case.api].request(case)
+        api_named(case.api), case.profile if profile is None else profile, hints=RULES[case.api].request(case)
     )
     for piece in pieces:
         converter.feed(piece)
@@ -272,7 +272,7 @@ def check_error(case: Case, error: ConversionError) -> None:
     if "code" in expected:
         assert error.upstream_error is not None and error.upstream_error["code"] == expected["code"]
     if "body" in expected:
-        assert orjson.loads(spec_named(case.api).error_body(error)) == expected["body"]
+        assert orjson.loads(api_named(case.api).error_body(error)) == expected["body"]
 
 
 def check(case: Case, chunking: Chunking) -> None:

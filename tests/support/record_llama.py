@@ -39,7 +39,7 @@ from buffered_stream.core.request import Rewrite
 from . import corpus
 from .llama_server import LLAMA_CPP_BIN, MODEL_ALIAS, server_version, start_llama_server
 from .net import http_request
-from .specs import spec_of
+from .apis import api_of
 
 TESTS = Path(__file__).resolve().parents[1]
 LIVE = TESTS / "recordings_live"  # pairs kept out of the corpus, one folder per API as there
@@ -245,7 +245,7 @@ def meta(pair: Pair, source: str) -> dict[str, Any]:
 
 def converted(pair: Pair, profile: str) -> dict[str, Any] | str:
     """The assembled answer, or the conversion error's text."""
-    converter = StreamConverter(spec_of(pair.case.schema), profile, request=pair.case.request)
+    converter = StreamConverter(api_of(pair.case.schema), profile, hints=pair.case.request)
     try:
         converter.feed(pair.stream)
         return orjson.loads(converter.finish())

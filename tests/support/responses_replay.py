@@ -12,7 +12,7 @@ from buffered_stream.core.convert import StreamConverter
 from buffered_stream.core.request import Rewrite
 from buffered_stream.schemas.responses.request import NAME, plan_request
 
-from .specs import spec_of
+from .apis import api_of
 
 
 def hints_of(request: dict[str, Any] | None) -> dict[str, Any]:
@@ -25,7 +25,7 @@ def hints_of(request: dict[str, Any] | None) -> dict[str, Any]:
 
 def replay(pieces: Iterable[bytes], profile: str = "auto", request: dict[str, Any] | None = None) -> dict[str, Any]:
     """The answer for a body fed in ``pieces``, or the ``ConversionError`` the pipeline raises."""
-    converter = StreamConverter(spec_of(NAME), profile, request=hints_of(request))
+    converter = StreamConverter(api_of(NAME), profile, hints=hints_of(request))
     for piece in pieces:
         converter.feed(piece)
     return orjson.loads(converter.finish())

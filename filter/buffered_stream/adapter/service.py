@@ -1,12 +1,12 @@
 """The ext_proc adapter: the only module that speaks Envoy's protocol and builds protobuf.
 
 Envoy opens one gRPC stream per HTTP request and sends, in order, the phases its processing mode
-asks for. ``Exchange`` holds one request's state with an explicit phase; it decides, per message,
+asks for. ``Exchange`` holds one request's ``State``, checked on each move; it decides, per message,
 the cheapest reply: skip everything after the request headers (one round trip) when the request
 cannot be ours, pass the response through when the upstream did not stream, and otherwise feed the
 SSE to the core's ``StreamConverter`` and answer with one JSON body. All assembly logic lives in
 the core, and everything that differs per API (paths, request plan, assembler, error bodies, usage
-names) comes from the request path's ``SchemaSpec``; nothing here looks inside a completion.
+names) comes from the request path's ``Api``; nothing here looks inside a completion.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import asyncio
 import enum
 import logging
 import time
-from typing import Any, AsyncIterator, Callable, Union
+from typing import Any, AsyncIterator, Union
 
 import grpc
 from envoy.config.core.v3 import base_pb2
@@ -25,11 +25,11 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from envoy.type.v3 import http_status_pb2
 from google.protobuf import json_format, struct_pb2, text_format
 
-from ..apis import spec_for_path
+from ..apis import api_for_path
+from ..core.api import Api
 from ..core.convert import StreamConverter
 from ..core.errors import ConversionError, limit, malformed, truncated
 from ..core.request import Rewrite
-from ..core.spec import SchemaSpec
 from ..settings import (
     NAMESPACE,
     RouteSettings,
@@ -39,6 +39,7 @@ from ..settings import (
     route_settings_from_metadata,
 )
 from . import metrics
+from .keepalive import Keepalive
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +51,61 @@ PATH_ATTRIBUTE = "request.path"
 METHOD_ATTRIBUTE = "request.method"
 
 
-class Phase(enum.Enum):
-    """Where one HTTP request is in its life, as seen by the processor."""
+class State(enum.Enum):
+    """Where one HTTP request is in its life, as seen by the processor. A converting state names
+    the body mode the answer goes out in: what an upstream chunk gets, and whether the 200 left."""
 
     REQUEST_HEADERS = "request_headers"  # waiting for the first message (headers, or the body when skipped)
-    REQUEST_BODY = "request_body"  # an LLM request on an enabled route: waiting for its body
-    RESPONSE_HEADERS = "response_headers"  # request forwarded (rewritten or not)
-    RESPONSE_BODY = "response_body"  # converting the upstream stream
-    DONE = "done"  # final reply sent: nothing more is expected
+    REQUEST_BODY = "request_body"  # an LLM request on an enabled route: waiting for (the rest of) its body
+    RESPONSE_HEADERS = "response_headers"  # request forwarded (rewritten or not): the upstream's headers decide
+    PASSING_THROUGH = "passing_through"  # not ours: every later message is answered "unchanged"
+    CONVERTING_BUFFERED = "converting_buffered"  # the whole upstream body comes in one message, headers held
+    CONVERTING_STREAMED = "converting_streamed"  # upstream chunks dropped one by one; the 200 may have left
+    CONVERTING_FULL_DUPLEX = "converting_full_duplex"  # the 200 left; keep-alive bytes until the answer
+    DONE = "done"  # final reply sent (the answer or an error): later upstream bytes go nowhere
+
+    # Members are singletons: hash by identity, in C (Enum's own hash runs Python code, and
+    # ``Exchange._to`` looks states up in ``TRANSITIONS`` on every change).
+    __hash__ = object.__hash__
+
+
+# The states by bare name, as the code tests them (h11's style): a module global is several times
+# cheaper to read than an attribute of the enum class, and the chunk path reads one per message.
+REQUEST_HEADERS = State.REQUEST_HEADERS
+REQUEST_BODY = State.REQUEST_BODY
+RESPONSE_HEADERS = State.RESPONSE_HEADERS
+PASSING_THROUGH = State.PASSING_THROUGH
+CONVERTING_BUFFERED = State.CONVERTING_BUFFERED
+CONVERTING_STREAMED = State.CONVERTING_STREAMED
+CONVERTING_FULL_DUPLEX = State.CONVERTING_FULL_DUPLEX
+DONE = State.DONE
+# A tuple, not a set: ``in`` tests identity first, where a set would hash (in Python, for an enum).
+CONVERTING = (CONVERTING_STREAMED, CONVERTING_FULL_DUPLEX, CONVERTING_BUFFERED)
+
+# Every state change an exchange may make; ``Exchange._to`` refuses any other.
+TRANSITIONS: dict[State, frozenset[State]] = {
+    # The first message settles the route: a settings error is answered at once.
+    REQUEST_HEADERS: frozenset((REQUEST_BODY, PASSING_THROUGH, DONE)),
+    # Not an LLM request, a request body over the limit, or no body at all (the response headers come next).
+    REQUEST_BODY: frozenset((RESPONSE_HEADERS, PASSING_THROUGH)),
+    # Not rewritten, not a 200 SSE answer, an answer we cannot convert, or one we convert in Envoy's body mode.
+    RESPONSE_HEADERS: frozenset(
+        (PASSING_THROUGH, DONE, CONVERTING_BUFFERED, CONVERTING_STREAMED, CONVERTING_FULL_DUPLEX)
+    ),
+    CONVERTING_BUFFERED: frozenset((DONE,)),
+    CONVERTING_STREAMED: frozenset((DONE,)),
+    CONVERTING_FULL_DUPLEX: frozenset((DONE,)),
+    PASSING_THROUGH: frozenset(),
+    DONE: frozenset(),
+}
+
+
+class IllegalTransition(RuntimeError):
+    """A state change not in ``TRANSITIONS``: a bug, or messages out of the order Envoy keeps."""
+
+    def __init__(self, source: State, target: State) -> None:
+        super().__init__(f"an exchange cannot go from {source.name} to {target.name}")
+        self.source, self.target = source, target
 
 
 # Replies that never change, built once.
@@ -112,15 +160,6 @@ CONVERTING_RESPONSE_HEADERS = {
     )
     for mode, body_mode in _BODY_MODES.items()
 }
-KEEPALIVE_BYTE = b"\n"
-KEEPALIVE_GRID_SECONDS = 0.25
-KEEPALIVE_CHUNK = pb.ProcessingResponse(
-    response_body=pb.BodyResponse(
-        response=pb.CommonResponse(
-            body_mutation=pb.BodyMutation(streamed_response=pb.StreamedBodyResponse(body=KEEPALIVE_BYTE))
-        )
-    )
-)
 CONTINUE_RESPONSE_TRAILERS = pb.ProcessingResponse(response_trailers=pb.TrailersResponse())
 
 # Upstream chunks from this size on (whole buffered bodies, mostly) are converted a slice at a
@@ -164,7 +203,7 @@ def _headers(message: pb.HttpHeaders, *wanted: str) -> dict[str, str]:
     return found
 
 
-# Dynamic metadata names of the normalised token counts (``SchemaSpec.usage_tokens``), the same
+# Dynamic metadata names of the normalised token counts (``Api.usage_tokens``), the same
 # for every API so that access logs and rate limits read one set of keys.
 _USAGE_METADATA_KEYS = (
     ("input_tokens", "prompt_tokens"),
@@ -173,14 +212,14 @@ _USAGE_METADATA_KEYS = (
 )
 
 
-def _usage_metadata(outcome: str, spec: SchemaSpec | None, usage: dict[str, Any] | None) -> struct_pb2.Struct:
+def _usage_metadata(outcome: str, spec: Api[Any] | None, usage: dict[str, Any] | None) -> struct_pb2.Struct:
     struct = struct_pb2.Struct()
     _set_usage_metadata(struct, outcome, spec, usage)
     return struct
 
 
 def _set_usage_metadata(
-    struct: struct_pb2.Struct, outcome: str, spec: SchemaSpec | None, usage: dict[str, Any] | None
+    struct: struct_pb2.Struct, outcome: str, spec: Api[Any] | None, usage: dict[str, Any] | None
 ) -> None:
     # Fields are set one by one: ``Struct.update`` walks the values in Python, twice as slow.
     fields = struct.fields[NAMESPACE].struct_value.fields
@@ -289,11 +328,11 @@ class RouteSettingsCache:
 
 
 class Exchange:
-    """One HTTP request's ext_proc conversation: explicit phase, exactly-once finish."""
+    """One HTTP request's ext_proc conversation: an explicit state, exactly-once finish."""
 
     __slots__ = (
         "_routes",
-        "phase",
+        "state",
         "route",
         "route_name",
         "method",
@@ -306,29 +345,24 @@ class Exchange:
         "outcome",
         "_assembly_seconds",
         "full_duplex",
-        "keepalive_seconds",
-        "keepalive_bytes",
-        "last_sent",
-        "body_started",
+        "keepalive",
         "pending_error",
-        "passing",
         "request_body_mode",
         "response_body_mode",
         "_request_chunks",
         "_request_bytes",
-        "buffered_body",
         "response_at",
         "first_token_at",
     )
 
     def __init__(self, routes: RouteSettingsCache) -> None:
         self._routes = routes
-        self.phase = Phase.REQUEST_HEADERS
+        self.state = REQUEST_HEADERS
         self.route: RouteSettings | None = None
         self.route_name = ""
         self.method = ""
         self.path = ""
-        self.spec: SchemaSpec | None = None  # the API of the request path
+        self.spec: Api[Any] | None = None  # the API of the request path
         # Of a rewritten request (hints None: not rewritten); its body is not kept: a held request
         # would hold the whole prompt for the length of the generation.
         self.model: str | None = None
@@ -340,19 +374,12 @@ class Exchange:
         # The route's response body mode is FULL_DUPLEX_STREAMED (keep-alive routes): a converted
         # answer's 200 is sent at once, the answer at the end, whitespace in between.
         self.full_duplex = False
-        self.keepalive_seconds = 0.0
-        self.keepalive_bytes = 0
-        self.last_sent = 0.0  # monotonic time of the last byte sent downstream
-        self.body_started = False  # Envoy accepts a body of ours only after the upstream's first chunk
+        self.keepalive: Keepalive | None = None  # that whitespace, while converting in full duplex
         self.pending_error: ConversionError | None = None  # found while a large chunk was fed in slices
-        # Passing the request through: every later message is answered "unchanged" (a host may
-        # ignore the mode override that would have spared it the messages).
-        self.passing = False
         # Envoy's body modes for this request (``protocol_config``): a host may fix them.
         self.request_body_mode = _Mode.BUFFERED
         self.response_body_mode = _Mode.NONE
         self._request_chunks: list[bytes] = []  # a request body that arrives in chunks, until its end
-        self.buffered_body = False  # the upstream body comes in one message (BUFFERED), headers held
         self._request_bytes = 0
         # perf_counter times of the upstream's response headers and of the first chunk that carried
         # output (streamed and keep-alive modes): the time to first token and the generation time.
@@ -360,6 +387,13 @@ class Exchange:
         self.first_token_at: float | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
+
+    def _to(self, state: State) -> None:
+        """Every state change goes through here, so a change outside ``TRANSITIONS`` fails loudly
+        instead of leaving the exchange in a mix of two states."""
+        if state not in TRANSITIONS[self.state]:
+            raise IllegalTransition(self.state, state)
+        self.state = state
 
     def finish(self, outcome: str) -> None:
         """Record how the request ended; only the first call counts."""
@@ -378,12 +412,21 @@ class Exchange:
     def committed(self) -> bool:
         """The 200 went downstream and the answer has not: a keep-alive route (full duplex) or
         streamed mode, between the upstream's response headers and the final reply."""
-        return self.phase is Phase.RESPONSE_BODY and (self.full_duplex or not self.buffered_body)
+        state = self.state
+        return state is CONVERTING_STREAMED or state is CONVERTING_FULL_DUPLEX
 
     def _pass(self, reason: str) -> None:
-        self.phase = Phase.DONE
-        self.passing = True
+        """Not ours: every later message goes on unchanged (a host may ignore the mode override
+        that would have spared it the messages)."""
+        self._to(PASSING_THROUGH)
         self.finish(metrics.PASSTHROUGH_PREFIX + reason)
+
+    def _done(self, outcome: str) -> None:
+        """The final reply (the answer or an error) is going out."""
+        self._to(DONE)
+        if self.keepalive is not None:
+            self.keepalive.stop()
+        self.finish(outcome)
 
     def _unchanged(self, request: pb.ProcessingRequest, kind: str) -> Replies:
         """The reply that leaves a message of a passed-through request as it is."""
@@ -406,13 +449,13 @@ class Exchange:
     def handle(self, request: pb.ProcessingRequest) -> Replies:
         kind = request.WhichOneof("request")
         metrics.MESSAGES_BY_PHASE[kind].value += 1
-        if kind == "response_body" and self.phase is not Phase.REQUEST_HEADERS:
+        if kind == "response_body" and self.state is not REQUEST_HEADERS:
             return self._on_response_body(request.response_body)  # the common one: one per upstream chunk
-        if self.phase is Phase.REQUEST_HEADERS:
+        if self.state is REQUEST_HEADERS:
             early = self._start(request, kind)
             if early is not None:
                 return early
-        if self.passing:
+        if self.state is PASSING_THROUGH:
             return self._unchanged(request, kind)
         if kind == "request_headers":
             return self._on_request_headers(request.request_headers)
@@ -422,7 +465,7 @@ class Exchange:
             return self._on_response_headers(request.response_headers)
         if kind == "response_body":
             return self._on_response_body(request.response_body)
-        if kind == "response_trailers" and self.full_duplex:
+        if kind == "response_trailers" and self.state is CONVERTING_FULL_DUPLEX:
             return self._on_full_duplex_trailers()
         # Trailers are never asked for elsewhere; answer them so Envoy is not left waiting.
         field = "request_trailers" if kind == "request_trailers" else "response_trailers"
@@ -448,22 +491,21 @@ class Exchange:
                 metadata_text, request.metadata_context if request.HasField("metadata_context") else None
             )
         except SettingsError as exc:
-            self.phase = Phase.DONE
-            self.finish(metrics.SETTINGS_ERROR)
+            self._done(metrics.SETTINGS_ERROR)
             return _immediate(
                 ConversionError(metrics.SETTINGS_ERROR, 500, f"buffered-stream route settings: {exc}"), None
             )
         if not self.route.enabled:
             self._pass("disabled")
             return SKIP_REST if kind == "request_headers" else self._unchanged(request, kind)
-        self.phase = Phase.REQUEST_BODY
+        self._to(REQUEST_BODY)
         if kind != "request_headers":  # the filter skips request headers: judge the path by attributes
-            self.spec = spec_for_path(self.path) if self.method == "POST" else None
+            self.spec = api_for_path(self.path) if self.method == "POST" else None
         return None
 
     def _on_request_headers(self, headers: pb.HttpHeaders) -> pb.ProcessingResponse:
         found = _headers(headers, ":method", ":path", "content-type")
-        spec = spec_for_path(found.get(":path", ""))
+        spec = api_for_path(found.get(":path", ""))
         content_type = _media_type(found.get("content-type", "application/json"))
         if found.get(":method") != "POST" or spec is None or "json" not in content_type or headers.end_of_stream:
             self._pass("path")
@@ -482,7 +524,7 @@ class Exchange:
                 self._request_chunks.append(data)
                 data = b"".join(self._request_chunks)
                 self._request_chunks = []
-        self.phase = Phase.RESPONSE_HEADERS
+        self._to(RESPONSE_HEADERS)
         if self.spec is None:
             self.skip_reason = "path"
             return self._request_as_it_came(data, chunked)
@@ -549,7 +591,7 @@ class Exchange:
             self.route.profile,
             max_event_bytes=self.route.max_event_bytes,
             max_body_bytes=self.route.body_limit_in("streamed" if self.full_duplex else self.route.mode),
-            request=self.hints,
+            hints=self.hints,
         )
         metrics.CONVERTING_NOW.value += 1
         self.response_at = time.perf_counter()
@@ -557,64 +599,98 @@ class Exchange:
             return self._fail(malformed("upstream stream is content-encoded; cannot convert it"))
         if headers.end_of_stream:
             return self._fail(truncated("upstream answered 200 text/event-stream with no body"))
-        self.phase = Phase.RESPONSE_BODY
         if self.full_duplex:
             # Envoy cannot take this body mode back once the body may have started: convert in it.
             # The 200 leaves with the first body byte of ours (a keep-alive byte or the answer):
             # after that a failure can only reset the response.
-            self.keepalive_seconds = self.route.keepalive_seconds
-            self.last_sent = time.monotonic()
+            self._to(CONVERTING_FULL_DUPLEX)
+            if self.route.keepalive_seconds:
+                self.keepalive = Keepalive(self.route.keepalive_seconds)
             return JSON_RESPONSE_HEADERS
         if self.route.keepalive_seconds:
             _warn_not_full_duplex(self.route_name)
         if self.response_body_mode == _Mode.NONE:
             # Our own filter config: turn the body on, in the route's mode.
-            self.buffered_body = self.route.mode == "buffered"
+            self._to(CONVERTING_BUFFERED if self.route.mode == "buffered" else CONVERTING_STREAMED)
             return CONVERTING_RESPONSE_HEADERS[self.route.mode]
         # A host fixed the body mode (and may ignore overrides): convert in the mode Envoy said.
-        self.buffered_body = self.response_body_mode == _Mode.BUFFERED
+        self._to(CONVERTING_BUFFERED if self.response_body_mode == _Mode.BUFFERED else CONVERTING_STREAMED)
         return JSON_RESPONSE_HEADERS
 
     def _on_response_body(self, body: pb.HttpBody) -> Replies:
+        """One upstream chunk, in any body mode. While converting: feed it within the route's
+        budget, and answer once the stream is whole (the buffered body; in streamed and full-duplex
+        modes end of stream or [DONE], whichever comes first: a body followed by trailers never
+        carries end_of_stream)."""
+        state = self.state
+        if state not in CONVERTING:
+            return self._on_body_not_converted(body)
         converter = self.converter
-        if converter is None:
-            # An answer we pass through, whose body comes anyway: a full-duplex body mode cannot be
-            # turned off in the headers reply (Envoy may have streamed chunks here already and
-            # would drop them), and a host may fix the mode. Every chunk goes on as it came.
-            return _echo(body) if self.full_duplex else CONTINUE_RESPONSE_BODY
-        if self.full_duplex:
-            return self._on_full_duplex_body(body)
-        if self.phase is not Phase.RESPONSE_BODY:
-            # A chunk after the answer was sent (data after [DONE]): drop it.
-            return DROP_RESPONSE_CHUNK
+        assert converter is not None
+        full_duplex = state is CONVERTING_FULL_DUPLEX
+        if full_duplex and self.keepalive is not None:
+            self.keepalive.body_started = True
+        buffered = state is CONVERTING_BUFFERED
         data = body.body
         metrics.CHUNKS.value += 1
         metrics.BYTES.value += len(data)
-        buffered = self.buffered_body
         started = time.perf_counter()
         answer: bytes | None = None
         try:
             self._feed(converter, data, started)
             if self.first_token_at is None and not buffered and converter.output_started:
                 self.first_token_at = started  # asked until true; then one attribute test per chunk
-            # Buffered mode has the whole body; streamed ends at end of stream or [DONE], whichever
-            # comes first (a body followed by trailers never carries end_of_stream).
             if buffered or body.end_of_stream or converter.done:
                 answer = converter.finish()
         except ConversionError as exc:
             self._assembly_seconds += time.perf_counter() - started
-            # Streamed mode too answers with the error itself: while the upstream's 200 has not left
-            # Envoy it becomes the client's answer (the upstream's status and error shape); once it
-            # has, Envoy resets the response, the only honest signal left.
+            # Every mode answers with the error itself: while the upstream's 200 has not left Envoy
+            # it becomes the client's answer (the upstream's status and error shape); once it has,
+            # Envoy resets the response, the only honest signal left.
             return self._fail(exc)
         self._assembly_seconds += time.perf_counter() - started
         if answer is None:
-            return DROP_RESPONSE_CHUNK
-        self.phase = Phase.DONE
-        self.finish(metrics.CONVERTED)
-        reply = _answer_body(answer, content_length=buffered)
-        _set_usage_metadata(reply.dynamic_metadata, metrics.CONVERTED, self.spec, converter.usage)
-        self._record_timing(reply.dynamic_metadata, started)
+            return None if full_duplex else DROP_RESPONSE_CHUNK  # full duplex: Envoy waits for no reply
+        return self._answer(answer, state, arrived=started)
+
+    def _on_body_not_converted(self, body: pb.HttpBody) -> Replies:
+        """An upstream chunk after the final reply, or of an answer that is not ours."""
+        if self.converter is not None:
+            # A chunk after the answer was sent (data after [DONE]): it goes nowhere.
+            return None if self.full_duplex else DROP_RESPONSE_CHUNK
+        # An answer we pass through, whose body comes anyway: a full-duplex body mode cannot be
+        # turned off in the headers reply (Envoy may have streamed chunks here already and would
+        # drop them), and a host may fix the mode. Every chunk goes on as it came.
+        return _echo(body) if self.full_duplex else CONTINUE_RESPONSE_BODY
+
+    def _on_full_duplex_trailers(self) -> Replies:
+        """An upstream body that ends with trailers never says end_of_stream: the trailers end it."""
+        assert self.converter is not None
+        try:
+            answer = self.converter.finish()
+        except ConversionError as exc:
+            return self._fail(exc)
+        return self._answer(answer, CONVERTING_FULL_DUPLEX, end_of_stream=False), CONTINUE_RESPONSE_TRAILERS
+
+    def _answer(
+        self, answer: bytes, state: State, *, end_of_stream: bool = True, arrived: float | None = None
+    ) -> pb.ProcessingResponse:
+        """The converted answer, as the body mode of ``state`` carries it, with its usage and timing."""
+        converter = self.converter
+        assert converter is not None
+        if state is CONVERTING_FULL_DUPLEX:
+            keepalive = self.keepalive
+            outcome = (
+                metrics.CONVERTED_KEEPALIVE if keepalive is not None and keepalive.bytes_sent else metrics.CONVERTED
+            )
+            self._done(outcome)
+            reply = _answer_streamed(answer, end_of_stream)
+        else:
+            outcome = metrics.CONVERTED
+            self._done(outcome)
+            reply = _answer_body(answer, content_length=state is CONVERTING_BUFFERED)
+        _set_usage_metadata(reply.dynamic_metadata, outcome, self.spec, converter.usage)
+        self._record_timing(reply.dynamic_metadata, arrived)
         return reply
 
     def _record_timing(self, struct: struct_pb2.Struct, arrived: float | None) -> None:
@@ -658,7 +734,7 @@ class Exchange:
 
     def bulk_body(self, request: pb.ProcessingRequest) -> pb.HttpBody | None:
         """The upstream chunk of this message when it is large enough to feed in slices, else None."""
-        if self.converter is None or self.phase is not Phase.RESPONSE_BODY or self.pending_error is not None:
+        if self.state not in CONVERTING or self.pending_error is not None:
             return None
         if request.WhichOneof("request") != "response_body":
             return None
@@ -707,82 +783,13 @@ class Exchange:
         except ConversionError as exc:
             self.pending_error = exc
 
-    # -- full-duplex delivery (keep-alive) --------------------------------------------------------
-
-    @property
-    def keepalive_due(self) -> float | None:
-        """Monotonic time the next keep-alive byte is due, or None when none may be sent now.
-
-        Due times snap down to a grid (a byte goes out at most a quarter interval early), so the
-        requests held at once wake the process together instead of one wakeup per byte.
-        """
-        seconds = self.keepalive_seconds
-        if not seconds or not self.body_started or self.phase is not Phase.RESPONSE_BODY:
-            return None
-        due = self.last_sent + seconds
-        return due - due % min(KEEPALIVE_GRID_SECONDS, seconds / 4)
-
-    def keepalive(self) -> pb.ProcessingResponse:
-        """The keep-alive chunk; the caller sends it now."""
-        self.last_sent = time.monotonic()
-        self.keepalive_bytes += 1
-        metrics.KEEPALIVES.value += 1
-        return KEEPALIVE_CHUNK
-
-    def _on_full_duplex_body(self, body: pb.HttpBody) -> Replies:
-        """Envoy streams the upstream body without waiting for replies: answer only once, at the end."""
-        self.body_started = True
-        converter = self.converter
-        if converter is None or self.phase is not Phase.RESPONSE_BODY:
-            return None  # bytes after the answer (after [DONE]) go nowhere
-        data = body.body
-        metrics.CHUNKS.value += 1
-        metrics.BYTES.value += len(data)
-        started = time.perf_counter()
-        try:
-            self._feed(converter, data, started)
-            if self.first_token_at is None and converter.output_started:
-                self.first_token_at = started  # asked until true; then one attribute test per chunk
-            answer = converter.finish() if body.end_of_stream or converter.done else None
-        except ConversionError as exc:
-            self._assembly_seconds += time.perf_counter() - started
-            return self._fail(exc)
-        self._assembly_seconds += time.perf_counter() - started
-        if answer is None:
-            return None
-        return self._full_duplex_answer(answer, arrived=started)
-
-    def _on_full_duplex_trailers(self) -> Replies:
-        """An upstream body that ends with trailers never says end_of_stream: the trailers end it."""
-        if self.converter is None or self.phase is not Phase.RESPONSE_BODY:
-            return CONTINUE_RESPONSE_TRAILERS
-        try:
-            answer = self.converter.finish()
-        except ConversionError as exc:
-            return self._fail(exc)
-        return self._full_duplex_answer(answer, end_of_stream=False), CONTINUE_RESPONSE_TRAILERS
-
-    def _full_duplex_answer(
-        self, answer: bytes, *, end_of_stream: bool = True, arrived: float | None = None
-    ) -> pb.ProcessingResponse:
-        assert self.converter is not None
-        self.phase = Phase.DONE
-        outcome = metrics.CONVERTED_KEEPALIVE if self.keepalive_bytes else metrics.CONVERTED
-        self.finish(outcome)
-        self.last_sent = time.monotonic()
-        reply = _answer_streamed(answer, end_of_stream)
-        _set_usage_metadata(reply.dynamic_metadata, outcome, self.spec, self.converter.usage)
-        self._record_timing(reply.dynamic_metadata, arrived)
-        return reply
-
     def _fail(self, error: ConversionError) -> pb.ProcessingResponse:
         """The answer for a stream that cannot become a correct completion: the error, in the API's
         shape. In every body mode Envoy sends it as the response while it still holds the upstream's
         headers (full-duplex and streamed modes hold them until the first body reply), and resets
         the response once a 200 has left: the honest signals in both cases, and neither blames
         the service for an upstream's fault."""
-        self.phase = Phase.DONE
-        self.finish(error.kind)
+        self._done(error.kind)
         return _immediate(error, self.spec)
 
 
@@ -813,7 +820,7 @@ def _echo(body: pb.HttpBody, field: str = "response_body") -> pb.ProcessingRespo
     return reply
 
 
-def _immediate(error: ConversionError, spec: SchemaSpec | None) -> pb.ProcessingResponse:
+def _immediate(error: ConversionError, spec: Api[Any] | None) -> pb.ProcessingResponse:
     """The error answer in place of the upstream's, in the API's own error shape (the default one
     before the API is known); its ``outcome`` metadata tells Envoy's local reply rewriting that this
     body is already the final JSON."""
@@ -844,7 +851,7 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
         self.in_flight += 1
         metrics.OPEN.value += 1
         read, write, eof = context.read, context.write, grpc.aio.EOF
-        keepalive: _KeepaliveSender | None = None
+        keepalive: Keepalive | None = None  # the exchange's, once its timer runs
         try:
             while (request := await read()) is not eof:
                 try:
@@ -853,8 +860,9 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
                         await exchange.feed_bulk(bulk, self._bulk_lane)
                     replies = exchange.handle(request)
                     if replies is None:  # an upstream chunk taken in full-duplex mode: nothing to say yet
-                        if keepalive is None and exchange.keepalive_seconds and exchange.body_started:
-                            keepalive = _KeepaliveSender(exchange, write)
+                        if keepalive is None and exchange.keepalive is not None and exchange.keepalive.body_started:
+                            keepalive = exchange.keepalive
+                            keepalive.start(write)
                         continue
                     if keepalive is not None and keepalive.writing is not None:
                         await keepalive.writing  # a keep-alive byte in flight goes out first
@@ -881,49 +889,3 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
             # The stream ended before our final reply: the client went away or Envoy gave up (after
             # the 200 went out, also the route `timeout`, the hard deadline: the client saw a reset).
             exchange.finish(metrics.ABORTED_AFTER_COMMIT if exchange.committed else metrics.ABORTED)
-
-
-class _KeepaliveSender:
-    """The keep-alive bytes of one full-duplex stream, written from a loop timer.
-
-    Reading Envoy's messages then costs nothing extra per upstream chunk (no task or timeout per
-    read): the timer wakes once per byte, and while no byte is due a stream costs one entry in the
-    loop's timer heap. Writes never overlap: the stream's own replies first wait for a keep-alive
-    write in flight (``writing``), and a byte falls due only while the answer is still open.
-    """
-
-    __slots__ = ("_exchange", "_write", "_loop", "_timer", "writing")
-
-    def __init__(self, exchange: Exchange, write: Callable[[pb.ProcessingResponse], Any]) -> None:
-        self._exchange = exchange
-        self._write = write
-        self._loop = asyncio.get_running_loop()
-        self._timer: asyncio.TimerHandle | None = None
-        self.writing: asyncio.Task[None] | None = None
-        self._arm()
-
-    def _arm(self) -> None:
-        due = self._exchange.keepalive_due
-        if due is not None:
-            self._timer = self._loop.call_later(max(0.0, due - time.monotonic()), self._fire)
-
-    def _fire(self) -> None:
-        self._timer = None
-        self.writing = self._loop.create_task(self._send())
-
-    async def _send(self) -> None:
-        try:
-            due = self._exchange.keepalive_due
-            if due is not None and due <= time.monotonic():
-                await self._write(self._exchange.keepalive())
-        except Exception:  # the stream broke: its reader sees that too and ends the exchange
-            return
-        finally:
-            self.writing = None
-        self._arm()
-
-    def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        if self.writing is not None:
-            self.writing.cancel()

@@ -55,20 +55,20 @@ class StreamConverter:
         *,
         max_event_bytes: int = 1 << 20,
         max_body_bytes: int = 16 << 20,
-        request: Mapping[str, Any] | None = None,
+        hints: Mapping[str, Any] | None = None,
         assembler: Assembler | None = None,
         fast_path: bool = True,
         whole_body: bool = True,
     ) -> None:
-        """``api``: the API (``buffered_stream.apis.spec_named`` finds one by name); ``profile``:
-        the route's profile name; ``request`` is the client's request body (or the plan's hints),
-        for answer details only it reveals; ``assembler`` replaces the API's own (tests of the
+        """``api``: the API (``buffered_stream.apis.api_named`` finds one by name); ``profile``:
+        the route's profile name; ``hints`` are the request plan's (or the client's request body),
+        for answer details only the request reveals; ``assembler`` replaces the API's own (tests of the
         pipeline alone). ``fast_path`` False parses every payload, ``whole_body`` False takes every
         event one by one even where a run of them could be matched at once (tests compare the
         answers all ways)."""
         self._api = api
         if assembler is None:
-            assembler = api.assembler(profile, request)
+            assembler = api.assembler(profile, hints)
         self._assembler = assembler
         self._decoder = SseDecoder(max_event_bytes, max_event_bytes + _FRAMING_SLACK_BYTES)
         self._fast_path = TextFastPath() if fast_path else None
