@@ -51,9 +51,9 @@ class Api(ABC, Generic[ProfileT]):
     # under a mount prefix (``/openai`` + ``/v1/chat/completions``): see ``buffered_stream.apis``.
     paths: ClassVar[tuple[str, ...]]
     # Backend name -> this API's profile of it (never ``auto``: that is ``auto`` below).
-    profiles: ClassVar[Mapping[str, Any]]
+    profiles: Mapping[str, ProfileT]
     # The profile that detects the backend from the stream.
-    auto: ClassVar[Any]
+    auto: ProfileT
     # Route profile names whose server honours a per-request ``stream_interval`` on this API; for
     # them ``plan_request`` also gets ``stream_interval=N`` (tokens per upstream chunk).
     stream_interval_profiles: ClassVar[frozenset[str]] = frozenset()
@@ -113,8 +113,7 @@ class Api(ABC, Generic[ProfileT]):
     def profile(self, name: str) -> ProfileT:
         """This API's profile of a route's profile name: ``auto`` for ``auto`` and for a backend
         this API has no profile of."""
-        profile: ProfileT = self.profiles.get(name, self.auto)
-        return profile
+        return self.profiles.get(name, self.auto)
 
     def plan(
         self,
