@@ -37,9 +37,9 @@ from buffered_stream.core.errors import ConversionError
 from buffered_stream.core.request import Rewrite
 
 from . import corpus
+from .apis import api_of
 from .llama_server import LLAMA_CPP_BIN, MODEL_ALIAS, server_version, start_llama_server
 from .net import http_request
-from .apis import api_of
 
 TESTS = Path(__file__).resolve().parents[1]
 LIVE = TESTS / "recordings_live"  # pairs kept out of the corpus, one folder per API as there
