@@ -95,3 +95,11 @@ def limit(message: str, *, code: str | None = None) -> ConversionError:
 def too_many(what: str, bound: int, code: str | None = None) -> ConversionError:
     """More than ``bound`` of ``what`` (choices, tool calls, output items...) in one answer."""
     return limit(f"upstream stream has more than {bound} {what}", code=code or "too_many_" + what.replace(" ", "_"))
+
+
+def upstream_reported(status: int, excerpt: str, upstream: dict[str, Any]) -> ConversionError:
+    """An error the upstream reported in its stream: answered with its own ``status`` and error
+    object (``upstream``, as the API's error body carries it); ``excerpt`` is its message, cut short."""
+    return ConversionError(
+        UPSTREAM_ERROR, status, f"upstream reported an error in the stream: {excerpt}", upstream_error=upstream
+    )

@@ -13,7 +13,7 @@ import orjson
 
 from ..core.api import Api, ProfileT
 from ..core.assembler import shown, writable
-from ..core.errors import BAD_UPSTREAM, UPSTREAM_ERROR, ConversionError, http_status_in
+from ..core.errors import BAD_UPSTREAM, ConversionError, http_status_in, upstream_reported
 from ..core.request import (
     UNSTREAMABLE,
     Rewrite,
@@ -138,12 +138,7 @@ def _error_of(chunk: dict[str, Any]) -> ConversionError:
             "param": None,
             "code": None,
         }
-    return ConversionError(
-        UPSTREAM_ERROR,
-        status,
-        f"upstream reported an error in the stream: {message}",
-        upstream_error=upstream,
-    )
+    return upstream_reported(status, message, upstream)
 
 
 def error_body(error: ConversionError) -> bytes:

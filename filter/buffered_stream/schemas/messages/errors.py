@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 from ...core.assembler import shown, writable
-from ...core.errors import BAD_UPSTREAM, UPSTREAM_ERROR, ConversionError, malformed
+from ...core.errors import BAD_UPSTREAM, ConversionError, malformed, upstream_reported
 
 # Anthropic's documented error types and their HTTP statuses; anything else is a bad gateway.
 ERROR_STATUS: Mapping[str, int] = MappingProxyType(
@@ -57,12 +57,7 @@ def upstream_error(chunk: dict[str, Any]) -> ConversionError | None:
             "type": error_type if isinstance(error_type, str) else "api_error",
             "message": text if type(text) is str else message,
         }
-    return ConversionError(
-        UPSTREAM_ERROR,
-        status,
-        f"upstream reported an error in the stream: {message}",
-        upstream_error=upstream,
-    )
+    return upstream_reported(status, message, upstream)
 
 
 def error_body(error: ConversionError) -> bytes:

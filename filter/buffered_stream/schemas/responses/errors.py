@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 
 from ...core.assembler import shown, writable
-from ...core.errors import BAD_UPSTREAM, UPSTREAM_ERROR, ConversionError, http_status_in
+from ...core.errors import BAD_UPSTREAM, ConversionError, http_status_in, upstream_reported
 
 # Event types the error check reads.
 TEXT_DELTA = "response.output_text.delta"
@@ -83,12 +83,7 @@ def _error_from(error: Mapping[str, Any], outer: Mapping[str, Any] | None = None
     status = http_status_in(error) or (http_status_in(outer) if outer else None) or BAD_UPSTREAM
     if not writable(upstream, 1):  # nested too deep for the error body ``{"error": ...}``: the gist only
         upstream = {"message": upstream["message"], "type": upstream["type"], "param": None, "code": None}
-    return ConversionError(
-        UPSTREAM_ERROR,
-        status,
-        f"upstream reported an error in the stream: {upstream['message'][:_MESSAGE_EXCERPT_CHARS]}",
-        upstream_error=upstream,
-    )
+    return upstream_reported(status, upstream["message"][:_MESSAGE_EXCERPT_CHARS], upstream)
 
 
 def usage_tokens(usage: Mapping[str, Any]) -> dict[str, Any]:
